@@ -1,0 +1,117 @@
+"""Trained artifacts: what a run directory holds and how it is loaded back with no other flags.
+
+Layout of a run directory::
+
+    adapter/        only what was trained, safetensors (a standard peft adapter for LoRA/QLoRA)
+    mcqtune.json    manifest: method, options, objective/scoring, prompt, base model id + config hash
+    config.yaml     the fully resolved training config
+    metrics.json    validation metrics and training history
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mcqtune import __version__
+from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
+from mcqtune.methods import get_method
+from mcqtune.models import ResolvedModel, config_hash, load_model, load_tokenizer, resolve_model
+from mcqtune.prompt import PromptConfig
+
+MANIFEST = "mcqtune.json"
+ADAPTER_DIR = "adapter"
+MANIFEST_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """An artifact directory is missing, corrupt, or belongs to another base model."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    resolved: ResolvedModel
+    manifest: dict[str, Any] | None
+
+    @property
+    def prompt(self) -> PromptConfig:
+        return PromptConfig.from_dict((self.manifest or {}).get("prompt"))
+
+
+def save_artifact(model: torch.nn.Module, output: Path, manifest: dict[str, Any]) -> int:
+    """Save the trained part (atomically) and the manifest; returns the artifact size in bytes."""
+    method = get_method(manifest["method"])
+    with atomic_directory(output / ADAPTER_DIR) as tmp:
+        method.save(model, tmp)
+        size = directory_bytes(tmp)
+    manifest = {"manifest_version": MANIFEST_VERSION, "mcqtune_version": __version__, **manifest}
+    manifest["artifact_bytes"] = size
+    atomic_write_json(output / MANIFEST, manifest)
+    return size
+
+
+def read_manifest(directory: Path | str) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: not a directory (expected a mcqtune run directory)")
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {MANIFEST}; is this a mcqtune run directory?")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: corrupt manifest ({exc})") from None
+    for key in ("method", "base_model", "base_config_hash"):
+        if key not in manifest:
+            raise ArtifactError(f"{path}: manifest lacks '{key}'")
+    if not (directory / ADAPTER_DIR).is_dir():
+        raise ArtifactError(f"{directory}: manifest present but '{ADAPTER_DIR}/' is missing")
+    return manifest
+
+
+def load_for_inference(
+    model_spec: str | None,
+    adapter: Path | str | None,
+    device: torch.device,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load the base (from the manifest unless ``model_spec`` is given) and attach the artifact."""
+    manifest = read_manifest(adapter) if adapter else None
+    spec = model_spec or (manifest["base_model"] if manifest else None)
+    resolved = resolve_model(spec)
+    tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    if manifest is None:
+        base = load_model(resolved, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).to(device)
+        return LoadedModel(base, tokenizer, resolved, None)
+    method = get_method(manifest["method"])
+    options = manifest.get("method_options", {})
+    base: PreTrainedModel = method.load_base(resolved, options, device)
+    found = config_hash(base)
+    if found != manifest["base_config_hash"]:
+        raise ArtifactError(
+            f"{adapter}: trained on base model '{manifest['base_model']}' (config hash "
+            f"{manifest['base_config_hash']}), but '{resolved.spec}' has config hash {found}; "
+            "pass the matching --model"
+        )
+    try:
+        model = method.load(base, Path(adapter) / ADAPTER_DIR, options)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ArtifactError(
+            f"{adapter}/{ADAPTER_DIR}: could not load the {manifest['method']} artifact: {exc}"
+        ) from None
+    model.eval()
+    return LoadedModel(model, tokenizer, resolved, manifest)
+
+
+def base_identity(resolved: ResolvedModel, base: PreTrainedModel) -> dict[str, str]:
+    """How the manifest names its base: an id resolve_model() finds again, and the config hash."""
+    return {"base_model": resolved.model_id, "base_config_hash": config_hash(base)}

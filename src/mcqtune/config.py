@@ -1,0 +1,206 @@
+"""Training configuration: defaults < per-method YAML < user YAML (``--config``) < command-line flags.
+
+Unknown keys and wrong types are user errors with a message naming the file and key; a typo in a
+config must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from mcqtune.models import DEFAULT_MODEL
+from mcqtune.prompt import PromptConfig
+
+OBJECTIVES = ("auto", "letter", "ranking")
+SCORINGS = ("auto", "letter", "cloze")
+OBJECTIVE_TO_SCORING = {"letter": "letter", "ranking": "cloze"}
+# Below this many parameters the letter formulation only learns the letter prior (measured, README).
+LETTER_FORMULATION_MIN_PARAMS = 1_000_000_000
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or flag."""
+
+
+@dataclass
+class TrainConfig:
+    method: str = "lora"
+    objective: str = "auto"
+    model: str = DEFAULT_MODEL
+    train: str = "medmcqa"
+    validation: str | None = "medmcqa"
+    format: str = "auto"
+    output: str | None = None
+    max_steps: int | None = 200
+    epochs: float | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    eval_steps: int = 50
+    eval_limit: int | None = 200
+    final_eval_limit: int | None = None
+    train_limit: int | None = None
+    eval_batch_size: int = 16
+    precision: str = "auto"
+    packing: bool = True
+    on_bad_rows: str = "error"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    prompt: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, source: str = "config") -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"{source}: '{key}' {why}")
+
+        if self.objective not in OBJECTIVES:
+            raise bad("objective", f"must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+        if self.max_steps is None and self.epochs is None:
+            raise bad("max_steps", "or 'epochs' must be set")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise bad("max_steps", f"must be a positive integer, got {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise bad("epochs", f"must be positive, got {self.epochs}")
+        for key in ("batch_size", "grad_accum", "eval_batch_size", "eval_steps"):
+            if getattr(self, key) <= 0:
+                raise bad(key, f"must be a positive integer, got {getattr(self, key)}")
+        for key in ("eval_limit", "final_eval_limit", "train_limit"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise bad(key, f"must be a positive integer, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise bad("lr", f"must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.scheduler not in ("linear", "cosine", "constant"):
+            raise bad("scheduler", f"must be linear, cosine or constant, got '{self.scheduler}'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise bad("precision", f"must be auto, bf16 or fp32, got '{self.precision}'")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise bad("on_bad_rows", f"must be error or skip, got '{self.on_bad_rows}'")
+        unknown = set(self.prompt) - set(PromptConfig.__dataclass_fields__)
+        if unknown:
+            raise bad("prompt", f"has unknown keys: {', '.join(sorted(unknown))}")
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig.from_dict(self.prompt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Coerce YAML scalars to the field's type; raise a ConfigError naming the key when impossible."""
+    is_union = get_origin(annotation) in (Union, UnionType)
+    args = get_args(annotation) if is_union else ()
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: '{key}' must not be empty")
+    base = next((a for a in args if a is not type(None)), annotation) if args else annotation
+    origin = get_origin(base) or base
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        return value
+    if origin is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if origin is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if origin is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if origin is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: config file not found" + (" (it is a directory)" if path.is_dir() else "")
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return data
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """Return a copy with ``overrides`` applied; method_options and prompt are merged, not replaced."""
+    known = {f.name for f in fields(TrainConfig)}
+    hints = get_type_hints(TrainConfig)
+    updates: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{key}'; known keys: {', '.join(sorted(known))}")
+        value = _check_type(key, value, hints[key], source)
+        if key in ("method_options", "prompt"):
+            value = {**getattr(config, key), **value}
+        updates[key] = value
+    return dataclasses.replace(config, **updates)
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
+    resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
+    if not resource.is_file():
+        return {}
+    data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    if "options" in data:
+        data["method_options"] = data.pop("options")
+    return data
+
+
+def build_config(
+    flags: dict[str, Any], config_file: str | None = None, base: TrainConfig | None = None
+) -> TrainConfig:
+    """Resolve the layers; flags whose value is None were not given and do not override."""
+    user = read_yaml(config_file) if config_file else {}
+    method = flags.get("method") or user.get("method") or (base.method if base else "lora")
+    config = base or TrainConfig()
+    config = apply_overrides(config, {"method": method}, "flags")
+    config = apply_overrides(config, method_defaults(method), f"configs/methods/{method}.yaml")
+    if user:
+        config = apply_overrides(config, user, str(config_file))
+    given = {k: v for k, v in flags.items() if v is not None}
+    config = apply_overrides(config, given, "command line")
+    config.validate(str(config_file) if config_file else "config")
+    return config
+
+
+def resolve_objective(objective: str, n_params: int) -> str:
+    """'auto': ranking (cloze) for small models, letter for >= 1B parameters (see README numbers)."""
+    if objective != "auto":
+        return objective
+    return "letter" if n_params >= LETTER_FORMULATION_MIN_PARAMS else "ranking"
+
+
+def resolve_scoring(scoring: str, n_params: int) -> str:
+    if scoring != "auto":
+        return scoring
+    return OBJECTIVE_TO_SCORING[resolve_objective("auto", n_params)]

@@ -1,0 +1,56 @@
+"""LoRA: W' = W + (alpha / r) * B A on chosen linear layers, via peft; the base stays frozen.
+
+The artifact is a standard peft adapter directory (``adapter_model.safetensors`` + ``adapter_config.json``),
+loadable with ``peft.PeftModel.from_pretrained`` outside mcqtune.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import PreTrainedModel
+
+from mcqtune.methods.base import Method, register
+
+TARGET_PRESETS = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all-linear": "all-linear",
+}
+
+
+def lora_config(options: dict[str, Any]) -> LoraConfig:
+    targets = options.get("target_modules", "all-linear")
+    if isinstance(targets, str):
+        targets = TARGET_PRESETS.get(targets, [t.strip() for t in targets.split(",") if t.strip()])
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=int(options.get("r", 16)),
+        lora_alpha=float(options.get("alpha", 32)),
+        lora_dropout=float(options.get("dropout", 0.05)),
+        target_modules=targets,
+        use_rslora=bool(options.get("use_rslora", False)),
+        use_dora=bool(options.get("use_dora", False)),
+        bias="none",
+    )
+
+
+@register
+class LoraMethod(Method):
+    name = "lora"
+    description = "low-rank update B·A on frozen linear layers (peft)"
+
+    def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
+        return get_peft_model(model, lora_config(options))
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+        return PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+
+    def merge(self, model: torch.nn.Module) -> PreTrainedModel:
+        return model.merge_and_unload()

@@ -1,0 +1,256 @@
+"""Batches and forward passes shared by training and evaluation.
+
+Both formulations reduce a question to one score per option, so training (loss) and evaluation
+(argmax) use the same forward code:
+
+- letter: one forward pass over prompt (+ answer); logits are computed only at the answer position(s)
+  via ``logits_to_keep`` (the 49k-vocabulary LM head over every position would dominate the cost);
+  option k's score is the log-probability of its letter token.
+- cloze: option k's score is the mean log-probability of its tokens after the question. By default the
+  options are *packed* after one copy of the question, with positions restarting at the end of the
+  question and a 4D attention mask that keeps options from seeing each other, which gives the same
+  numbers as K separate sequences at roughly 1/K of the question cost. Methods that cannot take a 4D
+  mask (prefix tuning prepends its own key/values) fall back to one row per option ("copies").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mcqtune.prompt import ClozeFeatures, LetterFeatures
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class LetterBatch:
+    input_ids: torch.Tensor  # (B, T), left-padded
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), -100 on prompt and padding
+    keep: int  # logits kept at the tail
+    score_pos: torch.Tensor  # (B,), index into the kept tail predicting the answer's first token
+    letter_ids: torch.Tensor  # (B, K)
+    option_mask: torch.Tensor  # (B, K), True where the option exists
+    answers: torch.Tensor  # (B,), -1 when unknown
+    indices: list[int]
+    real_tokens: int
+
+    def to(self, device: torch.device) -> LetterBatch:
+        return _move(self, device)
+
+
+@dataclass
+class ClozeBatch:
+    input_ids: torch.Tensor  # (R, T), left-padded
+    attention_mask: torch.Tensor  # (R, T) or (R, 1, T, T) bool when packed
+    position_ids: torch.Tensor | None  # (R, T) when packed
+    keep: int
+    target_row: torch.Tensor  # (N,) row of each scored token
+    target_pos: torch.Tensor  # (N,) index into the kept tail of the logits that predict it
+    target_token: torch.Tensor  # (N,)
+    target_slot: torch.Tensor  # (N,) question * K + option
+    option_mask: torch.Tensor  # (B, K)
+    answers: torch.Tensor  # (B,)
+    indices: list[int]
+    real_tokens: int
+
+    def to(self, device: torch.device) -> ClozeBatch:
+        return _move(self, device)
+
+
+def _move(batch, device):
+    for name, value in vars(batch).items():
+        if isinstance(value, torch.Tensor):
+            setattr(batch, name, value.to(device, non_blocking=True))
+    return batch
+
+
+def _answers(features) -> torch.Tensor:
+    return torch.tensor([-1 if f.answer is None else f.answer for f in features], dtype=torch.long)
+
+
+def collate_letter(features: list[LetterFeatures], pad_id: int, full_logits: bool = False) -> LetterBatch:
+    """Left-pad so every prompt ends at the same column; keep logits only for the answer tail."""
+    width = max(len(f.input_ids) for f in features)
+    n_options = max(len(f.letter_ids) for f in features)
+    batch = len(features)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    labels = torch.full((batch, width), -100, dtype=torch.long)
+    letter_ids = torch.zeros((batch, n_options), dtype=torch.long)
+    option_mask = torch.zeros((batch, n_options), dtype=torch.bool)
+    answer_lengths = [len(f.input_ids) - f.prompt_length for f in features]
+    for row, f in enumerate(features):
+        n = len(f.input_ids)
+        input_ids[row, width - n :] = torch.tensor(f.input_ids)
+        attention_mask[row, width - n :] = 1
+        labels[row, width - n :] = torch.tensor(f.labels)
+        letter_ids[row, : len(f.letter_ids)] = torch.tensor(f.letter_ids)
+        option_mask[row, : len(f.letter_ids)] = True
+    keep = width if full_logits else max(answer_lengths) + 1
+    score_pos = torch.tensor([keep - a - 1 for a in answer_lengths], dtype=torch.long)
+    return LetterBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        keep=keep,
+        score_pos=score_pos,
+        letter_ids=letter_ids,
+        option_mask=option_mask,
+        answers=_answers(features),
+        indices=[f.index for f in features],
+        real_tokens=int(attention_mask.sum()),
+    )
+
+
+def letter_forward(
+    model: torch.nn.Module, batch: LetterBatch, with_loss: bool
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Returns (LM loss on labelled tokens or None, option log-probs (B, K) with -inf for absent options)."""
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep
+    ).logits
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    answer_logits = logits[rows, batch.score_pos].float()
+    scores = answer_logits.log_softmax(-1).gather(1, batch.letter_ids)
+    scores = scores.masked_fill(~batch.option_mask, NEG_INF)
+    loss = None
+    if with_loss:
+        tail_labels = batch.labels[:, batch.labels.shape[1] - batch.keep + 1 :]
+        loss = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), tail_labels.reshape(-1), ignore_index=-100
+        )
+    return loss, scores
+
+
+def collate_cloze(features: list[ClozeFeatures], pad_id: int, packed: bool = True) -> ClozeBatch:
+    """Build either one packed row per question or one row per (question, option)."""
+    n_options = max(len(f.option_ids) for f in features)
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
+    blocks: list[list[tuple[int, int]]] = []  # per row: (start, end) of each option inside the row
+    owners: list[tuple[int, list[int]]] = []  # per row: (question idx in batch, option ids in the row)
+    for q, f in enumerate(features):
+        c = len(f.context_ids)
+        if packed:
+            ids = list(f.context_ids)
+            pos = list(range(c))
+            spans = []
+            for opt in f.option_ids:
+                spans.append((len(ids), len(ids) + len(opt)))
+                ids += opt
+                pos += range(c, c + len(opt))
+            rows.append(ids)
+            positions.append(pos)
+            blocks.append(spans)
+            owners.append((q, list(range(len(f.option_ids)))))
+        else:
+            for k, opt in enumerate(f.option_ids):
+                rows.append(list(f.context_ids) + opt)
+                positions.append(list(range(c + len(opt))))
+                blocks.append([(c, c + len(opt))])
+                owners.append((q, [k]))
+    width = max(len(r) for r in rows)
+    n_rows = len(rows)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pad_mask = torch.zeros((n_rows, width), dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    tails = []
+    for r, ids in enumerate(rows):
+        offset = width - len(ids)
+        input_ids[r, offset:] = torch.tensor(ids)
+        pad_mask[r, offset:] = 1
+        position_ids[r, offset:] = torch.tensor(positions[r])
+        tails.append(len(ids) - blocks[r][0][0] + 1)  # first option start - 1 .. end
+    keep = max(tails)
+
+    target_row, target_pos, target_token, target_slot = [], [], [], []
+    for r, ids in enumerate(rows):
+        offset = width - len(ids)
+        tail_start = width - keep  # absolute column of kept index 0
+        q, option_list = owners[r]
+        context_end = blocks[r][0][0]  # first option token; the token before it ends the context
+        for (start, end), k in zip(blocks[r], option_list, strict=True):
+            for j in range(start, end):
+                predictor = context_end - 1 if j == start else j - 1
+                target_row.append(r)
+                target_pos.append(offset + predictor - tail_start)
+                target_token.append(ids[j])
+                target_slot.append(q * n_options + k)
+
+    attention = _packed_attention_mask(width, [len(r) for r in rows], blocks) if packed else pad_mask
+    option_mask = torch.zeros((len(features), n_options), dtype=torch.bool)
+    for q, f in enumerate(features):
+        option_mask[q, : len(f.option_ids)] = True
+    return ClozeBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids if packed else None,
+        keep=keep,
+        target_row=torch.tensor(target_row),
+        target_pos=torch.tensor(target_pos),
+        target_token=torch.tensor(target_token),
+        target_slot=torch.tensor(target_slot),
+        option_mask=option_mask,
+        answers=_answers(features),
+        indices=[f.index for f in features],
+        real_tokens=int(pad_mask.sum()),
+    )
+
+
+def _packed_attention_mask(
+    width: int, lengths: list[int], blocks: list[list[tuple[int, int]]]
+) -> torch.Tensor:
+    """Bool (R, 1, T, T): causal over the context, each option sees the context and itself only.
+
+    Padding queries attend to themselves so no softmax row is empty (an empty row gives NaN).
+    """
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    mask = torch.zeros((len(lengths), 1, width, width), dtype=torch.bool)
+    eye = torch.eye(width, dtype=torch.bool)
+    for r, n in enumerate(lengths):
+        offset = width - n
+        context_end = offset + blocks[r][0][0]
+        m = causal.clone()
+        m[:, :offset] = False  # nobody sees padding
+        for start, end in blocks[r]:
+            s, e = offset + start, offset + end
+            # option tokens must not see tokens of earlier options
+            m[s:e, context_end:s] = False
+        m |= eye
+        mask[r, 0] = m
+    return mask
+
+
+def cloze_forward(model: torch.nn.Module, batch: ClozeBatch, normalize: bool = True) -> torch.Tensor:
+    """Option scores (B, K): mean (or summed) token log-probability; -inf for absent options."""
+    kwargs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "logits_to_keep": batch.keep,
+    }
+    if batch.position_ids is not None:
+        kwargs["position_ids"] = batch.position_ids
+    logits = model(**kwargs).logits
+    picked = logits[batch.target_row, batch.target_pos].float().log_softmax(-1)
+    token_logp = picked.gather(1, batch.target_token[:, None]).squeeze(1)
+    n_slots = batch.option_mask.numel()
+    sums = torch.zeros(n_slots, device=logits.device, dtype=token_logp.dtype).index_add(
+        0, batch.target_slot, token_logp
+    )
+    scores = sums
+    if normalize:
+        counts = torch.zeros(n_slots, device=logits.device).index_add(
+            0, batch.target_slot, torch.ones_like(token_logp)
+        )
+        scores = sums / counts.clamp(min=1)
+    scores = scores.view(batch.option_mask.shape)
+    return scores.masked_fill(~batch.option_mask, NEG_INF)
+
+
+def ranking_loss(scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over option scores: pushes the gold option's likelihood above the others'."""
+    return F.cross_entropy(scores, answers)

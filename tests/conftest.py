@@ -1,0 +1,75 @@
+"""Shared fixtures: the real tokenizer, a tiny random Llama saved as a model dir, small data files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def bundled_resolved():
+    """The bundled SmolLM2 (dequantized once into the user cache; seconds afterwards)."""
+    from mcqtune.models import resolve_model
+
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bundled_resolved):
+    from mcqtune.models import load_tokenizer
+
+    return load_tokenizer(bundled_resolved)
+
+
+def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama with the real tokenizer, saved like any local HF model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(tokenizer).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    return make_tiny_llama(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def arc_examples():
+    from mcqtune.data import bundled_path, load_examples
+
+    return load_examples(bundled_path("arc_easy", "validation")).examples
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
