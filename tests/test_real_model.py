@@ -1,0 +1,64 @@
+"""The bundled SmolLM2-135M end to end: zero-shot scoring and a short LoRA run that learns and reloads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mcqtune.artifacts import load_for_inference
+from mcqtune.config import build_config
+from mcqtune.data import bundled_path, load_examples
+from mcqtune.evaluate import compute_metrics, score_examples
+from mcqtune.models import load_model
+from mcqtune.prompt import PromptEncoder
+from mcqtune.train import train
+
+pytestmark = pytest.mark.slow
+CPU = torch.device("cpu")
+
+
+def test_zero_shot_letter_scoring_shows_the_letter_prior(bundled_resolved, tokenizer):
+    """The seed formulation on MedMCQA: the 135M model answers 'A' almost always (README)."""
+    rows = load_examples(bundled_path("medmcqa", "validation"), limit=24).examples
+    model = load_model(bundled_resolved)
+    metrics = compute_metrics(
+        score_examples(model, PromptEncoder(tokenizer), rows, "letter", precision="bf16")
+    )
+    assert metrics["n"] == 24
+    assert metrics["predicted_letter_distribution"]["A"] >= 0.8
+    cloze = compute_metrics(score_examples(model, PromptEncoder(tokenizer), rows, "cloze", precision="bf16"))
+    assert max(cloze["predicted_letter_distribution"].values()) < 0.8  # cloze has no letter prior
+
+
+def test_short_lora_run_lowers_the_loss_and_reloads_identically(tmp_path):
+    config = build_config(
+        {
+            "method": "lora",
+            "objective": "letter",
+            "train": "arc_easy",
+            "validation": "arc_easy",
+            "output": str(tmp_path / "lora"),
+            "max_steps": 12,
+            "batch_size": 4,
+            "train_limit": 8,  # a fixed small set: the loss must fall as it is fitted
+            "eval_limit": 8,
+            "final_eval_limit": 16,
+            "eval_steps": 12,
+            "lr": 1e-3,
+            "warmup_ratio": 0.0,
+        }
+    )
+    result = train(config, show_progress=False, keep_model=True)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+    rows = load_examples(bundled_path("arc_easy", "validation"), limit=16).examples
+    reloaded = load_for_inference(None, tmp_path / "lora", CPU)
+    encoder = PromptEncoder(reloaded.tokenizer, reloaded.prompt)
+    in_memory = score_examples(result.model, encoder, rows, "letter", precision="bf16")
+    again = score_examples(reloaded.model, encoder, rows, "letter", precision="bf16")
+    np.testing.assert_allclose(in_memory.scores, again.scores, atol=1e-3)
+    saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())
+    assert saved["validation"]["accuracy"] == compute_metrics(again)["accuracy"]
