@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mcqtune import __version__
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
 from mcqtune.methods import get_method
+from mcqtune.methods.base import cast_frozen_matmul_weights
 from mcqtune.models import ResolvedModel, config_hash, load_model, load_tokenizer, resolve_model
 from mcqtune.prompt import PromptConfig
 
@@ -81,20 +82,28 @@ def load_for_inference(
     adapter: Path | str | None,
     device: torch.device,
     *,
+    precision: str = "fp32",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load the base (from the manifest unless ``model_spec`` is given) and attach the artifact."""
+    """Load the base (from the manifest unless ``model_spec`` is given) and attach the artifact.
+
+    ``precision="bf16"`` (scoring under bf16 autocast) stores the frozen base's linear weights in bf16:
+    the same scores, half their memory (``Method.prepare_base``); ``"fp32"`` keeps every weight fp32.
+    """
     manifest = read_manifest(adapter) if adapter else None
     spec = model_spec or (manifest["base_model"] if manifest else None)
     resolved = resolve_model(spec)
     tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     if manifest is None:
         base = load_model(resolved, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).to(device)
+        if precision == "bf16":
+            cast_frozen_matmul_weights(base, torch.bfloat16, frozen_only=False)
         return LoadedModel(base, tokenizer, resolved, None)
     method = get_method(manifest["method"])
     options = manifest.get("method_options", {})
     base: PreTrainedModel = method.load_base(resolved, options, device)
+    method.prepare_base(base, precision)
     found = config_hash(base)
     if found != manifest["base_config_hash"]:
         raise ArtifactError(

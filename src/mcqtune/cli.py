@@ -30,16 +30,19 @@ def _quiet_libraries() -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mcqtune.artifacts import ArtifactError
+    from mcqtune.checkpoint import CheckpointError
     from mcqtune.config import ConfigError
     from mcqtune.data import DataError
     from mcqtune.models import ModelError
+    from mcqtune.preflight import ResourceError
 
-    return (ArtifactError, ConfigError, DataError, ModelError)
+    # OSError: a full disk, a permission denied, a file that vanished: the message names the path.
+    return (ArtifactError, CheckpointError, ConfigError, DataError, ModelError, ResourceError, OSError)
 
 
 # ---------------------------------------------------------------- data check
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from mcqtune.data import check_file
+    from mcqtune.data import check_file, resolve_data
     from mcqtune.prompt import PromptEncoder
 
     token_length = None
@@ -48,7 +51,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
         encoder = PromptEncoder(load_tokenizer(resolve_model(args.model)))
         token_length = encoder.letter_prompt_length
-    report = check_file(args.file, args.format, token_length=token_length)
+    report = check_file(resolve_data(args.file, args.split), args.format, token_length=token_length)
     print(report.format_text())
     return 1 if report.problems else 0
 
@@ -77,6 +80,9 @@ TRAIN_FLAGS = (
     "train_limit",
     "precision",
     "on_bad_rows",
+    "shuffle_options",
+    "save_steps",
+    "keep_checkpoints",
 )
 
 
@@ -97,7 +103,7 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mcqtune.config import build_config
-    from mcqtune.train import train
+    from mcqtune.train import TrainingInterrupted, train
 
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS}
     if args.no_validation:
@@ -107,15 +113,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         flags["method_options"] = options
     if args.train_on_prompt:
         flags["prompt"] = {"train_on_prompt": True}
-    if args.max_length:
+    if args.max_length is not None:
         flags["prompt"] = {**flags.get("prompt", {}), "max_length": args.max_length}
     if args.train and args.validation is None and not args.no_validation and not _is_bundled(args.train):
         flags["validation"] = None  # a user file has no implicit validation split
     config = build_config(flags, args.config)
     if args.no_validation:
         config.validation = None
-    train(config, show_progress=not args.quiet)
+    _warn_unsafe_loading(args)
+    try:
+        train(
+            config,
+            show_progress=not args.quiet,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except TrainingInterrupted as stop:
+        import shlex
+
+        argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--overwrite"]
+        command = shlex.join(["mcqtune", *argv, *([] if "--resume" in argv else ["--resume"])])
+        print(f"\n{stop}\nresume with:\n    {command}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _warn_unsafe_loading(args: argparse.Namespace) -> None:
+    if args.allow_pickle:
+        print(
+            "warning: --allow-pickle: pickled weights run code when loaded; use only trusted files",
+            file=sys.stderr,
+        )
+    if args.trust_remote_code:
+        print(
+            "warning: --trust-remote-code: the model's own Python code will run on this machine",
+            file=sys.stderr,
+        )
 
 
 def _is_bundled(spec: str) -> bool:
@@ -133,8 +168,37 @@ def _device():
 
 def _load(args: argparse.Namespace):
     from mcqtune.artifacts import load_for_inference
+    from mcqtune.evaluate import resolve_precision
+    from mcqtune.models import load_policy
+    from mcqtune.preflight import check_adapter_dir
 
-    return load_for_inference(args.model, args.adapter, _device(), allow_pickle=args.allow_pickle)
+    _warn_unsafe_loading(args)
+    if args.adapter:
+        check_adapter_dir(args.adapter, allow_pickle=args.allow_pickle)
+    with load_policy(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code):
+        return load_for_inference(
+            args.model,
+            args.adapter,
+            _device(),
+            precision=resolve_precision(args.precision, _device()),
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+        )
+
+
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """Numbers and output paths are checked before any model is loaded."""
+    from mcqtune.config import ConfigError
+    from mcqtune.preflight import check_output_dir, check_output_file
+
+    for flag in ("limit", "batch_size", "calibration_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.output:
+        check_output_file(args.output)
+    if getattr(args, "report", None):
+        check_output_dir(args.report, "--report")
 
 
 def _scoring(args: argparse.Namespace, loaded) -> str:
@@ -147,48 +211,90 @@ def _scoring(args: argparse.Namespace, loaded) -> str:
     return resolve_scoring("auto", loaded.model.num_parameters())
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from mcqtune.atomic import atomic_write_json
+def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_size: int = 16):
+    """Score (under option permutations when asked) and debias (when asked): see mcqtune.analysis."""
+    from mcqtune.analysis import LetterPrior, parse_permutations, run_analyses
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluate import compute_metrics, format_metrics, resolve_precision, score_examples
+    from mcqtune.evaluate import resolve_precision
     from mcqtune.prompt import PromptEncoder
 
+    device = _device()
+    permutations = getattr(args, "permutations", None)
+    prior = LetterPrior.load(args.prior) if args.prior else None
+    calibration_examples = None
+    calibration_source = None
+    if (args.debias or prior is not None) and prior is None and args.calibration_data:
+        path = resolve_data(args.calibration_data, "train")
+        calibration_examples = load_examples(path, args.format, require_answer=False).examples
+        calibration_source = str(path)
+    result = run_analyses(
+        loaded.model,
+        PromptEncoder(loaded.tokenizer, loaded.prompt),
+        examples,
+        scoring,
+        permutations=parse_permutations(permutations) if permutations else None,
+        debias_prior=args.debias,
+        prior=prior,
+        calibration_examples=calibration_examples,
+        calibration_size=args.calibration_size,
+        calibration_source=calibration_source,
+        seed=args.seed,
+        model_id=loaded.resolved.model_id,
+        adapter=str(args.adapter) if args.adapter else None,
+        batch_size=batch_size,
+        packed=(loaded.manifest or {}).get("packing", True),
+        precision=resolve_precision(args.precision, device),
+        device=device,
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.save_prior and result.prior is not None:
+        result.prior.save(args.save_prior)
+        print(f"wrote letter prior {args.save_prior}", file=sys.stderr)
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mcqtune.analysis import format_confusion, format_debias_summary, format_permutation_summary
+    from mcqtune.atomic import atomic_write_json
+    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.evaluate import compute_metrics, format_metrics
+
+    _check_eval_args(args)
     path = resolve_data(args.data, "validation")
     data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
     loaded = _load(args)
     scoring = _scoring(args, loaded)
-    device = _device()
-    encoder = PromptEncoder(loaded.tokenizer, loaded.prompt)
-    packed = (loaded.manifest or {}).get("packing", True)
-    scored = score_examples(
-        loaded.model,
-        encoder,
-        data.examples,
-        scoring,
-        batch_size=args.batch_size,
-        packed=packed,
-        precision=resolve_precision(args.precision, device),
-        device=device,
-    )
-    metrics = compute_metrics(scored)
+    result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
+    metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
     metrics["model"] = loaded.resolved.model_id
     metrics["adapter"] = str(args.adapter) if args.adapter else None
     if data.skipped:
         metrics["bad_rows_skipped"] = data.skipped
+    metrics.update(result.sections)
     source = f"adapter {args.adapter}" if args.adapter else f"zero-shot {loaded.resolved.model_id}"
     title = f"{path.name}: {source}"
     print(format_metrics(metrics, title))
+    if metrics.get("letter_bias", {}).get("n"):
+        print(format_confusion(metrics["letter_bias"]))
+    if "permutations" in metrics:
+        print(format_permutation_summary(metrics["permutations"]))
+    if "debias" in metrics:
+        print(format_debias_summary(metrics["debias"]))
     if args.output:
         atomic_write_json(args.output, metrics)
         print(f"wrote {args.output}")
+    if args.report:
+        from mcqtune.report import write_report
+
+        written = write_report(args.report, metrics, title=f"{title} ({scoring} scoring)")
+        print(f"wrote report {args.report} ({', '.join(p.name for p in written)})")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mcqtune.data import LETTERS, DataError, MCQExample, load_examples
-    from mcqtune.evaluate import resolve_precision, score_examples
-    from mcqtune.prompt import PromptEncoder
 
     if args.data:
         examples = load_examples(args.data, args.format, require_answer=False).examples
@@ -196,34 +302,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.question or not args.choice or len(args.choice) < 2:
             raise DataError("predict needs --data FILE, or --question and at least two --choice")
         examples = [MCQExample("cli", args.question.strip(), tuple(c.strip() for c in args.choice), None)]
+    debiasing = args.debias or args.prior
+    if debiasing and not (args.prior or args.calibration_data or args.data):
+        raise DataError(
+            "predict --debias needs a letter prior: --prior FILE (from eval --save-prior), "
+            "--calibration-data FILE, or --data with several questions"
+        )
     loaded = _load(args)
     scoring = _scoring(args, loaded)
-    device = _device()
-    scored = score_examples(
-        loaded.model,
-        PromptEncoder(loaded.tokenizer, loaded.prompt),
-        examples,
-        scoring,
-        packed=(loaded.manifest or {}).get("packing", True),
-        precision=resolve_precision(args.precision, device),
-        device=device,
-    )
+    result = _analyses(args, loaded, examples, scoring)
+    scored = result.debiased if result.debiased is not None else result.scored
     import json
 
-    for example, probs, pred in zip(scored.examples, scored.probabilities, scored.predictions, strict=True):
+    for row, (example, probs, pred) in enumerate(
+        zip(scored.examples, scored.probabilities, scored.predictions, strict=True)
+    ):
         k = len(example.choices)
+        raw = int(result.scored.predictions[row])
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "id": example.id,
-                        "prediction": LETTERS[int(pred)],
-                        "probabilities": {LETTERS[i]: round(float(probs[i]), 4) for i in range(k)},
-                    }
-                )
-            )
+            record = {
+                "id": example.id,
+                "prediction": LETTERS[int(pred)],
+                "probabilities": {LETTERS[i]: round(float(probs[i]), 4) for i in range(k)},
+            }
+            if result.debiased is not None:
+                record.update(debiased=True, raw_prediction=LETTERS[raw])
+            print(json.dumps(record))
             continue
-        print(f"{example.id}: {LETTERS[int(pred)]}  ({scoring} scoring)")
+        note = f", debiased; without debiasing {LETTERS[raw]}" if result.debiased is not None else ""
+        print(f"{example.id}: {LETTERS[int(pred)]}  ({scoring} scoring{note})")
         for i in range(k):
             mark = "*" if i == pred else " "
             print(f"  {mark} {LETTERS[i]}. {probs[i] * 100:5.1f}%  {example.choices[i]}")
@@ -235,6 +342,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mcqtune.demo import run_demo
 
     return run_demo(Path(args.output), quick=args.quick)
+
+
+# ---------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mcqtune.compare import CompareSettings, parse_methods, run_compare
+
+    overrides = {
+        key: getattr(args, key)
+        for key in ("max_steps", "batch_size", "seed", "eval_steps", "eval_limit", "final_eval_limit")
+    } | {"train_limit": args.train_limit}
+    settings = CompareSettings(
+        output=Path(args.output),
+        methods=parse_methods(args.methods),
+        data=args.data,
+        validation=args.validation,
+        objective=args.objective,
+        model=args.model,
+        config_file=args.config,
+        quick=args.quick,
+        resume=args.resume,
+        overrides=overrides,
+        precision=args.precision,
+        method_timeout=args.method_timeout,
+        permutations=args.permutations,
+        echo=not args.quiet,
+        command=shlex.join(["mcqtune", *args.argv]),
+    )
+    result = run_compare(settings)
+    failed = [r["method"] for r in result.rows if r["status"] != "ok"]
+    if failed:
+        print(f"failed (recorded in the table): {', '.join(failed)}", file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------- parser
@@ -254,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a data file and summarise it. Exits 1 if any row has a problem.",
     )
     check.add_argument("file", help="data file, or a bundled name (medmcqa, arc_easy)")
+    check.add_argument("--split", default="train", help="split of a bundled dataset: train|validation")
     check.add_argument(
         "--format", default="auto", help="auto|medmcqa|medmcqa-raw|arc|mmlu-csv|jsonl|csv|parquet"
     )
@@ -303,10 +445,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=("auto", "bf16", "fp32"), help="auto: bf16 autocast where supported"
     )
     tr.add_argument("--on-bad-rows", choices=("error", "skip"))
+    tr.add_argument(
+        "--shuffle-options",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="permute each training example's options every epoch (answer letter remapped) so the "
+        "model cannot learn the data's letter skew (docs/EVALUATION.md)",
+    )
     tr.add_argument("--max-length", type=int, help="max tokens per sequence (question is shortened first)")
     tr.add_argument("--train-on-prompt", action="store_true", help="letter objective: loss on prompt too")
     tr.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "--save-steps", type=int, help="checkpoint every N steps (default 20) for --resume; Ctrl-C saves too"
+    )
+    tr.add_argument("--keep-checkpoints", type=int, help="checkpoints kept while training (default 2)")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --output (re-running the same command does too)",
+    )
+    tr.add_argument(
+        "--overwrite", action="store_true", help="replace a finished or different run in --output"
+    )
+    tr.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .bin weights")
+    tr.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     tr.set_defaults(func=cmd_train)
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -321,6 +484,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", default="auto")
         p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
         p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .bin weights")
+        p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+
+    def add_debias_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("debiasing (content-free letter prior, see docs/EVALUATION.md)")
+        g.add_argument(
+            "--debias",
+            action="store_true",
+            help="estimate the model's prior over answer letters from cyclically permuted scoring of a "
+            "calibration sample (no labels used) and remove it from the option scores",
+        )
+        g.add_argument(
+            "--calibration-data",
+            metavar="FILE",
+            help="questions to estimate the prior on (bundled name: its train split); "
+            "default: a sample of the evaluated/predicted questions",
+        )
+        g.add_argument(
+            "--calibration-size", type=int, default=100, help="calibration questions (default 100)"
+        )
+        g.add_argument("--prior", metavar="FILE", help="use a saved letter prior (implies --debias)")
+        g.add_argument("--save-prior", metavar="FILE", help="write the estimated prior as JSON")
+        g.add_argument("--seed", type=int, default=0, help="seed for samples and random orders")
 
     ev = sub.add_parser(
         "eval",
@@ -333,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--on-bad-rows", default="error", choices=("error", "skip"))
     ev.add_argument("--output", help="write metrics JSON here")
+    ev.add_argument(
+        "--permutations",
+        metavar="cyclic|all|K",
+        help="also score every question under option orders: cyclic rotations, all orders, or the "
+        "original plus K-1 random ones; reports order-averaged and circular accuracy",
+    )
+    ev.add_argument("--report", metavar="DIR", help="write metrics.json, summary.md and PNG charts here")
+    add_debias_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser(
@@ -345,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--choice", action="append", help="an option (repeat, in order)")
     pr.add_argument("--data", help="file of questions (answers optional)")
     pr.add_argument("--json", action="store_true", help="one JSON object per question")
+    add_debias_args(pr)
     pr.set_defaults(func=cmd_predict)
 
     demo = sub.add_parser(
@@ -355,12 +549,62 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
     demo.set_defaults(func=cmd_demo)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="train every method under one budget; table, plots and an HTML report",
+        description="Train each method (and evaluate zero-shot) with the same data, seed, examples seen "
+        "and evaluation set, each in its own process, then write results.json/.csv, PNG plots, "
+        "report.html and report.md into --output. A failed method is recorded, not fatal. Default "
+        "budget: <= 60 min on 2 CPU cores; --quick: <= 10 min.",
+    )
+    cmp.add_argument(
+        "--methods",
+        help="comma-separated methods (default: all registered: full,subset,adapter,prefix,lora,qlora); "
+        "a zero-shot row is always added",
+    )
+    cmp.add_argument("--output", required=True, help="directory for results, reports and runs/<method>/")
+    cmp.add_argument("--config", help="YAML with TrainConfig keys applied to every method")
+    cmp.add_argument(
+        "--data", default="arc_easy", help="training data, bundled name or file (default: arc_easy)"
+    )
+    cmp.add_argument("--validation", help="evaluation data (default: the bundled validation split)")
+    cmp.add_argument(
+        "--objective",
+        default="ranking",
+        choices=("auto", "letter", "ranking"),
+        help="training objective for every method (default: ranking)",
+    )
+    cmp.add_argument("--model", help="base model (default: bundled SmolLM2-135M)")
+    cmp.add_argument("--quick", action="store_true", help="small budget (<= 10 min): checks the pipeline")
+    cmp.add_argument("--resume", action="store_true", help="skip methods already finished in --output")
+    cmp.add_argument("--max-steps", type=int, help="optimizer steps per method (default 150; quick 20)")
+    cmp.add_argument("--batch-size", type=int, help="questions per step (default 4)")
+    cmp.add_argument("--seed", type=int, help="seed shared by every method (default 42)")
+    cmp.add_argument("--eval-steps", type=int, help="learning-curve point every N steps (default 30)")
+    cmp.add_argument("--eval-limit", type=int, help="validation questions per curve point (default 100)")
+    cmp.add_argument(
+        "--final-eval-limit", type=int, help="questions in the final evaluation (default all; quick 100)"
+    )
+    cmp.add_argument("--train-limit", type=int, help="use only the first N training rows")
+    cmp.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    cmp.add_argument(
+        "--permutations",
+        metavar="cyclic|all|K",
+        help="also report permutation-averaged accuracy on the final evaluation set (costs K x its time)",
+    )
+    cmp.add_argument(
+        "--method-timeout", type=float, metavar="SECONDS", help="stop a method after this long (failure)"
+    )
+    cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )

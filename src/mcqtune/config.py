@@ -7,6 +7,7 @@ config must never be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -55,7 +56,10 @@ class TrainConfig:
     eval_batch_size: int = 16
     precision: str = "auto"
     packing: bool = True
+    shuffle_options: bool = False  # permute each training example's options per epoch (letter bias)
     on_bad_rows: str = "error"
+    save_steps: int | None = 20  # checkpoint every N optimizer steps (and at the last); None: only on Ctrl-C
+    keep_checkpoints: int = 2
     method_options: dict[str, Any] = field(default_factory=dict)
     prompt: dict[str, Any] = field(default_factory=dict)
 
@@ -63,23 +67,36 @@ class TrainConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"{source}: '{key}' {why}")
 
+        from mcqtune.data import FORMATS
+
+        self.validate_method(source)
+        if self.format != "auto" and self.format not in FORMATS:
+            raise bad("format", f"must be auto or one of {', '.join(FORMATS)}, got '{self.format}'")
         if self.objective not in OBJECTIVES:
             raise bad("objective", f"must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
         if self.max_steps is None and self.epochs is None:
             raise bad("max_steps", "or 'epochs' must be set")
         if self.max_steps is not None and self.max_steps <= 0:
             raise bad("max_steps", f"must be a positive integer, got {self.max_steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise bad("epochs", f"must be positive, got {self.epochs}")
-        for key in ("batch_size", "grad_accum", "eval_batch_size", "eval_steps"):
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise bad("epochs", f"must be a positive number, got {self.epochs}")
+        for key in ("batch_size", "grad_accum", "eval_batch_size", "eval_steps", "keep_checkpoints"):
             if getattr(self, key) <= 0:
                 raise bad(key, f"must be a positive integer, got {getattr(self, key)}")
-        for key in ("eval_limit", "final_eval_limit", "train_limit"):
+        for key in ("eval_limit", "final_eval_limit", "train_limit", "save_steps"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise bad(key, f"must be a positive integer, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            raise bad("lr", f"must be positive, got {self.lr}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", f"must be a positive number, got {self.lr}")
+        if self.weight_decay is not None and not (
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0
+        ):
+            raise bad("weight_decay", f"must be a number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise bad(
+                "max_grad_norm", f"must be a number >= 0 (0 disables clipping), got {self.max_grad_norm}"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.scheduler not in ("linear", "cosine", "constant"):
@@ -91,6 +108,18 @@ class TrainConfig:
         unknown = set(self.prompt) - set(PromptConfig.__dataclass_fields__)
         if unknown:
             raise bad("prompt", f"has unknown keys: {', '.join(sorted(unknown))}")
+        max_length = self.prompt.get("max_length")
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0
+        ):
+            raise bad("prompt.max_length", f"must be a positive integer, got {max_length!r}")
+
+    def validate_method(self, source: str = "config") -> None:
+        from mcqtune.methods import METHODS
+
+        if self.method not in METHODS:
+            known = ", ".join(sorted(METHODS))
+            raise ConfigError(f"{source}: 'method' unknown method '{self.method}'; choose one of: {known}")
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig.from_dict(self.prompt)
@@ -184,12 +213,14 @@ def build_config(
     method = flags.get("method") or user.get("method") or (base.method if base else "lora")
     config = base or TrainConfig()
     config = apply_overrides(config, {"method": method}, "flags")
+    # A registered name only: the name also picks a file under configs/methods/ (no path tricks).
+    config.validate_method("command line" if flags.get("method") else str(config_file or "config"))
     config = apply_overrides(config, method_defaults(method), f"configs/methods/{method}.yaml")
     if user:
         config = apply_overrides(config, user, str(config_file))
     given = {k: v for k, v in flags.items() if v is not None}
     config = apply_overrides(config, given, "command line")
-    config.validate(str(config_file) if config_file else "config")
+    config.validate(str(config_file) if config_file else "command line")
     return config
 
 

@@ -87,7 +87,7 @@ def run_demo(output: Path, quick: bool = False) -> int:
                 "train_limit": 32 if quick else None,
             }
         )
-        result = train(config, show_progress=True)
+        result = train(config, show_progress=True, overwrite=True)  # the demo re-runs from scratch
         validation_metrics = result.metrics["validation"]
         rows.append(_row(dataset, f"LoRA {result.metrics['objective']} {steps} st", validation_metrics))
     table = format_table(rows)

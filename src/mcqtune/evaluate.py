@@ -2,7 +2,9 @@
 
 Accuracy is always reported beside the majority-letter baseline (always answering the evaluated set's
 most frequent gold letter) and the predicted-letter distribution: a model that "wins" by answering one
-letter has not won.
+letter has not won. ``compute_metrics`` also adds per-letter precision/recall, the confusion matrix and
+the predicted-vs-gold distance (``letter_bias``) and ECE/Brier (``calibration``); option-order
+robustness and debiasing live in :mod:`mcqtune.analysis`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcqtune.analysis import calibration, format_calibration, format_letter_bias, letter_bias
 from mcqtune.data import LETTERS, MCQExample
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward
@@ -166,6 +169,13 @@ def compute_metrics(scored: ScoredExamples) -> dict[str, Any]:
             majority_baseline=round(majority_count / len(answered), 4),
             gold_letter_distribution=_distribution(gold_letters, n_letters),
         )
+        labelled = [i for i, e in enumerate(examples) if e.answer is not None]
+        metrics["letter_bias"] = letter_bias(
+            [e.answer for e, _ in answered], [p for _, p in answered], n_letters
+        )
+        metrics["calibration"] = calibration(
+            scored.probabilities[labelled], [examples[i].answer for i in labelled]
+        )
         subjects: dict[str, list[bool]] = {}
         for e, p in answered:
             if e.subject:
@@ -196,6 +206,12 @@ def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
         )
         lines.append(f"gold letters      {format_distribution(metrics['gold_letter_distribution'])}")
     lines.append(f"predicted letters {format_distribution(metrics['predicted_letter_distribution'])}")
+    for text in (
+        format_letter_bias(metrics.get("letter_bias") or {}),
+        format_calibration(metrics.get("calibration") or {}),
+    ):
+        if text:
+            lines.append(text)
     if metrics.get("skipped"):
         lines.append(f"skipped {metrics['skipped']} rows that did not fit max_length")
     return "\n".join(lines)

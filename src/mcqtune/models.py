@@ -22,10 +22,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,20 @@ CACHE_FORMAT_VERSION = 1
 
 class ModelError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
+
+
+# (allow_pickle, trust_remote_code) for loads that happen deep inside a method's load_base().
+_LOAD_POLICY: ContextVar[tuple[bool, bool]] = ContextVar("mcqtune_load_policy", default=(False, False))
+
+
+@contextmanager
+def load_policy(*, allow_pickle: bool = False, trust_remote_code: bool = False) -> Iterator[None]:
+    """Make the user's ``--allow-pickle`` / ``--trust-remote-code`` apply to every load in this block."""
+    token = _LOAD_POLICY.set((allow_pickle, trust_remote_code))
+    try:
+        yield
+    finally:
+        _LOAD_POLICY.reset(token)
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,7 @@ def _check_weight_format(path: str, allow_pickle: bool) -> bool:
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token (the EOS if the model has none): batching needs one."""
+    trust_remote_code = trust_remote_code or _LOAD_POLICY.get()[1]
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -183,6 +202,9 @@ def load_model(
     allow_pickle: bool = False,
 ) -> PreTrainedModel:
     """Load the causal LM; eval mode, no KV cache (training and scoring never generate)."""
+    policy_pickle, policy_remote_code = _LOAD_POLICY.get()
+    allow_pickle = allow_pickle or policy_pickle
+    trust_remote_code = trust_remote_code or policy_remote_code
     use_safetensors = _check_weight_format(resolved.path, allow_pickle)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if use_safetensors:
@@ -193,7 +215,7 @@ def load_model(
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         raise ModelError(f"could not load model '{resolved.spec}': {exc}") from exc
     model.config.use_cache = False
     model.eval()

@@ -98,6 +98,77 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def check_peft_artifact(model: torch.nn.Module, directory: Path) -> None:
+    """Raise ValueError unless every tensor of a saved peft adapter landed in ``model`` unchanged.
+
+    ``PeftModel.from_pretrained`` only warns about adapter weights it cannot place (e.g. a LoRA layer the
+    base lacks), which would silently give a different model.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(directory) / "adapter_model.safetensors"))
+    loaded = get_peft_model_state_dict(model)
+    problems = sorted(set(saved) ^ set(loaded))
+    problems += [
+        n
+        for n in sorted(set(saved) & set(loaded))
+        if loaded[n].shape != saved[n].shape or not torch.equal(loaded[n].detach().cpu(), saved[n])
+    ]
+    if problems:
+        raise ValueError(f"adapter weights do not fit this base model: {', '.join(problems[:5])}")
+
+
+def cast_frozen_matmul_weights(
+    model: torch.nn.Module, dtype: torch.dtype, *, frozen_only: bool = True
+) -> int:
+    """Store the weights (and biases) of the model's ``nn.Linear`` layers in ``dtype``; returns bytes saved.
+
+    Under bf16 autocast every linear layer casts an fp32 weight to bf16 on each call (frozen weights are
+    not in autocast's cast cache), so storing frozen weights in bf16 gives bit-identical results with half
+    their memory and without that per-call cast (docs/PERFORMANCE.md). ``frozen_only`` skips tensors that
+    require grad; pass False on a freshly loaded base whose method freezes it afterwards. Left as they are:
+    the input embedding and an LM head tied to it (the embedding feeds the fp32 residual stream, which
+    autocast never rounds) and non-floating weights (4-bit/8-bit quantized layers).
+    """
+    if dtype == torch.float32:
+        return 0
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = {id(p) for p in embedding.parameters()} if embedding is not None else set()
+    saved = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for param in (module.weight, module.bias):
+            if (
+                param is None
+                or id(param) in tied
+                or not param.is_floating_point()
+                or param.dtype == dtype
+                or (frozen_only and param.requires_grad)
+            ):
+                continue
+            before = _storage_bytes(param)
+            param.data = param.data.to(dtype)
+            saved += before - _storage_bytes(param)
+    return saved
+
+
+def check_master_weights(model: torch.nn.Module, method_name: str) -> None:
+    """Trained parameters must be fp32 (the optimizer updates them in place): a method that trains base
+    weights must not let :meth:`Method.prepare_base` store them in bf16 (set ``frozen_base = False``)."""
+    wrong = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)
+    ]
+    if wrong:
+        raise RuntimeError(
+            f"method '{method_name}' trains half-precision parameters ({', '.join(wrong[:3])}): "
+            "a method that trains base weights must set frozen_base = False"
+        )
+
+
 class Method(ABC):
     """A fine-tuning method. Subclasses are registered with :func:`register`."""
 
@@ -105,12 +176,28 @@ class Method(ABC):
     description: ClassVar[str]
     # Whether scoring may pass a 4D attention mask and position ids (packed cloze options).
     supports_packing: ClassVar[bool] = True
+    # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
+    # bf16 (prepare_base). Methods that train base weights (full, subset) set False: fp32 master weights.
+    frozen_base: ClassVar[bool] = True
 
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
     ) -> PreTrainedModel:
         """The base model this method trains on (fp32 master weights by default)."""
         return load_model(resolved, torch.float32).to(device)
+
+    def base_dtype(self, precision: str) -> torch.dtype:
+        """dtype of the frozen base's matmul weights for training at ``precision`` (bf16 or fp32)."""
+        return torch.bfloat16 if precision == "bf16" and self.frozen_base else torch.float32
+
+    def prepare_base(self, base: PreTrainedModel, precision: str) -> PreTrainedModel:
+        """Called on the loaded base before :meth:`apply`: under bf16, store its linear weights in bf16.
+
+        Bit-identical under bf16 autocast, half the frozen-weight memory, no per-step weight cast
+        (:func:`cast_frozen_matmul_weights`); fp32 precision leaves the base untouched.
+        """
+        cast_frozen_matmul_weights(base, self.base_dtype(precision), frozen_only=False)
+        return base
 
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device

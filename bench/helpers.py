@@ -1,0 +1,279 @@
+"""Measurement helpers for ``bench/run.py``: mcqtune's side of every comparison, peaks, FLOPs, timing.
+
+Everything here is importable from tests (``tests/test_bench.py`` checks the correctness of what is
+compared: packed cloze == K copies, the step counts real tokens); nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mcqtune.config import TrainConfig
+from mcqtune.data import MCQExample
+from mcqtune.evaluate import autocast_context, resolve_precision
+from mcqtune.methods import get_method
+from mcqtune.methods.base import Method, check_master_weights
+from mcqtune.models import ResolvedModel
+from mcqtune.prompt import ClozeFeatures, PromptEncoder
+from mcqtune.scoring import cloze_forward, collate_cloze
+
+MIB = 2**20
+
+
+# ----------------------------------------------------------------------------------------- memory
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+# ----------------------------------------------------------------------------------------- matmul peak
+def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
+    """Sustained GFLOP/s of one n x n @ n x n matmul, repeated for about ``seconds``."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: kernel selection, page faults
+    reps = 0
+    start = time.perf_counter()
+    while True:
+        torch.mm(a, b, out=out)
+        reps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * n**3 * reps / elapsed / 1e9
+
+
+def matmul_peaks(n: int = 2048, seconds: float = 0.5, rounds: int = 3) -> dict[str, float]:
+    """Best-of-``rounds`` fp32 and bf16 matmul GFLOP/s, the two dtypes interleaved (same machine state)."""
+    best = {"fp32": 0.0, "bf16": 0.0}
+    for _ in range(rounds):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            best[name] = max(best[name], matmul_gflops(dtype, n, seconds))
+    return {k: round(v, 1) for k, v in best.items()}
+
+
+# ----------------------------------------------------------------------------------------- FLOPs
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """Parameters of the base transformer outside its (tied) embedding: what every token multiplies by.
+
+    Counts frozen *and* trainable base weights but not method-added modules (LoRA A/B, adapters,
+    prefixes); the input embedding is a lookup, and the LM head, tied to it here, runs only at the kept
+    answer positions in mcqtune (it is counted nowhere, see :func:`train_flops_per_token`).
+    """
+    config = model.config
+    hidden = config.hidden_size
+    inter = config.intermediate_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", heads) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2  # q, o + k, v
+    mlp = 3 * hidden * inter  # gate, up, down (Llama-style gated MLP)
+    norms = 2 * hidden
+    return config.num_hidden_layers * (attention + mlp + norms) + hidden
+
+
+def train_flops_per_token(n_non_embedding: int, trains_base: bool) -> int:
+    """The usual estimate: forward 2N; backward 2N for activation gradients (+2N weight gradients when the
+    base weights themselves are trained). Attention scores (QK^T, AV) are not counted: at the ~80-token
+    MedMCQA prompts they add ~1% (see :func:`attention_flops_per_token`)."""
+    return (6 if trains_base else 4) * n_non_embedding
+
+
+def attention_flops_per_token(config: Any, mean_length: float, trains_base: bool = False) -> float:
+    """QK^T and AV matmuls per token, causal (a token attends to (T+1)/2 positions on average)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    forward = 2 * 2 * config.num_hidden_layers * heads * head_dim * (mean_length + 1) / 2
+    return forward * (3 if trains_base else 2)
+
+
+# ----------------------------------------------------------------------------------------- timing
+@dataclass
+class Timings:
+    """Per-step (or per-chunk) work and seconds; rates exclude the first ``warmup`` entries."""
+
+    seconds: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    questions: list[int] = field(default_factory=list)
+
+    def add(self, seconds: float, tokens: int, questions: int) -> None:
+        self.seconds.append(seconds)
+        self.tokens.append(tokens)
+        self.questions.append(questions)
+
+    def _window(self, warmup: int) -> slice:
+        return slice(min(warmup, max(len(self.seconds) - 1, 0)), None)
+
+    def tokens_per_second(self, warmup: int = 0) -> float:
+        w = self._window(warmup)
+        return sum(self.tokens[w]) / max(sum(self.seconds[w]), 1e-9)
+
+    def questions_per_second(self, warmup: int = 0) -> float:
+        w = self._window(warmup)
+        return sum(self.questions[w]) / max(sum(self.seconds[w]), 1e-9)
+
+    def median_seconds(self, warmup: int = 0) -> float:
+        return statistics.median(self.seconds[self._window(warmup)])
+
+    def to_dict(self, warmup: int = 0) -> dict[str, Any]:
+        return {
+            "entries": len(self.seconds),
+            "warmup_excluded": min(warmup, max(len(self.seconds) - 1, 0)),
+            "seconds_total": round(sum(self.seconds), 3),
+            "median_seconds": round(self.median_seconds(warmup), 4) if self.seconds else None,
+            "tokens_per_second": round(self.tokens_per_second(warmup), 1),
+            "questions_per_second": round(self.questions_per_second(warmup), 3),
+        }
+
+
+def abba(n_rounds: int) -> Iterable[tuple[int, tuple[str, str]]]:
+    """Round i runs A then B on even rounds and B then A on odd ones, so drift hits both sides alike."""
+    for i in range(n_rounds):
+        yield i, ("a", "b") if i % 2 == 0 else ("b", "a")
+
+
+# ----------------------------------------------------------------------------------------- mcqtune step
+class McqtuneStepper:
+    """mcqtune's training step, built and run exactly as ``train._train`` does, one step per call.
+
+    Same method plug-in (``load_base`` -> ``prepare_base`` -> ``apply``), objective, length-grouped
+    ``BatchStream``, optimizer, scheduler, gradient clipping and bf16 autocast. The only difference: no
+    ``accelerate.Accelerator`` wrapper, because its process-wide state cannot hold mcqtune's bf16 and the
+    naive Trainer's fp32 settings at once in the same process; on one CPU process that wrapper adds no
+    operation besides the same ``torch.autocast``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        resolved: ResolvedModel,
+        encoder: PromptEncoder,
+        examples: list[MCQExample],
+        device: torch.device | None = None,
+        model_hook: Callable[[torch.nn.Module], None] | None = None,
+        prepare_base: Callable[[torch.nn.Module], Any] | None = None,
+    ):
+        from transformers import get_scheduler
+
+        from mcqtune.train import BatchStream, Objective
+
+        self.device = device or torch.device("cpu")
+        self.config = config
+        self.method: Method = get_method(config.method)
+        self.precision = resolve_precision(config.precision, self.device)
+        base = self.method.load_base(resolved, config.method_options, self.device)
+        if prepare_base is None:  # what train.py does; the lever A/Bs pass their own
+            self.method.prepare_base(base, self.precision)
+        else:
+            base = prepare_base(base) or base
+        self.model = self.method.apply(base, config.method_options)
+        check_master_weights(self.model, self.method.name)
+        if model_hook is not None:
+            model_hook(self.model)
+        packed = config.packing and self.method.supports_packing
+        self.objective = Objective(config.objective, encoder, packed)
+        self.features = self.objective.encode(examples)
+        self.stream = BatchStream(self.features, self.objective.length, config.batch_size, config.seed)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self.method.make_optimizer(self.trainable, config, self.device)
+        total = config.max_steps or 1
+        self.scheduler = get_scheduler(
+            config.scheduler,
+            self.optimizer,
+            num_warmup_steps=int(config.warmup_ratio * total),
+            num_training_steps=total,
+        )
+        self.autocast = autocast_context(self.device, self.precision)
+        self.timings = Timings()
+        self.losses: list[float] = []
+        self.model.train()
+
+    def next_features(self) -> list[Any]:
+        return next(self.stream)
+
+    def step(self, features: list[Any] | None = None, timings: Timings | None = None) -> float:
+        """One optimizer step (one micro-batch per ``grad_accum``) on ``features`` or the stream's next
+        batch; returns its seconds and adds them to ``timings`` (default: ``self.timings``)."""
+        start = time.perf_counter()
+        tokens = questions = 0
+        loss_value = 0.0
+        for _ in range(self.config.grad_accum):
+            group = features if features is not None else next(self.stream)
+            batch = self.objective.collate(group).to(self.device)
+            with self.autocast():
+                loss = self.objective.loss(self.model, batch) / self.config.grad_accum
+                loss.backward()
+            tokens += batch.real_tokens
+            questions += len(group)
+            loss_value += loss.item()
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        (timings if timings is not None else self.timings).add(seconds, tokens, questions)
+        self.losses.append(loss_value)
+        return seconds
+
+
+# ----------------------------------------------------------------------------------------- cloze
+@torch.no_grad()
+def cloze_logliks(
+    model: torch.nn.Module,
+    features: list[ClozeFeatures],
+    pad_id: int,
+    *,
+    packed: bool,
+    batch_size: int = 16,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Summed option log-likelihoods (N, K_max; -inf where absent), packed or one row per option."""
+    device = next(model.parameters()).device
+    autocast = autocast_context(device, precision)
+    n_options = max(len(f.option_ids) for f in features)
+    out = np.full((len(features), n_options), -np.inf)
+    for start in range(0, len(features), batch_size):
+        group = features[start : start + batch_size]
+        with autocast():
+            scores = cloze_forward(
+                model, collate_cloze(group, pad_id, packed=packed).to(device), normalize=False
+            )
+        out[start : start + len(group), : scores.shape[1]] = scores.float().cpu().numpy()
+    return out
+
+
+def option_lengths(features: list[ClozeFeatures], n_options: int) -> np.ndarray:
+    """(N, K_max) token count of each option (1 where absent), to turn sums into per-token means."""
+    out = np.ones((len(features), n_options))
+    for i, f in enumerate(features):
+        out[i, : len(f.option_ids)] = [len(o) for o in f.option_ids]
+    return out
+
+
+def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return math.inf
+    return float(np.abs(a[finite] - b[finite]).max()) if finite.any() else 0.0
+
+
+def free_memory() -> None:
+    gc.collect()

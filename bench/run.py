@@ -1,0 +1,828 @@
+"""mcqtune's performance benchmark: one command, one table, one JSON file (docs/PERFORMANCE.md).
+
+    make bench                           # = .venv/bin/python bench/run.py  (full, <= 15 min on 2 cores)
+    .venv/bin/python bench/run.py --quick          # tiny settings, a smoke test (~2 min on a quiet machine)
+    .venv/bin/python bench/run.py --only train,eval # some sections
+    .venv/bin/python bench/run.py --levers          # also the lever A/Bs (docs/PERFORMANCE.md, lever log)
+
+Same machine, same model (the bundled SmolLM2-135M), same MedMCQA/ARC-Easy rows, same run. A and B
+of every throughput comparison run in one process, interleaved step by step (or chunk by chunk, in
+A-B-B-A order), so machine noise hits both; peak RSS and start-up need their own processes
+(``bench/worker.py``). Sections:
+
+1. ``train``: mcqtune's LoRA step (letter objective) vs the naive HF ``Trainer`` recipe (bench/naive.py),
+   real (non-pad) tokens/s, then letter-scored validation accuracy of both after the same examples;
+2. ``peak`` + MFU: fp32/bf16 matmul peak; training FLOP/s (4 x non-embedding params per real token
+   for frozen-base methods, 6 x for full) over the bf16 peak;
+3. ``cloze``: packed options vs K copies of the question: fp32 log-likelihood equality, eval and
+   ranking-training questions/s, on ARC-Easy and MedMCQA;
+4. ``eval``: letter-logit scoring vs greedy generate-and-parse, questions/s, accuracy, agreement;
+5. ``memory``: peak RSS of ``train()`` for every registered method at the same batch (own process
+   each), frozen-base weight bytes;
+6. ``startup``: ``mcqtune eval`` start to first scored batch, cached model vs first GGUF load.
+
+Timings are never asserted (tests/test_bench.py checks only that the compared things are equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SECTIONS = ("peak", "train", "cloze", "eval", "memory", "startup")
+TARGETS = {
+    "train_ratio": 3.0,
+    "accuracy_points": 1.0,
+    "mfu": 0.50,
+    "cloze_ratio": 2.0,
+    "cloze_max_abs": 1e-3,
+    "eval_ratio": 20.0,
+    "qlora_frozen_ratio": 0.35,
+    "cached_load_seconds": 3.0,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    matmul_sizes: tuple[int, ...]
+    matmul_seconds: float
+    matmul_rounds: int
+    batch_size: int  # training questions per step, every training measurement
+    train_steps: int  # section 1: steps of each recipe (both see steps x batch_size examples)
+    val_rows: int  # section 1: validation rows for the accuracy check
+    warmup_steps: int  # excluded from rates
+    cloze_equal_rows: int  # section 3: rows for the fp32 equality check
+    cloze_eval_rows: int  # section 3: rows for eval questions/s
+    cloze_train_steps: int  # section 3: ranking steps per side
+    eval_rows: int  # section 4
+    eval_chunk: int  # section 4: questions per interleaved chunk (= letter scoring's batch)
+    memory_steps: int  # section 5: train() steps per method
+    naive_memory_steps: int
+    memory_methods: tuple[str, ...] | None  # None: every registered method (+ lora at fp32)
+    startup_limit: int  # section 6: rows evaluated
+    startup_cached_runs: int  # the cached case is run this many times, best kept
+
+
+FULL = Settings(
+    matmul_sizes=(2048, 4096),
+    matmul_seconds=1.0,
+    matmul_rounds=3,
+    batch_size=4,
+    train_steps=16,
+    val_rows=200,
+    warmup_steps=2,
+    cloze_equal_rows=64,
+    cloze_eval_rows=128,
+    cloze_train_steps=8,
+    eval_rows=64,
+    eval_chunk=16,
+    memory_steps=4,
+    naive_memory_steps=2,
+    memory_methods=None,
+    startup_limit=16,
+    startup_cached_runs=2,
+)
+QUICK = Settings(
+    matmul_sizes=(1024,),
+    matmul_seconds=0.2,
+    matmul_rounds=2,
+    batch_size=1,
+    train_steps=3,
+    val_rows=16,
+    warmup_steps=1,
+    cloze_equal_rows=8,
+    cloze_eval_rows=16,
+    cloze_train_steps=2,
+    eval_rows=8,
+    eval_chunk=8,
+    memory_steps=1,
+    naive_memory_steps=1,
+    memory_methods=("lora", "qlora"),
+    startup_limit=4,
+    startup_cached_runs=1,
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- context
+class Context:
+    """What the in-process sections share: the resolved model, tokenizer, encoder and data rows."""
+
+    def __init__(self, settings: Settings, out_dir: Path):
+        from mcqtune.models import load_tokenizer, resolve_model
+        from mcqtune.prompt import PromptEncoder
+
+        self.settings = settings
+        self.out_dir = out_dir
+        self.resolved = resolve_model(None)
+        self.tokenizer = load_tokenizer(self.resolved)
+        self.encoder = PromptEncoder(self.tokenizer)
+        self.cpu = __import__("torch").device("cpu")
+        self._rows: dict[tuple[str, str, int], list] = {}
+
+    def rows(self, dataset: str, split: str, n: int) -> list:
+        from mcqtune.data import bundled_path, load_examples
+
+        key = (dataset, split, n)
+        if key not in self._rows:
+            self._rows[key] = load_examples(bundled_path(dataset, split), limit=n).examples
+        return self._rows[key]
+
+    def lora_config(self, objective: str, steps: int):
+        from mcqtune.config import build_config
+
+        return build_config(
+            {
+                "method": "lora",
+                "objective": objective,
+                "validation": None,
+                "max_steps": steps,
+                "batch_size": self.settings.batch_size,
+                "precision": "auto",
+            }
+        )
+
+
+# ------------------------------------------------------------------------------------------- sections
+def section_peak(ctx: Context) -> dict[str, Any]:
+    from bench.helpers import matmul_peaks
+
+    s = ctx.settings
+    by_size = {str(n): matmul_peaks(n, s.matmul_seconds, s.matmul_rounds) for n in s.matmul_sizes}
+    best = {k: max(v[k] for v in by_size.values()) for k in ("fp32", "bf16")}
+    return {"gflops": best, "by_size": by_size, "bf16_over_fp32": round(best["bf16"] / best["fp32"], 2)}
+
+
+def section_train(ctx: Context) -> dict[str, Any]:
+    """Item 1: interleaved steps of mcqtune's LoRA step and the naive Trainer, then accuracy of both."""
+    from bench.helpers import McqtuneStepper, Timings, non_embedding_params
+    from bench.naive import (
+        NAIVE_MAX_LENGTH,
+        CountingCollator,
+        naive_dataset,
+        naive_lora_model,
+        naive_texts,
+        naive_tokenizer,
+        naive_trainer,
+    )
+    from transformers import TrainerCallback
+
+    from mcqtune.evaluate import compute_metrics, score_examples
+
+    s = ctx.settings
+    n_examples = s.train_steps * s.batch_size
+    train_rows = ctx.rows("medmcqa", "train", n_examples)
+    val_rows = ctx.rows("medmcqa", "validation", s.val_rows)
+    config = ctx.lora_config("letter", s.train_steps)
+    stepper = McqtuneStepper(config, ctx.resolved, ctx.encoder, train_rows)
+
+    tokenizer = naive_tokenizer(ctx.resolved.path)
+    dataset = naive_dataset(tokenizer, naive_texts(train_rows))
+    naive_model = naive_lora_model(ctx.resolved.path, config.method_options)
+    collator = CountingCollator(tokenizer)
+    naive_timings = Timings()
+
+    class Interleave(TrainerCallback):
+        """Runs one mcqtune step per naive step, before it on odd steps and after it on even ones;
+        the naive step's time is the wall time the Trainer held, minus our steps."""
+
+        def __init__(self) -> None:
+            self.resume = time.perf_counter()
+            self.naive_seconds = 0.0
+
+        def _pause(self) -> None:
+            self.naive_seconds += time.perf_counter() - self.resume
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.resume = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._pause()
+            if state.global_step % 2 == 1:
+                stepper.step()
+            self.resume = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._pause()
+            step = len(naive_timings.seconds)
+            naive_timings.add(self.naive_seconds, collator.real_tokens[step], collator.questions[step])
+            self.naive_seconds = 0.0
+            if state.global_step % 2 == 1:  # global_step was incremented: this was an even step
+                stepper.step()
+            self.resume = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="mcqtune-bench-") as tmp:
+        trainer = naive_trainer(
+            naive_model,
+            tokenizer,
+            dataset,
+            tmp,
+            batch_size=s.batch_size,
+            max_steps=s.train_steps,
+            lr=config.lr,
+            warmup_ratio=config.warmup_ratio,
+            weight_decay=config.weight_decay or 0.0,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            callbacks=[Interleave()],
+            collator=collator,
+        )
+        log(f"train: {s.train_steps} interleaved steps of each recipe, batch {s.batch_size}")
+        trainer.train()
+
+    while len(stepper.timings.seconds) < s.train_steps:  # (only if the Trainer stopped early)
+        stepper.step()
+
+    def evaluate(model) -> dict[str, Any]:
+        scored = score_examples(model, ctx.encoder, val_rows, "letter", batch_size=16, precision="bf16")
+        m = compute_metrics(scored)
+        return {k: m[k] for k in ("accuracy", "ci95", "n", "predicted_letter_distribution")} | {
+            "majority_baseline": m["majority_baseline"]
+        }
+
+    log(f"train: letter-scored validation accuracy on {len(val_rows)} rows")
+    ours = evaluate(stepper.model)
+    naive = evaluate(naive_model)
+    with stepper.model.disable_adapter():
+        zero_shot = evaluate(stepper.model)
+    w = s.warmup_steps
+    ours_tps = stepper.timings.tokens_per_second(w)
+    naive_tps = naive_timings.tokens_per_second(w)
+    result = {
+        "examples": n_examples,
+        "batch_size": s.batch_size,
+        "steps": s.train_steps,
+        "naive_max_length": NAIVE_MAX_LENGTH,
+        "precision": stepper.precision,
+        "mcqtune": stepper.timings.to_dict(w) | {"losses": [round(x, 4) for x in stepper.losses]},
+        "naive": naive_timings.to_dict(w) | {"padded_tokens_per_step": s.batch_size * NAIVE_MAX_LENGTH},
+        "ratio_tokens_per_second": round(ours_tps / max(naive_tps, 1e-9), 2),
+        "accuracy": {"mcqtune": ours, "naive": naive, "zero_shot": zero_shot},
+        "accuracy_difference_points": round((ours["accuracy"] - naive["accuracy"]) * 100, 2),
+        "non_embedding_params": non_embedding_params(stepper.model.get_base_model()),
+        "mean_real_tokens_per_question": round(
+            sum(stepper.timings.tokens) / max(sum(stepper.timings.questions), 1), 1
+        ),
+    }
+    return result
+
+
+def section_cloze(ctx: Context) -> dict[str, Any]:
+    """Item 3: packed options vs one row per option, fp32 equality, eval and ranking-training speed."""
+    from bench.helpers import McqtuneStepper, Timings, cloze_logliks, max_abs_difference, option_lengths
+
+    from mcqtune.artifacts import load_for_inference
+    from mcqtune.evaluate import score_examples
+
+    s = ctx.settings
+    pad = ctx.tokenizer.pad_token_id
+    fp32 = load_for_inference(None, None, ctx.cpu, precision="fp32").model
+    bf16 = load_for_inference(None, None, ctx.cpu, precision="bf16").model
+    out: dict[str, Any] = {}
+    for dataset in ("arc_easy", "medmcqa"):
+        log(f"cloze: {dataset}")
+        rows = ctx.rows(dataset, "validation", max(s.cloze_equal_rows, s.cloze_eval_rows))
+        features = ctx.encoder.encode_cloze(rows[: s.cloze_equal_rows]).features
+        packed = cloze_logliks(fp32, features, pad, packed=True)
+        copies = cloze_logliks(fp32, features, pad, packed=False)
+        lengths = option_lengths(features, packed.shape[1])  # scoring ranks by the mean log-likelihood
+        equality = {
+            "rows": len(features),
+            "max_abs_loglik_difference": max_abs_difference(packed, copies),
+            "same_predictions": int(((packed / lengths).argmax(1) == (copies / lengths).argmax(1)).sum()),
+        }
+
+        eval_rows = rows[: s.cloze_eval_rows]
+        timings = {"a": Timings(), "b": Timings()}
+        chunk = 16
+        chunks = [eval_rows[i : i + chunk] for i in range(0, len(eval_rows), chunk)]
+        for i, chunk_rows in enumerate(chunks):
+            for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+                kwargs = {"batch_size": 16, "packed": side == "a", "precision": "bf16"}
+                scored = score_examples(bf16, ctx.encoder, chunk_rows, "cloze", **kwargs)
+                timings[side].add(scored.seconds, 0, len(chunk_rows))
+        eval_ratio = timings["a"].questions_per_second() / max(timings["b"].questions_per_second(), 1e-9)
+
+        config = ctx.lora_config("ranking", 2 * s.cloze_train_steps)
+        train_rows = ctx.rows(dataset, "train", s.cloze_train_steps * s.batch_size)
+        stepper = McqtuneStepper(config, ctx.resolved, ctx.encoder, train_rows)
+        train_t = {"a": Timings(), "b": Timings()}
+        for i in range(s.cloze_train_steps):
+            features_i = stepper.next_features()
+            for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+                stepper.objective.packed = side == "a"
+                stepper.step(features_i, timings=train_t[side])
+        w = min(1, s.cloze_train_steps - 1)
+        train_ratio = train_t["a"].questions_per_second(w) / max(train_t["b"].questions_per_second(w), 1e-9)
+        del stepper
+        out[dataset] = {
+            "equality_fp32": equality,
+            "eval": {
+                "rows": len(eval_rows),
+                "packed": timings["a"].to_dict(),
+                "copies": timings["b"].to_dict(),
+                "ratio_questions_per_second": round(eval_ratio, 2),
+            },
+            "ranking_train": {
+                "steps": s.cloze_train_steps,
+                "batch_size": s.batch_size,
+                "packed": train_t["a"].to_dict(w),
+                "copies": train_t["b"].to_dict(w),
+                "ratio_questions_per_second": round(train_ratio, 2),
+            },
+        }
+    return out
+
+
+def section_eval(ctx: Context) -> dict[str, Any]:
+    """Item 4: letter-logit scoring (mcqtune eval's defaults) vs greedy generate-and-parse."""
+    import numpy as np
+    import torch
+    from bench.helpers import Timings
+    from bench.naive import GENERATE_MAX_NEW_TOKENS, generate_and_parse, naive_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from mcqtune.artifacts import load_for_inference
+    from mcqtune.evaluate import score_examples
+
+    s = ctx.settings
+    rows = ctx.rows("medmcqa", "validation", s.eval_rows)
+    ours_model = load_for_inference(None, None, ctx.cpu, precision="bf16").model
+    fp32_model = load_for_inference(None, None, ctx.cpu, precision="fp32").model
+    gen_model = AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32)
+    gen_tokenizer = naive_tokenizer(ctx.resolved.path)
+    timings = {"a": Timings(), "b": Timings()}
+    scores = np.full((len(rows), max(len(r.choices) for r in rows)), -np.inf)
+    generated_pred, first_letter = [], []
+    chunks = [list(range(i, min(i + s.eval_chunk, len(rows)))) for i in range(0, len(rows), s.eval_chunk)]
+    log(f"eval: {len(rows)} MedMCQA rows, chunks of {s.eval_chunk}, A-B-B-A")
+    results: dict[int, Any] = {}
+    for i, idx in enumerate(chunks):
+        chunk_rows = [rows[j] for j in idx]
+        for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+            if side == "a":
+                scored = score_examples(
+                    ours_model, ctx.encoder, chunk_rows, "letter", batch_size=s.eval_chunk, precision="bf16"
+                )
+                timings["a"].add(scored.seconds, 0, len(chunk_rows))
+                scores[idx, : scored.scores.shape[1]] = scored.scores
+            else:
+                gen = generate_and_parse(gen_model, gen_tokenizer, ctx.encoder, chunk_rows)
+                timings["b"].add(gen.seconds, 0, len(chunk_rows))
+                results[i] = gen
+    for i in range(len(chunks)):
+        generated_pred += results[i].predictions.tolist()
+        first_letter += results[i].first_is_letter.tolist()
+    generated_pred = np.array(generated_pred)
+    first_letter = np.array(first_letter, dtype=bool)
+    fp32_scored = score_examples(
+        fp32_model, ctx.encoder, rows, "letter", batch_size=s.eval_chunk, precision="fp32"
+    )
+    gold = np.array([r.answer for r in rows])
+    letter_pred = scores.argmax(1)
+    fp32_pred = fp32_scored.predictions
+    subset = first_letter
+    ratio = timings["a"].questions_per_second() / max(timings["b"].questions_per_second(), 1e-9)
+    return {
+        "rows": len(rows),
+        "max_new_tokens": GENERATE_MAX_NEW_TOKENS,
+        "letter_scoring": timings["a"].to_dict() | {"precision": "bf16", "batch_size": s.eval_chunk},
+        "letter_scoring_fp32_questions_per_second": round(len(rows) / fp32_scored.seconds, 2),
+        "generate_and_parse": timings["b"].to_dict() | {"precision": "fp32", "batch_size": 1},
+        "ratio_questions_per_second": round(ratio, 2),
+        "accuracy": {
+            "letter_scoring_bf16": round(float((letter_pred == gold).mean()), 4),
+            "letter_scoring_fp32": round(float((fp32_pred == gold).mean()), 4),
+            "generate_and_parse": round(float((generated_pred == gold).mean()), 4),
+            "generate_unparsed": int((generated_pred < 0).sum()),
+        },
+        "first_token_is_letter": {
+            "rows": int(subset.sum()),
+            "agreement_fp32": int((fp32_pred[subset] == generated_pred[subset]).sum()),
+            "agreement_bf16": int((letter_pred[subset] == generated_pred[subset]).sum()),
+            "accuracy_letter_fp32": _mean(fp32_pred[subset] == gold[subset]),
+            "accuracy_generate": _mean(generated_pred[subset] == gold[subset]),
+        },
+    }
+
+
+def _mean(values) -> float | None:
+    return round(float(values.mean()), 4) if len(values) else None
+
+
+def _worker(task: str, spec: dict[str, Any], tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run bench/worker.py TASK in a fresh process; its stdout/stderr go to a log beside the JSON."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    name = f"{task}-{spec.get('method', '')}-{spec.get('precision', '')}-{len(list(tmp.iterdir()))}"
+    spec_path, out_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.json", tmp / f"{name}.log"
+    spec_path.write_text(json.dumps(spec))
+    command = [sys.executable, str(ROOT / "bench" / "worker.py"), task, str(spec_path), str(out_path)]
+    with open(log_path, "w") as logfile:
+        start = time.perf_counter()
+        code = subprocess.call(command, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        wall = time.perf_counter() - start
+    if code != 0 or not out_path.exists():
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        return {"error": f"exit {code}", "log_tail": tail, "process_seconds": round(wall, 2)}
+    record = json.loads(out_path.read_text())
+    record["process_seconds"] = round(wall, 2)
+    return record
+
+
+def section_memory(ctx: Context) -> dict[str, Any]:
+    """Item 5: every registered method's real train() for a few steps, each in its own process."""
+    from mcqtune.methods import METHODS
+
+    s = ctx.settings
+    names = sorted(METHODS) if s.memory_methods is None else [m for m in s.memory_methods if m in METHODS]
+    runs = [(name, "auto") for name in names] + [("lora", "fp32")]
+    out: dict[str, Any] = {"steps": s.memory_steps, "batch_size": s.batch_size, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="mcqtune-bench-mem-") as tmp:
+        for method, precision in runs:
+            log(f"memory: {method} ({precision}), {s.memory_steps} steps in its own process")
+            spec = {
+                "method": method,
+                "precision": precision,
+                "steps": s.memory_steps,
+                "batch_size": s.batch_size,
+                "output": str(Path(tmp) / f"run-{method}-{precision}"),
+            }
+            out["runs"][f"{method}/{precision}"] = _worker("train", spec, Path(tmp) / "work")
+        log(f"memory: naive Trainer recipe, {s.naive_memory_steps} steps in its own process")
+        config = ctx.lora_config("letter", s.naive_memory_steps)
+        spec = {
+            "steps": s.naive_memory_steps,
+            "batch_size": s.batch_size,
+            "options": config.method_options,
+            "lr": config.lr,
+            "output": str(Path(tmp) / "naive"),
+        }
+        out["naive"] = _worker("naive", spec, Path(tmp) / "work")
+    return out
+
+
+def section_startup(ctx: Context) -> dict[str, Any]:
+    """Item 6: `mcqtune eval` start to first scored batch: first GGUF load (empty cache) vs cached."""
+    s = ctx.settings
+    argv = ["eval", "--data", "medmcqa", "--limit", str(s.startup_limit), "--scoring", "letter"]
+    out: dict[str, Any] = {"command": "mcqtune " + " ".join(argv)}
+    with tempfile.TemporaryDirectory(prefix="mcqtune-bench-start-") as tmp:
+        for case in ("cold", *["cached"] * s.startup_cached_runs):
+            env = dict(os.environ)
+            if case == "cold":
+                env["MCQTUNE_CACHE"] = str(Path(tmp) / "empty-cache")
+            log(f"startup: {case}")
+            record = _worker("startup", {"argv": argv, "t0": time.time()}, Path(tmp) / "work", env=env)
+            if "marks" in record:
+                m = record["marks"]
+                t0 = m["process_start"]
+                record["seconds"] = {
+                    "imports": round(m["imports_done"] - t0, 2),
+                    "model_load": round(m.get("load_end", t0) - m.get("load_start", t0), 2),
+                    "to_first_batch": round(m["first_batch"] - t0, 2) if "first_batch" in m else None,
+                }
+            out.setdefault(case, []).append(record)
+    cached = [r["seconds"] for r in out.get("cached", []) if "seconds" in r]
+    if cached:
+        out["cached_best"] = min(cached, key=lambda x: x["to_first_batch"] or 1e9)
+    return out
+
+
+def section_levers(ctx: Context) -> dict[str, Any]:
+    from bench.levers import run_levers
+
+    return run_levers(ctx)
+
+
+SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "peak": section_peak,
+    "train": section_train,
+    "cloze": section_cloze,
+    "eval": section_eval,
+    "memory": section_memory,
+    "startup": section_startup,
+    "levers": section_levers,
+}
+
+
+# ------------------------------------------------------------------------------------------- report
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        bf16 = "avx512_bf16" in flags
+    except OSError:
+        bf16 = False
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "avx512_bf16": bf16,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def _fmt(value: Any, spec: str = ".1f", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:{spec}}{unit}"
+
+
+def _status(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "NOT MET")
+
+
+def summarize(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows of the one table: (measurement, mcqtune, baseline, ratio, target, status)."""
+    from bench.helpers import train_flops_per_token
+
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    sec = results["sections"]
+    peak = (sec.get("peak") or {}).get("gflops")
+    train = sec.get("train")
+    if train and "error" not in train:
+        ratio = train["ratio_tokens_per_second"]
+        rows.append(
+            (
+                "1 LoRA train, real tok/s",
+                _fmt(train["mcqtune"]["tokens_per_second"]),
+                _fmt(train["naive"]["tokens_per_second"]) + " (naive Trainer)",
+                _fmt(ratio, ".2f", "x"),
+                ">= 3x",
+                _status(ratio >= TARGETS["train_ratio"]),
+            )
+        )
+        acc = train["accuracy"]
+        diff = train["accuracy_difference_points"]
+        rows.append(
+            (
+                f"1 val accuracy after {train['examples']} ex (n={acc['mcqtune']['n']})",
+                _fmt(acc["mcqtune"]["accuracy"] * 100, ".1f", "%"),
+                _fmt(acc["naive"]["accuracy"] * 100, ".1f", "%")
+                + f" (0-shot {acc['zero_shot']['accuracy'] * 100:.1f}%)",
+                _fmt(diff, "+.1f", " pt"),
+                "+-1 pt",
+                _status(abs(diff) <= TARGETS["accuracy_points"]),
+            )
+        )
+        if peak:
+            flops = train_flops_per_token(train["non_embedding_params"], trains_base=False)
+            mfu = train["mcqtune"]["tokens_per_second"] * flops / (peak["bf16"] * 1e9)
+            naive_mfu = train["naive"]["tokens_per_second"] * flops / (peak["fp32"] * 1e9)
+            rows.append(
+                (
+                    "2 MFU (4N/token) vs matmul peak",
+                    _fmt(mfu * 100, ".1f", "% of bf16"),
+                    _fmt(naive_mfu * 100, ".1f", "% of fp32"),
+                    "",
+                    ">= 50%",
+                    _status(mfu >= TARGETS["mfu"]),
+                )
+            )
+            train["mfu"] = {"mcqtune_vs_bf16_peak": round(mfu, 4), "naive_vs_fp32_peak": round(naive_mfu, 4)}
+    if peak:
+        rows.append(
+            (
+                "2 matmul peak GFLOP/s",
+                _fmt(peak["bf16"], ".0f", " bf16"),
+                _fmt(peak["fp32"], ".0f", " fp32"),
+                _fmt(peak["bf16"] / peak["fp32"], ".2f", "x"),
+                "",
+                "-",
+            )
+        )
+    memory = sec.get("memory") or {}
+    naive_mem = memory.get("naive") or {}
+    lora_mem = (memory.get("runs") or {}).get("lora/auto") or {}
+    if "peak_rss_mib" in naive_mem and "peak_rss_mib" in lora_mem:
+        rows.append(
+            (
+                f"1 peak RSS MiB, batch {memory['batch_size']}",
+                _fmt(lora_mem["peak_rss_mib"], ".0f"),
+                _fmt(naive_mem["peak_rss_mib"], ".0f") + " (naive Trainer)",
+                _fmt(lora_mem["peak_rss_mib"] / naive_mem["peak_rss_mib"], ".2f", "x"),
+                "",
+                "-",
+            )
+        )
+    cloze = sec.get("cloze") or {}
+    for dataset, c in cloze.items():
+        if not isinstance(c, dict) or "eval" not in c:
+            continue
+        diff = c["equality_fp32"]["max_abs_loglik_difference"]
+        for kind, label in (("eval", "eval"), ("ranking_train", "ranking train")):
+            r = c[kind]["ratio_questions_per_second"]
+            rows.append(
+                (
+                    f"3 cloze {label} q/s, {dataset}",
+                    _fmt(c[kind]["packed"]["questions_per_second"], ".2f") + " packed",
+                    _fmt(c[kind]["copies"]["questions_per_second"], ".2f") + " K copies",
+                    _fmt(r, ".2f", "x"),
+                    ">= 2x",
+                    _status(r >= TARGETS["cloze_ratio"]),
+                )
+            )
+        rows.append(
+            (
+                f"3 max |dloglik| fp32, {dataset}",
+                _fmt(diff, ".1e"),
+                f"{c['equality_fp32']['same_predictions']}/{c['equality_fp32']['rows']} same argmax",
+                "",
+                "<= 1e-3",
+                _status(diff <= TARGETS["cloze_max_abs"]),
+            )
+        )
+    ev = sec.get("eval")
+    if ev and "error" not in ev:
+        r = ev["ratio_questions_per_second"]
+        rows.append(
+            (
+                "4 eval q/s: letter logits vs generate",
+                _fmt(ev["letter_scoring"]["questions_per_second"], ".2f"),
+                _fmt(ev["generate_and_parse"]["questions_per_second"], ".2f"),
+                _fmt(r, ".1f", "x"),
+                ">= 20x",
+                _status(r >= TARGETS["eval_ratio"]),
+            )
+        )
+        fl = ev["first_token_is_letter"]
+        same = fl["rows"] > 0 and fl["agreement_fp32"] == fl["rows"]
+        rows.append(
+            (
+                f"4 same answers when 1st token is a letter ({fl['rows']}/{ev['rows']})",
+                _fmt(fl["accuracy_letter_fp32"], ".3f") + " acc",
+                _fmt(fl["accuracy_generate"], ".3f") + " acc",
+                f"{fl['agreement_fp32']}/{fl['rows']} agree",
+                "equal",
+                _status(same if fl["rows"] else None),
+            )
+        )
+    if memory.get("runs"):
+        fp32_ref = (memory["runs"].get("lora/fp32") or {}).get("parameters", {}).get("frozen_base_bytes")
+        lora_fp32_rss = (memory["runs"].get("lora/fp32") or {}).get("peak_rss_mib")
+        for key, run in memory["runs"].items():
+            if "error" in run:
+                rows.append((f"5 {key}", "failed", run["error"], "", "", "-"))
+                continue
+            frozen = run["parameters"]["frozen_base_bytes"]
+            share = frozen / fp32_ref if fp32_ref else None
+            target, status = "", "-"
+            if key.startswith("qlora"):
+                target = "<=0.35x, RSS<lora/fp32"
+                status = _status(
+                    share is not None
+                    and share <= TARGETS["qlora_frozen_ratio"]
+                    and lora_fp32_rss is not None
+                    and run["peak_rss_mib"] < lora_fp32_rss
+                )
+            rows.append(
+                (
+                    f"5 {key}: peak RSS MiB | frozen MiB",
+                    _fmt(run["peak_rss_mib"], ".0f"),
+                    _fmt(frozen / 2**20, ".0f") + " MiB frozen",
+                    _fmt(share, ".2f", "x fp32"),
+                    target,
+                    status,
+                )
+            )
+    st = sec.get("startup") or {}
+    best = st.get("cached_best")
+    cold = next((r.get("seconds") for r in st.get("cold", []) if "seconds" in r), None)
+    if best:
+        rows.append(
+            (
+                "6 eval start -> 1st batch s (cached | cold)",
+                _fmt(best["to_first_batch"], ".1f"),
+                _fmt(cold and cold["to_first_batch"], ".1f") + " cold GGUF",
+                "",
+                "",
+                "-",
+            )
+        )
+        rows.append(
+            (
+                "6 model load s (cached | cold)",
+                _fmt(best["model_load"], ".2f"),
+                _fmt(cold and cold["model_load"], ".2f") + " cold GGUF",
+                "",
+                "<= 3 s",
+                _status(best["model_load"] <= TARGETS["cached_load_seconds"]),
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    header = ("measurement", "mcqtune", "baseline", "ratio", "target", "status")
+    table = [header, *rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(table):
+        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of every section")
+    parser.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)},levers")
+    parser.add_argument("--levers", action="store_true", help="also run the lever A/Bs (bench/levers.py)")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the JSON and table go")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    sections = args.only.split(",") if args.only else list(SECTIONS) + (["levers"] if args.levers else [])
+    unknown = [s for s in sections if s not in SECTION_FUNCS]
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(unknown)}")
+    if "train" in sections and "peak" not in sections:
+        sections.insert(0, "peak")  # MFU needs the peak of the same run
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mode = "quick" if args.quick else "full"
+    json_path = out_dir / f"bench-{mode}.json"
+
+    from mcqtune.cli import _quiet_libraries
+
+    _quiet_libraries()
+    import datasets
+
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "mode": mode,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "load_average_start": os.getloadavg(),
+        "settings": dataclasses.asdict(settings),
+        "targets": TARGETS,
+        "sections": {},
+        "section_seconds": {},
+    }
+    ctx = Context(settings, out_dir)
+    for name in sections:
+        log(f"section {name}")
+        t = time.perf_counter()
+        try:
+            results["sections"][name] = SECTION_FUNCS[name](ctx)
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            results["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results["section_seconds"][name] = round(time.perf_counter() - t, 1)
+        json_path.write_text(json.dumps(results, indent=1, default=str))
+    results["load_average_end"] = os.getloadavg()
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    rows = summarize(results)
+    results["table"] = [list(r) for r in rows]
+    table = format_table(rows)
+    json_path.write_text(json.dumps(results, indent=1, default=str))
+    (out_dir / f"bench-{mode}.md").write_text(table + "\n")
+    m = results["machine"]
+    print(
+        f"\nmcqtune bench ({mode}), {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), {results['total_seconds']:.0f} s, "
+        f"load average {results['load_average_start'][0]:.1f} -> {results['load_average_end'][0]:.1f}"
+    )
+    print(table)
+    failed = [n for n, r in results["sections"].items() if isinstance(r, dict) and "error" in r]
+    if failed:
+        print(f"sections that failed: {', '.join(failed)} (see the traceback above)")
+    print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Subprocess entry points for ``bench/run.py``: each measurement that needs its own process (peak RSS,
+start-up) runs here and writes one JSON record.
+
+    python bench/worker.py TASK SPEC.json OUT.json
+
+Tasks: ``train`` (mcqtune's real ``train()`` for a fixed number of steps), ``naive`` (the naive HF
+``Trainer`` recipe for a fixed number of steps), ``startup`` (``mcqtune eval`` with timestamps at model
+load and at the end of the first scored batch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def task_train(spec: dict) -> dict:
+    """mcqtune ``train()`` on MedMCQA for ``steps`` steps, no validation: peak RSS, tokens/s, weight bytes."""
+    from mcqtune.cli import _quiet_libraries
+
+    _quiet_libraries()
+    from bench.helpers import current_rss_mib
+
+    from mcqtune.config import build_config
+    from mcqtune.methods import get_method
+    from mcqtune.train import train
+
+    rss_imports = current_rss_mib()
+    method = get_method(spec["method"])
+    if spec.get("gradient_checkpointing"):
+        original = method.apply
+
+        def apply_with_checkpointing(model, options):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+            return original(model, options)
+
+        method.apply = apply_with_checkpointing
+    flags = {
+        "method": spec["method"],
+        "objective": spec.get("objective", "letter"),
+        "train": spec.get("train", "medmcqa"),
+        "validation": None,
+        "output": spec["output"],
+        "max_steps": spec["steps"],
+        "batch_size": spec["batch_size"],
+        "train_limit": spec["steps"] * spec["batch_size"],
+        "precision": spec.get("precision", "auto"),
+        "save_steps": None,
+        "warmup_ratio": 0.0,
+    }
+    if spec.get("options"):
+        flags["method_options"] = spec["options"]
+    config = build_config(flags)
+    start = time.perf_counter()
+    result = train(config, show_progress=False)
+    wall = time.perf_counter() - start
+    metrics = result.metrics
+    return {
+        "method": spec["method"],
+        "precision": spec.get("precision", "auto"),
+        "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
+        "steps": spec["steps"],
+        "batch_size": spec["batch_size"],
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "rss_after_imports_mib": round(rss_imports, 1),
+        "wall_seconds": round(wall, 2),
+        "train": metrics["train"],
+        "parameters": metrics["parameters"],
+    }
+
+
+def task_naive(spec: dict) -> dict:
+    """The naive Trainer recipe for ``steps`` steps: peak RSS and (not interleaved) real tokens/s."""
+    from mcqtune.cli import _quiet_libraries
+
+    _quiet_libraries()
+    from bench.helpers import current_rss_mib
+    from bench.naive import (
+        CountingCollator,
+        naive_dataset,
+        naive_lora_model,
+        naive_texts,
+        naive_tokenizer,
+        naive_trainer,
+    )
+
+    from mcqtune.data import bundled_path, load_examples
+    from mcqtune.models import resolve_model
+
+    rss_imports = current_rss_mib()
+    resolved = resolve_model(None)
+    examples = load_examples(bundled_path("medmcqa", "train"), limit=spec["steps"] * spec["batch_size"])
+    tokenizer = naive_tokenizer(resolved.path)
+    dataset = naive_dataset(tokenizer, naive_texts(examples.examples))
+    model = naive_lora_model(resolved.path, spec["options"])
+    collator = CountingCollator(tokenizer)
+    trainer = naive_trainer(
+        model,
+        tokenizer,
+        dataset,
+        spec["output"],
+        batch_size=spec["batch_size"],
+        max_steps=spec["steps"],
+        lr=spec["lr"],
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=42,
+        collator=collator,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    return {
+        "steps": spec["steps"],
+        "batch_size": spec["batch_size"],
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "rss_after_imports_mib": round(rss_imports, 1),
+        "wall_seconds": round(wall, 2),
+        "real_tokens": sum(collator.real_tokens),
+        "tokens_per_second": round(sum(collator.real_tokens) / wall, 1),
+    }
+
+
+def task_startup(spec: dict) -> dict:
+    """Run ``mcqtune eval`` (spec["argv"]) and record when the model was loaded and the first batch scored."""
+    marks: dict[str, float] = {"process_start": spec["t0"]}
+    import mcqtune.artifacts as artifacts
+    import mcqtune.evaluate as evaluate
+    from mcqtune import cli
+
+    marks["imports_done"] = time.time()
+    load = artifacts.load_for_inference  # cli imports it from artifacts at call time
+
+    def timed_load(*args, **kwargs):
+        marks["load_start"] = time.time()
+        try:
+            return load(*args, **kwargs)
+        finally:
+            marks["load_end"] = time.time()
+
+    artifacts.load_for_inference = timed_load
+    for name in ("letter_forward", "cloze_forward"):
+        forward = getattr(evaluate, name)
+
+        def first_batch(*args, _forward=forward, **kwargs):
+            out = _forward(*args, **kwargs)
+            marks.setdefault("first_batch", time.time())
+            return out
+
+        setattr(evaluate, name, first_batch)
+    code = cli.main(spec["argv"])
+    marks["exit"] = time.time()
+    return {"exit_code": code, "marks": marks, "peak_rss_mib": round(_peak_rss_mib(), 1)}
+
+
+TASKS = {"train": task_train, "naive": task_naive, "startup": task_startup}
+
+
+def main(argv: list[str]) -> int:
+    task, spec_path, out_path = argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    spec = json.loads(Path(spec_path).read_text())
+    record = TASKS[task](spec)
+    Path(out_path).write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,915 @@
+"""`mcqtune compare`: train every method under the same budget and tell the user which one to use.
+
+Every method gets the same data, seed, optimizer steps x batch size (so the same number of training
+examples seen), the same validation subset for the learning curves and the same final evaluation set;
+only each method's own defaults (learning rate, rank, bottleneck size...) from
+``configs/methods/<name>.yaml`` differ. A zero-shot row (the base model, no training, same scoring on
+the same evaluation set) is the bar every method must clear.
+
+Each method trains in a fresh subprocess (``python -m mcqtune.compare --worker SPEC``) that calls
+:func:`mcqtune.train.train` and writes ``compare_run.json`` into its run directory: status, wall time and
+its own peak memory (``ru_maxrss`` of that process on CPU, ``torch.cuda.max_memory_allocated`` on GPU).
+So peaks are per method, and a method that crashes or is killed (out of memory: SIGKILL) is recorded
+as a failed row without stopping the others. ``--resume`` skips methods whose run directory already
+holds a successful record made with the same resolved config. Run directories are ordinary ``train``
+outputs, usable by ``mcqtune eval/predict --adapter DIR/runs/<method>``.
+
+Budget: default <= 60 min, ``--quick`` <= 10 min on an idle 2-core CPU (bundled SmolLM2-135M,
+ARC-Easy, ranking objective = cloze scoring, batch 4, bf16 autocast).
+
+Measured on this 2-vCPU AMD EPYC machine. It was shared (load average ~9), and 2-thread OpenMP under
+that contention runs 5-20x slower than idle, so wall times taken then are meaningless; single-thread
+CPU seconds are not (no barrier spinning), so costs were measured as single-thread CPU seconds per
+step (3 steps after a warm-up) and per scored validation question, and converted to idle 2-core wall
+time with the LoRA anchor of 1.4 s/step measured on the idle machine (factor 1.31):
+
+============  ==================  =====================  ===============  ====================
+method        CPU s/step (1 thr)  CPU s/question (eval)  idle s/step      idle s/question
+============  ==================  =====================  ===============  ====================
+full          1.63                0.14                   2.15             0.18
+subset        0.49                0.14                   0.65             0.18
+adapter       0.71                0.14                   0.95             0.18
+prefix        1.99                0.33 (no packing)      2.6              0.43
+lora          1.07                0.16                   1.4 (anchor)     0.21
+qlora         1.17                0.17                   1.55             0.22
+============  ==================  =====================  ===============  ====================
+
+So one shared step of all six methods costs ~9.3 s and scoring a question ~0.2 s (prefix 0.43 s);
+starting a worker (imports, cached model) ~10 s. :func:`estimate_seconds` applies these numbers and
+``compare`` prints the estimate before it starts.
+
+Default: 150 steps x batch 4 (600 questions seen, a third of ARC-Easy train); learning curve at steps
+0/50/100/150 on 64 validation questions; final evaluation on all 500 validation questions (95% CI
+about +-4 points, enough to separate methods ~8 points apart):
+training 150 x 9.3 s = 23 min; evaluation 5 x 756 x 0.2 s + 756 x 0.43 s + zero-shot 500 x 0.18 s
+= 19.5 min; 7 worker starts 1 min: ~44 min, 27% headroom under 60.
+
+``--quick``: 16 steps, curve at 0/8/16 on 24 questions, final evaluation on 64 questions:
+16 x 9.3 s = 2.5 min + 5 x 136 x 0.2 s + 136 x 0.43 s + 64 x 0.18 s = 3.4 min + 1.2 min = ~7 min.
+Its CIs are +-12 points: ``--quick`` checks the pipeline, it does not pick a method.
+``--permutations cyclic`` scores the final set 4 more times (default budget: ~96 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcqtune.atomic import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Order in the table when all methods are compared: most trained parameters first.
+CANONICAL_ORDER = ("full", "subset", "adapter", "prefix", "lora", "qlora")
+ZERO_SHOT = "zero-shot"
+RUN_RECORD = "compare_run.json"
+RUN_LOG = "compare.log"
+RUN_SPEC = "compare_spec.json"
+PLAN_FILE = "compare_plan.json"
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+DEFAULT_DATA = "arc_easy"
+DEFAULT_OBJECTIVE = "ranking"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every method shares: steps x batch = examples seen, and the evaluation sizes."""
+
+    max_steps: int
+    batch_size: int
+    eval_steps: int
+    eval_limit: int
+    final_eval_limit: int | None
+
+
+DEFAULT_BUDGET = Budget(max_steps=150, batch_size=4, eval_steps=50, eval_limit=64, final_eval_limit=None)
+QUICK_BUDGET = Budget(max_steps=16, batch_size=4, eval_steps=8, eval_limit=24, final_eval_limit=64)
+
+# Idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy cloze, batch 4, bf16 autocast: seconds per optimizer
+# step and per scored question (module docstring: how they were measured). Used to print an estimate.
+STEP_SECONDS = {"full": 2.15, "subset": 0.65, "adapter": 0.95, "prefix": 2.6, "lora": 1.4, "qlora": 1.55}
+EVAL_SECONDS_PER_QUESTION = {"prefix": 0.43, "lora": 0.21, "qlora": 0.22}
+DEFAULT_EVAL_SECONDS_PER_QUESTION = 0.18
+WORKER_START_SECONDS = 10.0
+
+# Keys that must be identical across methods for the comparison to be fair (checked after resolving).
+SHARED_KEYS = (
+    "model",
+    "objective",
+    "train",
+    "validation",
+    "format",
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "eval_steps",
+    "eval_limit",
+    "final_eval_limit",
+    "train_limit",
+    "eval_batch_size",
+    "precision",
+    "on_bad_rows",
+    "prompt",
+)
+# Settings a user may override on the command line (else --config, else the budget).
+OVERRIDABLE = (
+    "max_steps",
+    "batch_size",
+    "seed",
+    "eval_steps",
+    "eval_limit",
+    "final_eval_limit",
+    "train_limit",
+)
+
+
+@dataclass
+class CompareSettings:
+    output: Path
+    methods: list[str] | None = None  # None: every registered method
+    data: str = DEFAULT_DATA
+    validation: str | None = None  # None: the bundled validation split of ``data``
+    objective: str = DEFAULT_OBJECTIVE
+    model: str | None = None
+    config_file: str | None = None
+    quick: bool = False
+    resume: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None
+    method_timeout: float | None = None
+    permutations: str | None = None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.analysis)
+    echo: bool = True
+    command: str | None = None
+    # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
+    worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare", "--worker"])
+
+
+@dataclass
+class CompareResult:
+    output: Path
+    rows: list[dict[str, Any]]
+    files: dict[str, Path]
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------- planning
+def default_methods() -> list[str]:
+    """Every registered method: the canonical ones in canonical order, then any others by name."""
+    from mcqtune.methods import METHODS
+
+    known = [m for m in CANONICAL_ORDER if m in METHODS]
+    return known + sorted(m for m in METHODS if m not in CANONICAL_ORDER)
+
+
+def parse_methods(text: str | None) -> list[str] | None:
+    if text is None or not text.strip() or text.strip().lower() == "all":
+        return None
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    return list(dict.fromkeys(n for n in names if n not in (ZERO_SHOT, "zero_shot", "zeroshot")))
+
+
+def _check_methods(methods: list[str]) -> None:
+    from mcqtune.config import ConfigError
+    from mcqtune.methods import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"--methods: unknown method(s) {', '.join(unknown)}; registered: {', '.join(sorted(METHODS))}"
+        )
+    if not methods:
+        raise ConfigError("--methods: no method to compare")
+
+
+def _is_bundled(spec: str) -> bool:
+    from mcqtune.data import BUNDLED_DATASETS
+
+    return spec.lower().replace("-", "_") in BUNDLED_DATASETS
+
+
+def shared_flags(settings: CompareSettings) -> dict[str, Any]:
+    """The flags given to every method: the budget, unless --config or the command line says otherwise."""
+    from mcqtune.config import ConfigError, read_yaml
+
+    user = read_yaml(settings.config_file) if settings.config_file else {}
+    budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
+    validation = settings.validation
+    if validation is None:
+        if not _is_bundled(settings.data):
+            raise ConfigError(
+                f"--data {settings.data}: a data file has no implicit validation split; pass --validation"
+            )
+        validation = settings.data
+    flags: dict[str, Any] = {
+        "train": settings.data,
+        "validation": validation,
+        "objective": settings.objective,
+    }
+    if settings.model:
+        flags["model"] = settings.model
+    if settings.precision:
+        flags["precision"] = settings.precision
+    for key in OVERRIDABLE:
+        if settings.overrides.get(key) is not None:
+            flags[key] = settings.overrides[key]
+        elif key in user:
+            flags[key] = user[key]
+        elif hasattr(budget, key):
+            flags[key] = getattr(budget, key)
+    if flags.get("final_eval_limit") is None:
+        flags.pop("final_eval_limit", None)
+    return flags
+
+
+def _after_build(config, settings: CompareSettings):
+    """Compare-specific settings build_config cannot express (a flag of None means "not given")."""
+    import dataclasses
+
+    from mcqtune.config import read_yaml
+
+    user = read_yaml(settings.config_file) if settings.config_file else {}
+    updates: dict[str, Any] = {}
+    if settings.overrides.get("final_eval_limit") is None and "final_eval_limit" not in user:
+        budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
+        updates["final_eval_limit"] = budget.final_eval_limit  # None: the whole validation split
+    if hasattr(config, "save_steps") and "save_steps" not in user:
+        # No periodic checkpoints (they cost full fine-tuning ~1.5 GB and seconds each); Ctrl-C still
+        # saves one, which `compare --resume` continues from.
+        updates["save_steps"] = None
+    return dataclasses.replace(config, **updates) if updates else config
+
+
+def plan_configs(settings: CompareSettings) -> dict[str, Any]:
+    """Resolve every method's TrainConfig (user errors surface here, before an hour of training)."""
+    from mcqtune.config import ConfigError, build_config
+
+    methods = settings.methods or default_methods()
+    _check_methods(methods)
+    flags = shared_flags(settings)
+    runs = settings.output / "runs"
+    configs = {}
+    for method in methods:
+        config = build_config({**flags, "method": method, "output": str(runs / method)}, settings.config_file)
+        configs[method] = _after_build(config, settings)
+    # Zero-shot: the same evaluation keys; the method only picks which defaults file is read.
+    zero = build_config(
+        {**flags, "method": methods[0], "output": str(runs / ZERO_SHOT)}, settings.config_file
+    )
+    zero = _after_build(zero, settings)
+    reference = zero.to_dict()
+    for method, config in configs.items():
+        data = config.to_dict()
+        different = [k for k in SHARED_KEYS if data[k] != reference[k]]
+        if different:  # only possible if a method's defaults file sets a shared key
+            raise ConfigError(
+                f"method '{method}' resolves {', '.join(different)} differently from the others; "
+                "set them in --config or on the command line so every method gets the same budget"
+            )
+    return {"methods": methods, "flags": flags, "configs": configs, "zero_shot": zero}
+
+
+def curve_points(max_steps: int, eval_steps: int) -> int:
+    """Validations train() runs: step 0, every eval_steps, and the last step."""
+    return 1 + len({s for s in range(eval_steps, max_steps + 1, eval_steps)} | {max_steps})
+
+
+def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> float | None:
+    """Wall time of a compare on an idle 2-core CPU with the bundled model; None for anything else."""
+    import torch
+
+    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
+
+    zero = plan["zero_shot"]
+    if torch.cuda.is_available() or MODEL_ALIASES.get(zero.model, zero.model) != DEFAULT_MODEL:
+        return None
+    try:
+        n_val = len(load_examples(resolve_data(zero.validation, "validation"), zero.format).examples)
+    except Exception:  # the real run reports data problems properly
+        return None
+    final = min(zero.final_eval_limit or n_val, n_val)
+    scored_final = final * (5 if permutations else 1)  # + cyclic orders of 4 options
+    total = WORKER_START_SECONDS + DEFAULT_EVAL_SECONDS_PER_QUESTION * scored_final
+    for method, config in plan["configs"].items():
+        per_q = EVAL_SECONDS_PER_QUESTION.get(method, DEFAULT_EVAL_SECONDS_PER_QUESTION)
+        questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)
+        questions += scored_final
+        scale = config.batch_size * config.grad_accum / 4
+        total += WORKER_START_SECONDS + STEP_SECONDS.get(method, 1.4) * config.max_steps * scale
+        total += per_q * questions
+    return total
+
+
+# What a zero-shot row depends on (its config also carries training keys it never uses).
+ZERO_SHOT_KEYS = (
+    "model",
+    "objective",
+    "validation",
+    "format",
+    "final_eval_limit",
+    "eval_batch_size",
+    "precision",
+    "packing",
+    "on_bad_rows",
+    "prompt",
+    "seed",
+)
+
+
+def fingerprint(config_dict: dict[str, Any], kind: str, permutations: str | None = None) -> str:
+    """What must match for --resume to reuse a finished row."""
+    from mcqtune import __version__
+
+    if kind == ZERO_SHOT:
+        data = {k: config_dict.get(k) for k in ZERO_SHOT_KEYS}
+    else:
+        data = {k: v for k, v in config_dict.items() if k != "output"}
+    blob = json.dumps(
+        {"kind": kind, "config": data, "version": __version__, "permutations": permutations},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- worker
+def _peak_memory() -> dict[str, Any]:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+    out: dict[str, Any] = {"peak_rss_bytes": int(rss_bytes)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+@dataclass
+class _EvalContext:
+    """Everything train()'s final evaluation uses, rebuilt so zero-shot and extras score the same way."""
+
+    encoder: Any
+    rows: list[Any]
+    device: Any
+    precision: str
+    packed: bool
+
+    def score_kwargs(self, config) -> dict[str, Any]:
+        return {
+            "batch_size": config.eval_batch_size,
+            "packed": self.packed,
+            "precision": self.precision,
+            "device": self.device,
+        }
+
+
+def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalContext:
+    import torch
+
+    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.evaluate import resolve_precision
+    from mcqtune.methods import get_method
+    from mcqtune.models import load_tokenizer, resolve_model
+    from mcqtune.prompt import PromptEncoder
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve_model(config.model))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_examples(
+        resolve_data(config.validation, "validation"), config.format, on_bad_rows=config.on_bad_rows
+    )
+    rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
+    if packed is None:
+        packed = config.packing and get_method(config.method).supports_packing
+    return _EvalContext(
+        encoder=PromptEncoder(tokenizer, config.prompt_config()),
+        rows=rows,
+        device=device,
+        precision=resolve_precision(config.precision, device),
+        packed=packed,
+    )
+
+
+def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The base model, untrained, scored exactly like train()'s final evaluation."""
+    import torch
+
+    from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
+    from mcqtune.evaluate import compute_metrics, format_metrics, score_examples
+    from mcqtune.models import load_model, resolve_model
+
+    resolved = resolve_model(config.model)
+    context = _eval_context(config, packed=config.packing)
+    model = load_model(resolved, torch.float32).to(context.device)
+    objective = resolve_objective(config.objective, model.num_parameters())
+    scoring = OBJECTIVE_TO_SCORING[objective]
+    scored = score_examples(model, context.encoder, context.rows, scoring, **context.score_kwargs(config))
+    metrics = compute_metrics(scored)
+    print(format_metrics(metrics, f"validation (zero-shot, {scoring} scoring):"), flush=True)
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    metrics_file = {
+        "method": ZERO_SHOT,
+        "objective": objective,
+        "parameters": {"trainable": 0, "total": total, "trainable_percent": 0.0},
+        "artifact_bytes": 0,
+        "validation": metrics,
+        "history": [],
+    }
+    return metrics_file, _permutation_accuracy(model, config, context, scoring, permutations)
+
+
+def _permutation_accuracy(
+    model, config, context: _EvalContext | None, scoring: str | None, mode: str | None
+) -> dict[str, Any] | None:
+    """Accuracy averaged over option orders on the final evaluation set (``mcqtune.analysis``, optional)."""
+    if not mode or model is None or not scoring:
+        return None
+    try:
+        analysis = importlib.import_module("mcqtune.analysis")
+    except ImportError:
+        return None
+    score_permutations = getattr(analysis, "score_permutations", None)
+    summarise = getattr(analysis, "permutation_summary", None)
+    if score_permutations is None or summarise is None:
+        return None
+    context = context or _eval_context(config)
+    result = score_permutations(
+        model, context.encoder, context.rows, scoring, mode, seed=config.seed, **context.score_kwargs(config)
+    )
+    summary = summarise(result)
+    print(
+        f"permutation-averaged accuracy ({mode}): {summary.get('accuracy_mean', float('nan')) * 100:.1f}%",
+        flush=True,
+    )
+    keys = ("mode", "n", "orders_per_question", "accuracy_mean", "accuracy_circular", "answer_changes_share")
+    return {k: summary.get(k) for k in keys} | {"seconds": summary.get("seconds")}
+
+
+def _train_one(config, resume: bool):
+    """train() in this process; with --resume, continue from the run's own checkpoint when it has one."""
+    from mcqtune.train import train
+
+    if resume:
+        try:
+            return train(config, show_progress=False, keep_model=True, overwrite=False)
+        except ValueError as exc:  # CheckpointError: finished with another config, or nothing to resume
+            print(f"not continuing the earlier run ({exc}); starting {config.method} over", flush=True)
+    return train(config, show_progress=False, keep_model=True, overwrite=True)
+
+
+def worker_main(argv: list[str]) -> int:
+    """Child-process entry: train (or evaluate zero-shot) one row and write its record."""
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    run_dir = Path(spec["run_dir"])
+    kind = spec["kind"]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from mcqtune.cli import _quiet_libraries
+
+    _quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from mcqtune.config import TrainConfig
+
+    record: dict[str, Any] = {"kind": kind, "method": spec["method"], "fingerprint": spec["fingerprint"]}
+    start = time.perf_counter()
+    try:
+        config = TrainConfig(**spec["config"])
+        config.validate("compare")
+        if kind == ZERO_SHOT:
+            metrics, permutation = _evaluate_zero_shot(config, spec.get("permutations"))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "metrics.json", metrics)
+        else:
+            result = _train_one(config, bool(spec.get("resume")))
+            scoring = (result.metrics.get("validation") or {}).get("scoring")
+            permutation = _permutation_accuracy(result.model, config, None, scoring, spec.get("permutations"))
+        if permutation is not None:
+            record["permutation"] = permutation
+        record["status"] = "ok"
+    except BaseException as exc:  # every failure becomes a row, including MemoryError and Ctrl-C
+        traceback.print_exc()
+        record.update(status="failed", error=_describe_error(exc))
+    record["wall_seconds"] = round(time.perf_counter() - start, 2)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    record["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
+    with contextlib.suppress(OSError):
+        record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    record.update(_peak_memory())
+    torch = sys.modules.get("torch")
+    record["device"] = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    record["threads"] = torch.get_num_threads() if torch is not None else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RUN_RECORD, record)
+    return 0 if record["status"] == "ok" else 1
+
+
+def _describe_error(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        name = f"out of memory ({name})"
+    return f"{name}: {text}"[:300] if text else name
+
+
+# ------------------------------------------------------------------------------------------- parent
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class _MemoryPoller(threading.Thread):
+    """Peak RSS of a child process tree, sampled twice a second (fallback when the child is killed)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        try:
+            proc = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self.stop.is_set():
+            try:
+                rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                self.peak = max(self.peak, rss)
+            except psutil.Error:
+                return
+            self.stop.wait(0.5)
+
+
+def _run_worker(
+    settings: CompareSettings, method: str, kind: str, config_dict: dict[str, Any], fp: str
+) -> dict[str, Any]:
+    run_dir = settings.output / "runs" / method
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_RECORD).unlink(missing_ok=True)  # never read a stale record after a crash
+    spec = {
+        "kind": kind,
+        "method": method,
+        "run_dir": str(run_dir),
+        "config": config_dict,
+        "fingerprint": fp,
+        "resume": settings.resume,
+        "permutations": settings.permutations,
+    }
+    spec_path = run_dir / RUN_SPEC
+    atomic_write_json(spec_path, spec)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, *settings.worker_args, str(spec_path)]
+    start = time.perf_counter()
+    with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log_file:
+        log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
+        poller = _MemoryPoller(proc.pid)
+        poller.start()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if settings.echo:
+                    print(f"  [{method}] {line.rstrip()}", flush=True)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=settings.method_timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            proc.wait()
+        except BaseException:
+            # Ctrl-C reaches the worker too (same process group): give it time to save a checkpoint
+            # that `compare --resume` continues from, then make sure no orphan keeps training.
+            print(f"  [{method}] interrupted: waiting up to 120 s for it to save a checkpoint", flush=True)
+            try:
+                proc.wait(timeout=120)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            poller.stop.set()
+            reader.join(timeout=10)
+    wall = round(time.perf_counter() - start, 2)
+    record_path = run_dir / RUN_RECORD
+    record: dict[str, Any] = {}
+    if record_path.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+    if not record:
+        if timed_out:
+            error = f"timed out after {settings.method_timeout:g} s (--method-timeout)"
+        elif proc.returncode < 0:
+            name = _signal_name(proc.returncode)
+            likely = " (likely out of memory: killed by the kernel)" if name == "SIGKILL" else ""
+            error = f"killed by {name}{likely}"
+        else:
+            error = f"worker exited with code {proc.returncode} before writing a record"
+        record = {
+            "kind": kind,
+            "method": method,
+            "fingerprint": fp,
+            "status": "failed",
+            "error": error + f"; see {run_dir / RUN_LOG}",
+            "wall_seconds": wall,
+            "peak_rss_bytes": poller.peak or None,
+        }
+        atomic_write_json(record_path, record)
+    record["process_wall_seconds"] = wall
+    return record
+
+
+def _finished(run_dir: Path, fp: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("status") != "ok" or record.get("fingerprint") != fp:
+        return None
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    return record
+
+
+# ------------------------------------------------------------------------------------------- rows
+def _tv_distance(pred: dict[str, float], gold: dict[str, float]) -> float | None:
+    if not pred or not gold:
+        return None
+    return round(0.5 * sum(abs(pred.get(k, 0.0) - gold.get(k, 0.0)) for k in set(pred) | set(gold)), 4)
+
+
+def build_row(
+    method: str, record: dict[str, Any], run_dir: Path, config_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """One table row from a run's record and metrics (None where a number does not exist)."""
+    row: dict[str, Any] = {
+        "method": method,
+        "status": record.get("status", "failed"),
+        "error": record.get("error"),
+        "objective": None,
+        "scoring": None,
+        "lr": None if method == ZERO_SHOT else config_dict.get("lr"),
+        "n_eval": None,
+        "accuracy": None,
+        "ci95_low": None,
+        "ci95_high": None,
+        "majority_baseline": None,
+        "accuracy_minus_baseline": None,
+        "predicted_letter_distribution": None,
+        "gold_letter_distribution": None,
+        "letter_tv_distance": None,
+        "permutation_accuracy": None,
+        "trainable_params": 0 if method == ZERO_SHOT else None,
+        "trainable_percent": 0.0 if method == ZERO_SHOT else None,
+        "total_params": None,
+        "artifact_bytes": 0 if method == ZERO_SHOT else None,
+        "train_seconds": 0.0 if method == ZERO_SHOT else None,
+        "train_tokens_per_second": None,
+        "steps": 0 if method == ZERO_SHOT else None,
+        "examples_seen": 0 if method == ZERO_SHOT else None,
+        "best_step": None,
+        "wall_seconds": record.get("wall_seconds"),
+        "peak_memory_bytes": None,
+        "peak_memory_kind": None,
+        "eval_questions_per_second": None,
+        "run_dir": str(run_dir),
+        "learning_curve": [],
+    }
+    cuda = record.get("cuda_max_allocated_bytes")
+    if cuda is not None:
+        row["peak_memory_bytes"], row["peak_memory_kind"] = cuda, "cuda_max_allocated"
+    elif record.get("peak_rss_bytes"):
+        row["peak_memory_bytes"], row["peak_memory_kind"] = record["peak_rss_bytes"], "rss"
+    metrics_path = run_dir / "metrics.json"
+    if row["status"] != "ok" or not metrics_path.is_file():
+        return row
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    val = metrics.get("validation") or {}
+    params = metrics.get("parameters") or {}
+    train = metrics.get("train") or {}
+    row.update(
+        objective=metrics.get("objective"),
+        scoring=val.get("scoring"),
+        n_eval=val.get("n"),
+        accuracy=val.get("accuracy"),
+        majority_baseline=val.get("majority_baseline"),
+        predicted_letter_distribution=val.get("predicted_letter_distribution"),
+        gold_letter_distribution=val.get("gold_letter_distribution"),
+        permutation_accuracy=(record.get("permutation") or {}).get("accuracy_mean"),
+        eval_questions_per_second=val.get("questions_per_second"),
+        trainable_params=params.get("trainable", row["trainable_params"]),
+        trainable_percent=params.get("trainable_percent", row["trainable_percent"]),
+        total_params=params.get("total"),
+        artifact_bytes=metrics.get("artifact_bytes", row["artifact_bytes"]),
+    )
+    if val.get("ci95"):
+        row["ci95_low"], row["ci95_high"] = val["ci95"]
+    if row["accuracy"] is not None and row["majority_baseline"] is not None:
+        row["accuracy_minus_baseline"] = round(row["accuracy"] - row["majority_baseline"], 4)
+    row["letter_tv_distance"] = _tv_distance(
+        row["predicted_letter_distribution"] or {}, row["gold_letter_distribution"] or {}
+    )
+    if train:
+        row.update(
+            train_seconds=train.get("seconds"),
+            train_tokens_per_second=train.get("tokens_per_second"),
+            steps=train.get("steps"),
+            examples_seen=train.get("examples_seen"),
+        )
+    manifest = run_dir / "mcqtune.json"
+    if manifest.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            row["best_step"] = json.loads(manifest.read_text(encoding="utf-8")).get("best_step")
+    row["learning_curve"] = [
+        [h["step"], h["val_accuracy"]] for h in metrics.get("history", []) if "val_accuracy" in h
+    ]
+    return row
+
+
+# ------------------------------------------------------------------------------------------- environment
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": None,
+    }
+    with contextlib.suppress(OSError, ValueError):
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    with contextlib.suppress(OSError):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = f"{props.name} ({props.total_memory / 2**30:.0f} GiB) x{torch.cuda.device_count()}"
+    return info
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for dist in (
+        "mcqtune",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "bitsandbytes",
+        "adapters",
+        "numpy",
+        "matplotlib",
+    ):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+# ------------------------------------------------------------------------------------------- driver
+def _write_outputs(
+    settings: CompareSettings, plan: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Path]:
+    from mcqtune import compare_report
+
+    results = {**meta, "rows": rows}
+    out = settings.output
+    atomic_write_json(out / RESULTS_JSON, results)
+    compare_report.write_csv(out / RESULTS_CSV, rows)
+    atomic_write_text(out / REPORT_MD, compare_report.markdown_report(results))
+    plots = compare_report.write_plots(out, rows, meta)
+    atomic_write_text(out / REPORT_HTML, compare_report.html_report(results, plots))
+    return {
+        "results.json": out / RESULTS_JSON,
+        "results.csv": out / RESULTS_CSV,
+        "report.md": out / REPORT_MD,
+        "report.html": out / REPORT_HTML,
+        **{p.name: p for p in plots},
+    }
+
+
+def run_compare(settings: CompareSettings) -> CompareResult:
+    """Train every method in its own process, one after another, then write the table, plots and report."""
+    start = time.perf_counter()
+    settings.output = Path(settings.output)
+    plan = plan_configs(settings)
+    settings.output.mkdir(parents=True, exist_ok=True)
+    methods: list[str] = plan["methods"]
+    zero_dict = plan["zero_shot"].to_dict()
+    order = [(ZERO_SHOT, ZERO_SHOT, zero_dict)] + [
+        (m, "train", plan["configs"][m].to_dict()) for m in methods
+    ]
+    user_config_text = (
+        Path(settings.config_file).read_text(encoding="utf-8") if settings.config_file else None
+    )
+    shared = {k: zero_dict[k] for k in SHARED_KEYS}
+    meta: dict[str, Any] = {
+        "command": settings.command,
+        "quick": settings.quick,
+        "methods": methods,
+        "shared": shared,
+        "examples_seen": shared["max_steps"] * shared["batch_size"] * shared["grad_accum"],
+        "per_method": {
+            m: {"lr": c.lr, "weight_decay": c.weight_decay, "method_options": c.method_options}
+            for m, c in plan["configs"].items()
+        },
+        "config_file": settings.config_file,
+        "config_text": user_config_text,
+        "machine": machine_info(),
+        "versions": library_versions(),
+    }
+    estimate = estimate_seconds(plan, settings.permutations)
+    if estimate is not None:
+        meta["estimated_seconds"] = round(estimate)
+        print(
+            f"compare: zero-shot + {len(methods)} method(s), {shared['max_steps']} steps x batch "
+            f"{shared['batch_size']} each; about {estimate / 60:.0f} min on an idle 2-core CPU",
+            flush=True,
+        )
+    atomic_write_json(
+        settings.output / PLAN_FILE,
+        {**meta, "configs": {name: cfg for name, _, cfg in order}},
+    )
+    rows: list[dict[str, Any]] = []
+    files: dict[str, Path] = {}
+    total = len(order)
+    for index, (name, kind, config_dict) in enumerate(order, start=1):
+        run_dir = settings.output / "runs" / name
+        fp = fingerprint(config_dict, kind, settings.permutations)
+        record = _finished(run_dir, fp) if settings.resume else None
+        if record is not None:
+            print(f"[{index}/{total}] {name}: already finished ({run_dir}), skipped (--resume)", flush=True)
+        else:
+            what = "zero-shot evaluation" if kind == ZERO_SHOT else f"training {shared['max_steps']} steps"
+            print(f"[{index}/{total}] {name}: {what}...", flush=True)
+            record = _run_worker(settings, name, kind, config_dict, fp)
+            status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
+            print(f"[{index}/{total}] {name}: {status} ({record.get('wall_seconds', 0):.0f} s)", flush=True)
+        rows.append(build_row(name, record, run_dir, config_dict))
+        meta["seconds"] = round(time.perf_counter() - start, 1)
+        with contextlib.suppress(OSError):
+            meta["machine"]["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
+        # Rewritten after every method: an interrupted compare still leaves a valid partial report.
+        files = _write_outputs(settings, plan, rows, {**meta, "complete": index == total})
+    elapsed = time.perf_counter() - start
+    print(f"compare finished in {elapsed / 60:.1f} min; report: {settings.output / REPORT_HTML}", flush=True)
+    return CompareResult(settings.output, rows, files, elapsed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcqtune.compare", description=__doc__)
+    parser.add_argument("--worker", metavar="SPEC", help="internal: run one compare row from a spec file")
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main([args.worker])
+    parser.error("use `mcqtune compare` (this entry point only runs workers)")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

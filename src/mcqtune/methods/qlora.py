@@ -1,0 +1,145 @@
+"""QLoRA: LoRA (same options as ``lora``) on a frozen base whose linear layers are 4-bit (bitsandbytes).
+
+Options, besides LoRA's ``r``, ``alpha``, ``dropout``, ``target_modules``, ``use_rslora``, ``use_dora``:
+
+- ``quant_type``: ``nf4`` (default) or ``fp4``;
+- ``double_quant`` (default true): also quantize the per-block scales;
+- ``compute_dtype``: ``bf16`` (default), ``fp16`` or ``fp32``: the dtype 4-bit weights are dequantized to
+  for each matmul;
+- ``optimizer``: ``paged_adamw_32bit`` (default), ``paged_adamw_8bit`` or ``adamw``. Paged optimizers need
+  CUDA; on CPU plain torch AdamW is used whatever is asked;
+- ``gradient_checkpointing`` (default false): passed to ``peft.prepare_model_for_kbit_training``.
+
+Only the decoder's linear layers are quantized: embeddings, norms and the LM head stay fp32
+(transformers keeps the output embedding, and with it a tied input embedding, out of 4-bit).
+
+The artifact is a standard peft LoRA directory; loading quantizes the base again (deterministic) and
+attaches it. :meth:`QLoraMethod.merge` gives a plain fp32 model: see its docstring.
+
+CPU note: on CPUs with AVX512-bf16, bitsandbytes (0.50) repacks a 4-bit weight in place the first time it
+runs in eval mode without grad, for a faster inference kernel that has no backward. Training after an
+evaluation (the loop validates at step 0) would then silently drop the gradient through every frozen 4-bit
+layer, so :func:`keep_trainable_layout` switches that repacking off.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import bitsandbytes as bnb
+import torch
+from peft import (
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from transformers import BitsAndBytesConfig, PreTrainedModel
+
+from mcqtune.methods.base import Method, check_peft_artifact, register
+from mcqtune.methods.lora import lora_config
+from mcqtune.models import ResolvedModel, load_model
+
+log = logging.getLogger(__name__)
+
+COMPUTE_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
+
+
+def quantization_config(options: dict[str, Any]) -> BitsAndBytesConfig:
+    quant_type = str(options.get("quant_type", "nf4")).lower()
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"qlora: quant_type must be nf4 or fp4, got '{quant_type}'")
+    compute = str(options.get("compute_dtype", "bf16")).lower()
+    if compute not in COMPUTE_DTYPES:
+        raise ValueError(f"qlora: compute_dtype must be bf16, fp16 or fp32, got '{compute}'")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=bool(options.get("double_quant", True)),
+        bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute],
+    )
+
+
+def keep_trainable_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes' CPU inference repacking, whose kernel has no backward (module docstring)."""
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+@register
+class QLoraMethod(Method):
+    name = "qlora"
+    description = "LoRA on a frozen 4-bit (NF4) base, bitsandbytes + peft"
+
+    def load_base(
+        self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
+    ) -> PreTrainedModel:
+        # fp32 for everything bitsandbytes does not quantize; 4-bit weights are created on `device`.
+        device_map = None if device.type == "cpu" else {"": device}
+        model = load_model(
+            resolved, torch.float32, quantization_config=quantization_config(options), device_map=device_map
+        )
+        keep_trainable_layout(model)
+        return model
+
+    def make_optimizer(
+        self, params: list[torch.nn.Parameter], config: Any, device: torch.device
+    ) -> torch.optim.Optimizer:
+        choice = str(config.method_options.get("optimizer", "paged_adamw_32bit")).lower()
+        if choice not in OPTIMIZERS:
+            raise ValueError(f"qlora: optimizer must be one of {', '.join(OPTIMIZERS)}, got '{choice}'")
+        if choice == "adamw" or device.type != "cuda":
+            if choice != "adamw":
+                log.info("qlora: %s needs CUDA; using torch AdamW on %s", choice, device.type)
+            return super().make_optimizer(params, config, device)
+        paged = bnb.optim.PagedAdamW8bit if choice == "paged_adamw_8bit" else bnb.optim.PagedAdamW32bit
+        return paged(
+            params, lr=config.lr if config.lr is not None else 2e-4, weight_decay=config.weight_decay or 0.0
+        )
+
+    def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
+        checkpointing = bool(options.get("gradient_checkpointing", False))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        return get_peft_model(model, lora_config(options))
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+        model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+        check_peft_artifact(model, directory)
+        return model
+
+    def merge(self, model: torch.nn.Module) -> PreTrainedModel:
+        """A plain fp32 model with the LoRA update folded in (consumes ``model``, like LoRA's merge).
+
+        peft's ``merge_and_unload`` on a 4-bit base re-quantizes each merged weight, which rounds
+        much of a small LoRA update away and still leaves a 4-bit model. Instead: set the LoRA weights aside,
+        unload them, dequantize the base to fp32 (transformers' ``dequantize``: every ``Linear4bit``
+        becomes an ``nn.Linear`` holding its dequantized weight, the quantization config is dropped),
+        re-attach LoRA to that fp32 base and merge there. The result equals the unmerged 4-bit model up to
+        the rounding of its ``compute_dtype`` matmuls.
+        """
+        lora_state = get_peft_model_state_dict(model)
+        config = copy.deepcopy(model.peft_config[model.active_adapter])
+        config.inference_mode = True
+        base = model.unload().dequantize().float()
+        fp32_model = get_peft_model(base, config)
+        set_peft_model_state_dict(fp32_model, lora_state)
+        merged = fp32_model.merge_and_unload()
+        merged.is_loaded_in_4bit = False  # transformers' dequantize() leaves this flag behind
+        merged.eval()
+        return merged

@@ -1,0 +1,186 @@
+"""Correctness of what bench/run.py compares (never its timings): on the tiny random Llama, packed cloze
+scores equal the naive K copies, letter-logit predictions equal generate-and-parse wherever the first
+generated token is a letter, the naive recipe sees the same tokens as mcqtune, and the mcqtune step and
+FLOP counts are what the report says they are.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mcqtune.config import build_config
+from mcqtune.data import bundled_path, load_examples
+from mcqtune.evaluate import score_examples
+from mcqtune.methods.base import cast_frozen_matmul_weights
+from mcqtune.models import resolve_model
+from mcqtune.prompt import PromptEncoder
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import helpers, naive  # noqa: E402
+from bench.run import format_table, summarize  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def arc_rows():
+    return load_examples(bundled_path("arc_easy", "validation"), limit=12).examples
+
+
+@pytest.fixture(scope="module")
+def med_rows():
+    return load_examples(bundled_path("medmcqa", "validation"), limit=12).examples
+
+
+@pytest.mark.parametrize("dataset", ["arc_easy", "medmcqa"])
+def test_packed_cloze_loglikelihoods_equal_k_copies(dataset, tiny_model, tokenizer):
+    rows = load_examples(bundled_path(dataset, "validation"), limit=12).examples
+    features = PromptEncoder(tokenizer).encode_cloze(rows).features
+    pad = tokenizer.pad_token_id
+    packed = helpers.cloze_logliks(tiny_model, features, pad, packed=True, batch_size=5)
+    copies = helpers.cloze_logliks(tiny_model, features, pad, packed=False, batch_size=5)
+    assert packed.shape == (len(features), max(len(f.option_ids) for f in features))
+    assert np.isfinite(packed).sum() == sum(len(f.option_ids) for f in features)
+    assert helpers.max_abs_difference(packed, copies) <= 1e-4  # the bench's target is 1e-3
+    lengths = helpers.option_lengths(features, packed.shape[1])
+    np.testing.assert_array_equal((packed / lengths).argmax(1), (copies / lengths).argmax(1))
+
+
+def test_max_abs_difference_flags_a_missing_option():
+    a = np.array([[0.0, -1.0, -np.inf]])
+    assert helpers.max_abs_difference(a, a + 0.5 * np.isfinite(a)) == 0.5
+    assert helpers.max_abs_difference(a, np.array([[0.0, -1.0, -2.0]])) == np.inf
+
+
+def _letter_loving(model, encoder):
+    """Scale the (tied) embedding rows of the answer letters so the LM head often picks a letter first."""
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        for token in encoder.letter_token_ids[:4]:
+            weight[token] *= 300.0
+    return model
+
+
+def test_letter_scoring_equals_generate_and_parse_when_a_letter_comes_first(tiny_model, tokenizer, med_rows):
+    encoder = PromptEncoder(tokenizer)
+    model = _letter_loving(tiny_model, encoder)
+    generated = naive.generate_and_parse(model, tokenizer, encoder, med_rows, max_new_tokens=3)
+    scored = score_examples(model, encoder, med_rows, "letter", batch_size=5, precision="fp32")
+    letter_first = generated.first_is_letter
+    assert letter_first.sum() >= 3, "the fixture should make letters likely first tokens"
+    np.testing.assert_array_equal(scored.predictions[letter_first], generated.predictions[letter_first])
+    # the parsed letter is the first generated token itself on those rows
+    letter_ids = np.array(encoder.letter_token_ids[:4])
+    first_index = [int(np.flatnonzero(letter_ids == t)[0]) for t in generated.first_tokens[letter_first]]
+    np.testing.assert_array_equal(first_index, generated.predictions[letter_first])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("B", 1), (" C. Aspirin", 2), ("(D) none", 3), ("I think A", 0), ("The answer: E", -1), ("", -1)],
+)
+def test_parse_first_letter(text, expected):
+    assert naive.parse_first_letter(text, 4) == expected
+
+
+def test_naive_recipe_sees_the_same_tokens_padded_to_max_length(tokenizer, med_rows):
+    """Real tokens of the naive padded batches equal mcqtune's letter features (prompt + answer letter)."""
+    texts = naive.naive_texts(med_rows)
+    dataset = naive.naive_dataset(tokenizer, texts, max_length=256)
+    collator = naive.CountingCollator(tokenizer)
+    batch = collator([dataset[i] for i in range(len(dataset))])
+    assert batch["input_ids"].shape == (len(med_rows), 256)
+    ours = PromptEncoder(tokenizer).encode_letter(med_rows, with_answer=True).features
+    assert collator.real_tokens == [sum(len(f.input_ids) for f in ours)]
+    for row, feature in zip(range(len(med_rows)), ours, strict=True):
+        real = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        assert real == feature.input_ids
+        labels = batch["labels"][row]
+        # labels = the whole sequence (the naive recipe), padding masked
+        assert (labels[batch["attention_mask"][row] == 0] == -100).all()
+        assert (labels != -100).sum() >= len(feature.input_ids) - 1
+
+
+def test_mcqtune_stepper_counts_real_tokens(tiny_model_dir, tokenizer, arc_rows):
+    config = build_config(
+        {
+            "method": "lora",
+            "objective": "letter",
+            "model": str(tiny_model_dir),
+            "validation": None,
+            "max_steps": 2,
+            "batch_size": 3,
+            "precision": "bf16",
+            "method_options": {"r": 4},
+        }
+    )
+    encoder = PromptEncoder(tokenizer)
+    stepper = helpers.McqtuneStepper(config, resolve_model(str(tiny_model_dir)), encoder, arc_rows[:6])
+    stepper.step()
+    stepper.step()
+    assert stepper.timings.questions == [3, 3]
+    assert sum(stepper.timings.tokens) == sum(len(f.input_ids) for f in stepper.features)
+    assert all(np.isfinite(stepper.losses))
+    # bf16: the frozen base's linear weights are stored in bf16, the trained LoRA weights stay fp32
+    dtypes = {p.dtype for n, p in stepper.model.named_parameters() if "lora_" in n}
+    assert dtypes == {torch.float32}
+    frozen = {p.dtype for n, p in stepper.model.named_parameters() if n.endswith("q_proj.base_layer.weight")}
+    assert frozen == {torch.bfloat16}
+
+
+def test_bf16_frozen_weights_score_bit_identically_under_autocast(tiny_model, tokenizer, arc_rows):
+    encoder = PromptEncoder(tokenizer)
+    before = score_examples(tiny_model, encoder, arc_rows, "cloze", precision="bf16").scores
+    saved = cast_frozen_matmul_weights(tiny_model, torch.bfloat16, frozen_only=False)
+    assert saved > 0
+    assert tiny_model.get_input_embeddings().weight.dtype == torch.float32  # tied head stays fp32
+    after = score_examples(tiny_model, encoder, arc_rows, "cloze", precision="bf16").scores
+    np.testing.assert_array_equal(before, after)
+
+
+def test_flop_counts(tiny_model):
+    n = helpers.non_embedding_params(tiny_model)
+    embedding = tiny_model.get_input_embeddings().weight.numel()
+    assert n == sum(p.numel() for p in tiny_model.parameters()) - embedding
+    assert helpers.train_flops_per_token(n, trains_base=False) == 4 * n
+    assert helpers.train_flops_per_token(n, trains_base=True) == 6 * n
+
+
+def test_timings_exclude_warmup():
+    t = helpers.Timings()
+    t.add(10.0, 100, 4)
+    t.add(1.0, 100, 4)
+    t.add(1.0, 100, 4)
+    assert t.tokens_per_second() == pytest.approx(300 / 12)
+    assert t.tokens_per_second(warmup=1) == pytest.approx(100)
+    assert t.questions_per_second(warmup=5) == pytest.approx(4)  # never drops every entry
+
+
+def test_summary_table_from_a_partial_result():
+    results = {
+        "sections": {
+            "peak": {"gflops": {"fp32": 100.0, "bf16": 250.0}},
+            "eval": {
+                "rows": 4,
+                "ratio_questions_per_second": 25.0,
+                "letter_scoring": {"questions_per_second": 50.0},
+                "generate_and_parse": {"questions_per_second": 2.0},
+                "first_token_is_letter": {
+                    "rows": 2,
+                    "agreement_fp32": 2,
+                    "accuracy_letter_fp32": 0.5,
+                    "accuracy_generate": 0.5,
+                },
+            },
+        }
+    }
+    rows = summarize(results)
+    text = format_table(rows)
+    assert "4 eval q/s" in text and "25.0x" in text and "met" in text
+    assert all(len(r) == 6 for r in rows)

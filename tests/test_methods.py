@@ -1,0 +1,415 @@
+"""Every fine-tuning method on a tiny random Llama, through the real training loop, plus one short
+real-model run each (marked slow).
+
+For each method and objective: exactly the method's parameters train (names and counts), a few optimizer
+steps change them and leave every frozen tensor bit-identical, the saved artifact reloads into a model
+that scores identically, packed cloze scoring equals one-row-per-option scoring where the method allows
+packing, and an artifact refuses a base with another architecture.
+
+Uses the shared ``tokenizer`` and ``tiny_model_dir`` fixtures from conftest.py (4 layers, hidden 64,
+4 heads, 2 KV heads, tied embeddings, the real 49,152-token tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mcqtune.artifacts import ADAPTER_DIR, ArtifactError, load_for_inference
+from mcqtune.config import build_config
+from mcqtune.data import bundled_path, load_examples
+from mcqtune.evaluate import compute_metrics, resolve_precision, score_examples
+from mcqtune.methods import get_method, parameter_report
+from mcqtune.methods.base import tensor_digest
+from mcqtune.models import load_model, resolve_model
+from mcqtune.prompt import PromptEncoder
+from mcqtune.scoring import cloze_forward, collate_cloze
+from mcqtune.train import train
+
+CPU = torch.device("cpu")
+
+# (case id, method, options, objectives). Variants run the ranking objective only, to keep this file fast.
+CASES = [
+    ("full", "full", {}, ("letter", "ranking")),
+    ("subset", "subset", {"top_k": 2}, ("letter", "ranking")),
+    (
+        "subset-head",
+        "subset",
+        {"top_k": 1, "train_head": True, "extra_trainable": ["layers.0.input_layernorm"]},
+        ("ranking",),
+    ),
+    ("adapter", "adapter", {}, ("letter", "ranking")),
+    (
+        "adapter-houlsby",
+        "adapter",
+        {"config": "houlsby", "bottleneck": 32, "non_linearity": "swish"},
+        ("ranking",),
+    ),
+    ("prefix", "prefix", {"num_virtual_tokens": 4}, ("letter", "ranking")),
+    (
+        "prefix-mlp",
+        "prefix",
+        {"num_virtual_tokens": 4, "prefix_projection": True, "encoder_hidden_size": 32},
+        ("ranking",),
+    ),
+    ("qlora", "qlora", {"r": 4}, ("letter", "ranking")),
+    (
+        "qlora-fp32",
+        "qlora",
+        {"r": 4, "quant_type": "fp4", "double_quant": False, "compute_dtype": "fp32"},
+        ("ranking",),
+    ),
+    ("lora", "lora", {"r": 4}, ("ranking",)),
+]
+RUNS = [
+    pytest.param((method, options, objective), id=f"{case}-{objective}")
+    for case, method, options, objectives in CASES
+    for objective in objectives
+]
+
+
+def expected_trainable(method: str, options: dict[str, Any], cfg) -> tuple[int, Any]:
+    """(trainable parameter count, predicate on trainable names) worked out from the tiny config."""
+    h, inter, n_layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h  # attention + MLP + two norms
+    if method == "full":
+        return vocab * h + n_layers * layer + h, lambda n: True
+    if method == "subset":
+        k = options["top_k"]
+        top = tuple(f"model.layers.{i}." for i in range(n_layers - k, n_layers))
+        extra = tuple(options.get("extra_trainable", ()))
+        head = vocab * h if options.get("train_head") else 0
+        extra_count = h * len(extra)  # the test only lists norm weights as extras
+        return (
+            k * layer + h + head + extra_count,
+            lambda n: (
+                n.startswith((*top, "model.norm."))
+                or any(e in n for e in extra)
+                or (head > 0 and n == "model.embed_tokens.weight")
+            ),
+        )
+    if method == "adapter":
+        b = options.get("bottleneck", 16)
+        per_adapter = h * b + b + b * h + h
+        n_adapters = 2 if options.get("config") == "houlsby" else 1
+        return n_layers * n_adapters * per_adapter, lambda n: ".adapters.mcqtune." in n
+    if method == "prefix":
+        t = options["num_virtual_tokens"]
+        out = n_layers * 2 * kv
+        if options.get("prefix_projection"):
+            e = options["encoder_hidden_size"]
+            return t * kv + kv * e + e + e * out + out, lambda n: "prompt_encoder" in n
+        return t * out, lambda n: "prompt_encoder" in n
+    if method in ("lora", "qlora"):
+        shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]
+        return n_layers * options["r"] * sum(i + o for i, o in shapes), lambda n: "lora_" in n
+    raise AssertionError(method)
+
+
+@pytest.fixture(scope="module")
+def arc_rows():
+    return load_examples(bundled_path("arc_easy", "validation"), limit=6).examples
+
+
+@pytest.fixture(scope="module")
+def other_base_dir(tmp_path_factory, tokenizer) -> Path:
+    """Same family and width as the tiny model but 3 layers: a different base for every method."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("other-llama")
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+class Recorded:
+    """What the method's apply() produced: parameter names, digests and the parameter report."""
+
+    def __init__(self, model: torch.nn.Module):
+        params = list(model.named_parameters())
+        self.digests = {n: tensor_digest({n: p}) for n, p in params}
+        self.trainable = {n for n, p in params if p.requires_grad}
+        self.report = parameter_report(model)
+
+
+@pytest.fixture(scope="module", params=RUNS)
+def run(request, tmp_path_factory, tiny_model_dir):
+    """Train one (method, options, objective) for 3 steps; record the model right after apply()."""
+    method_name, options, objective = request.param
+    method = get_method(method_name)
+    output = tmp_path_factory.mktemp(f"{method_name}-{objective}")
+    config = build_config(
+        {
+            "method": method_name,
+            "objective": objective,
+            "model": str(tiny_model_dir),
+            "train": "arc_easy",
+            "validation": "arc_easy",
+            "output": str(output),
+            "max_steps": 3,
+            "eval_steps": 3,
+            "batch_size": 2,
+            "train_limit": 8,
+            "eval_limit": 4,
+            "final_eval_limit": 4,
+            "method_options": options,
+        }
+    )
+    recorded: list[Recorded] = []
+    original_apply = method.apply
+
+    def recording_apply(model, opts):
+        applied = original_apply(model, opts)
+        recorded.append(Recorded(applied))
+        return applied
+
+    method.apply = recording_apply  # instance attribute: shadows the class's apply for this run only
+    try:
+        result = train(config, show_progress=False, keep_model=True)
+    finally:
+        del method.apply
+    return {
+        "method": method,
+        "options": config.method_options,
+        "objective": objective,
+        "output": output,
+        "result": result,
+        "applied": recorded[0],
+    }
+
+
+@pytest.fixture(scope="module")
+def reloaded(run):
+    """The run's artifact loaded back the way ``mcqtune eval`` does it (fp32, no autocast wrapper)."""
+    return load_for_inference(None, run["output"], CPU)
+
+
+def test_only_the_method_parameters_train(run):
+    applied: Recorded = run["applied"]
+    count, is_trainable = expected_trainable(run["method"].name, run["options"], run["result"].model.config)
+    assert applied.report.trainable == count
+    assert applied.trainable, "no trainable parameters"
+    assert all(is_trainable(n) for n in applied.trainable), sorted(applied.trainable)
+    frozen = set(applied.digests) - applied.trainable
+    assert not any(is_trainable(n) for n in frozen if run["method"].name != "full")
+    saved = json.loads((run["output"] / "metrics.json").read_text())
+    assert saved["parameters"]["trainable"] == count
+
+
+def test_training_changes_trained_weights_only(run):
+    applied: Recorded = run["applied"]
+    after = {n: tensor_digest({n: p}) for n, p in run["result"].model.named_parameters()}
+    assert set(after) == set(applied.digests)
+    changed = {n for n in after if after[n] != applied.digests[n]}
+    assert changed == applied.trainable
+    losses = [h["loss"] for h in run["result"].history if "loss" in h]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_reloaded_artifact_scores_identically(run, reloaded, arc_rows):
+    loaded = reloaded
+    assert loaded.manifest["method"] == run["method"].name
+    assert loaded.manifest["packing"] == run["method"].supports_packing
+    encoder = PromptEncoder(loaded.tokenizer, loaded.prompt)
+    # Training's precision: accelerate leaves its bf16 autocast on the returned model's forward.
+    precision = resolve_precision("auto", CPU)
+    for scoring in ("letter", "cloze"):
+        kwargs = {"packed": loaded.manifest["packing"], "precision": precision, "device": CPU}
+        before = score_examples(run["result"].model, encoder, arc_rows, scoring, **kwargs)
+        again = score_examples(loaded.model, encoder, arc_rows, scoring, **kwargs)
+        np.testing.assert_array_equal(before.predictions, again.predictions)
+        # prefix_projection: in memory the MLP runs under autocast; the artifact holds its fp32 output
+        atol = 5e-3 if run["options"].get("prefix_projection") else 1e-5
+        np.testing.assert_allclose(before.scores, again.scores, atol=atol, rtol=0)
+
+
+def test_packed_cloze_matches_one_row_per_option(run, reloaded, arc_rows, tokenizer):
+    # The reloaded model (fp32, no autocast) isolates the mask/position handling from bf16 rounding.
+    model = reloaded.model
+    features = PromptEncoder(tokenizer).encode_cloze(arc_rows).features
+    ids = collate_cloze(features, tokenizer.pad_token_id, packed=False)
+    with torch.no_grad():
+        logits = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask, logits_to_keep=2).logits
+        assert logits.shape[1] == 2  # logits_to_keep reaches the LM head
+        copies = cloze_forward(model, ids)
+        if not run["method"].supports_packing:
+            return
+        packed = cloze_forward(model, collate_cloze(features, tokenizer.pad_token_id, packed=True))
+    torch.testing.assert_close(packed, copies, atol=1e-4, rtol=0)
+
+
+def test_artifact_refuses_another_base(run, other_base_dir):
+    with pytest.raises(ArtifactError, match="config hash"):
+        load_for_inference(str(other_base_dir), run["output"], CPU)
+    # Below the manifest's hash check, the method's own loader refuses it too.
+    method = run["method"]
+    if method.name == "lora":
+        return  # peft loads LoRA weights by name and skips the missing layer (lora.py is not under test here)
+    other = method.load_base(resolve_model(str(other_base_dir)), run["options"], CPU)
+    with pytest.raises((ValueError, RuntimeError, KeyError, OSError)):
+        method.load(other, run["output"] / ADAPTER_DIR, run["options"])
+
+
+def test_artifact_holds_only_what_was_trained(run):
+    artifact = run["output"] / ADAPTER_DIR
+    size = sum(f.stat().st_size for f in artifact.iterdir())
+    assert size <= 4 * run["applied"].report.trainable + 64 * 1024  # fp32 tensors + small config files
+    assert all(f.suffix in (".safetensors", ".json", ".md") for f in artifact.iterdir())
+
+
+def test_subset_artifact_holds_only_the_top_layers(run):
+    if run["method"].name != "subset":
+        pytest.skip("subset only")
+    from safetensors import safe_open
+
+    with safe_open(str(run["output"] / ADAPTER_DIR / "subset.safetensors"), framework="pt") as f:
+        names = set(f.keys())
+        layers = f.metadata()["layers"]
+    assert names == run["applied"].trainable
+    k = run["options"]["top_k"]
+    n_layers = run["result"].model.config.num_hidden_layers
+    top = {str(i) for i in range(n_layers - k, n_layers)}
+    assert {n.split(".")[2] for n in names if n.startswith("model.layers.")} - {"0"} <= top
+    assert set(layers.split(",")) >= top
+
+
+def test_qlora_base_is_4bit(run):
+    if run["method"].name != "qlora":
+        pytest.skip("qlora only")
+    import bitsandbytes as bnb
+
+    model = run["result"].model
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 7 * model.config.num_hidden_layers
+    for module in quantized:
+        weight = module.weight
+        assert weight.dtype == torch.uint8 and not weight.requires_grad
+        # two 4-bit values per byte: 1/8 of the fp32 bytes (the per-block scales live in quant_state)
+        assert weight.numel() * weight.element_size() * 8 == module.in_features * module.out_features * 4
+    fp32 = 4 * run["applied"].report.total
+    assert run["applied"].report.frozen_base_bytes < fp32
+
+
+@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32"])
+def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_rows):
+    method_name, options = next((m, o) for c, m, o, _ in CASES if c == case)
+    config = build_config(
+        {
+            "method": method_name,
+            "objective": "ranking",
+            "model": str(tiny_model_dir),
+            "train": "arc_easy",
+            "output": str(tmp_path / case),
+            "max_steps": 3,
+            "batch_size": 2,
+            "train_limit": 8,
+            "lr": 1e-2,  # a large update, so that a lost or doubled merge would show
+            "method_options": options,
+        }
+    )
+    config.validation = None  # (a None flag means "not given" to build_config)
+    train(config, show_progress=False)
+    loaded = load_for_inference(None, tmp_path / case, CPU)
+    encoder = PromptEncoder(loaded.tokenizer, loaded.prompt)
+    kwargs = {"precision": "fp32", "device": CPU}
+    unmerged = score_examples(loaded.model, encoder, arc_rows, "cloze", **kwargs).scores
+    merged_model = get_method(method_name).merge(loaded.model)
+    assert type(merged_model).__name__ == "LlamaForCausalLM"
+    assert not any("lora_" in n for n, _ in merged_model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in merged_model.parameters())
+    merged = score_examples(merged_model, encoder, arc_rows, "cloze", **kwargs).scores
+    # qlora with bf16 compute: the unmerged model rounds its matmul inputs and dequantized weights to bf16
+    atol = 5e-2 if case == "qlora" else 1e-4
+    np.testing.assert_allclose(merged, unmerged, atol=atol, rtol=0)
+    base = load_model(resolve_model(str(tiny_model_dir)))
+    plain = score_examples(base, encoder, arc_rows, "cloze", **kwargs).scores
+    assert np.abs(merged - plain).max() > 0.2  # the update is really in the merged weights
+
+
+def test_prefix_text_init_equals_prepending_the_text(tiny_model_dir, tokenizer):
+    """init: text makes the untrained prefix behave exactly like the text written before the input."""
+    from mcqtune.methods.prefix import DEFAULT_INIT_TEXT
+
+    method = get_method("prefix")
+    base = load_model(resolve_model(str(tiny_model_dir)))
+    model = method.apply(base, {"num_virtual_tokens": 5})
+    text_ids = tokenizer(DEFAULT_INIT_TEXT, add_special_tokens=False)["input_ids"][:5]
+    ids = torch.tensor(
+        [tokenizer("Question: what is 2 + 2?\nAnswer: 4", add_special_tokens=False)["input_ids"]]
+    )
+    with torch.no_grad():
+        with_prefix = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        with model.disable_adapter():
+            written = model(input_ids=torch.cat([torch.tensor([text_ids]), ids], dim=1)).logits
+    torch.testing.assert_close(with_prefix, written[:, 5:], atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ the bundled model, one short run each
+REAL_ARTIFACT_MIB = {  # (min, max) artifact size on SmolLM2-135M with the YAML defaults
+    "full": (500, 560),  # every weight, fp32 (the tied head is stored once)
+    "subset": (50, 60),  # 4 layers of ~3.5M params + the final norm, fp32
+    "adapter": (1.5, 3),  # 570,720 params
+    "prefix": (0.8, 1.2),  # 20 tokens x 30 layers x 2 x 192
+    "qlora": (15, 20),  # LoRA r=16 on all linears, fp32
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method_name", sorted(REAL_ARTIFACT_MIB))
+def test_real_model_trains_saves_reloads_and_evaluates(method_name, tmp_path):
+    output = tmp_path / method_name
+    config = build_config(
+        {
+            "method": method_name,
+            "objective": "ranking",
+            "train": "arc_easy",
+            "validation": "arc_easy",
+            "output": str(output),
+            "max_steps": 2,
+            "eval_steps": 2,
+            "train_limit": 16,
+            "eval_limit": 8,
+            "final_eval_limit": 8,
+        }
+    )
+    result = train(config, show_progress=False, keep_model=True)
+    metrics = json.loads((output / "metrics.json").read_text())
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert metrics["validation"]["n"] == 8
+    low, high = REAL_ARTIFACT_MIB[method_name]
+    assert low <= metrics["artifact_bytes"] / 2**20 <= high
+    report = metrics["parameters"]
+    if method_name == "qlora":
+        # 4-bit linears + the fp32 (tied) embedding: about 0.3 of the fp32 model's bytes
+        assert 0.25 <= report["frozen_base_bytes"] / (4 * (report["total"] - report["trainable"])) <= 0.35
+
+    loaded = load_for_inference(None, output, CPU)
+    rows = load_examples(bundled_path("arc_easy", "validation"), limit=8).examples
+    encoder = PromptEncoder(loaded.tokenizer, loaded.prompt)
+    kwargs = {
+        "packed": loaded.manifest["packing"],
+        "precision": resolve_precision("auto", CPU),
+        "device": CPU,
+    }
+    again = score_examples(loaded.model, encoder, rows, "cloze", **kwargs)
+    before = score_examples(result.model, encoder, rows, "cloze", **kwargs)
+    np.testing.assert_array_equal(before.predictions, again.predictions)
+    assert compute_metrics(again)["accuracy"] == metrics["validation"]["accuracy"]
