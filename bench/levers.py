@@ -15,7 +15,10 @@ mcqtune's LoRA letter step (MedMCQA, the bench's batch size) unless said otherwi
   batches vs padding to 512 (no model involved);
 - ``tokenize_once``: seconds to encode the MedMCQA training split (what a per-step tokenizer would repeat);
 - ``eval_mode``: letter scoring under ``torch.no_grad`` (mcqtune) vs ``torch.inference_mode``;
-- ``compile``: ``torch.compile`` of the LoRA model (compile seconds, then step time on the same batches).
+- ``attention``: training with the math SDPA kernel (mcqtune on CPU) vs torch's default (flash on CPU);
+- ``lora_dropout``: lora.yaml's dropout vs 0 (peft's Bernoulli masks over every LoRA input);
+- ``compile`` (only with ``--compile-lever``: compiling takes many minutes on 2 cores): ``torch.compile``
+  of the LoRA model (compile seconds, then step time on the same batches).
 """
 
 from __future__ import annotations
@@ -79,7 +82,10 @@ def lever_frozen_dtype(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def lever_threads(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
-    cores = torch.get_num_threads()
+    import os
+
+    cores = os.cpu_count() or 1
+    configured = torch.get_num_threads()
     stepper = McqtuneStepper(ctx.lora_config("letter", steps), ctx.resolved, ctx.encoder, rows)
     # one stepper under two names: the thread count is set before each step
     result = _interleave(
@@ -88,8 +94,41 @@ def lever_threads(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
         warmup,
         before=lambda name: torch.set_num_threads(1 if name == "1 thread" else cores),
     )
-    torch.set_num_threads(cores)
+    torch.set_num_threads(configured)
     return result
+
+
+def lever_attention(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
+    """Training with the math SDPA kernel (mcqtune on CPU) vs torch's default choice (flash on CPU)."""
+    from mcqtune.scoring import use_math_sdpa_for_cpu_training
+
+    variants = {
+        "math SDPA (mcqtune, CPU training)": McqtuneStepper(
+            ctx.lora_config("letter", steps), ctx.resolved, ctx.encoder, rows
+        ),
+        "default SDPA (flash on CPU)": McqtuneStepper(
+            ctx.lora_config("letter", steps), ctx.resolved, ctx.encoder, rows
+        ),
+    }
+    try:
+        return _interleave(
+            variants, steps, warmup, before=lambda n: use_math_sdpa_for_cpu_training(n.startswith("math"))
+        )
+    finally:
+        use_math_sdpa_for_cpu_training(True)
+
+
+def lever_lora_dropout(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
+    """peft draws a Bernoulli mask over every LoRA layer's input when lora_dropout > 0."""
+
+    def make(dropout: float) -> McqtuneStepper:
+        config = ctx.lora_config("letter", steps)
+        config.method_options = {**config.method_options, "dropout": dropout}
+        return McqtuneStepper(config, ctx.resolved, ctx.encoder, rows)
+
+    default = ctx.lora_config("letter", steps).method_options.get("dropout")
+    variants = {f"dropout {default} (lora.yaml)": make(default), "dropout 0": make(0.0)}
+    return _interleave(variants, steps, warmup)
 
 
 def lever_logits(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
@@ -123,8 +162,8 @@ def lever_adamw(ctx, reps: int) -> dict[str, Any]:
     n = sum(p.numel() for p in params)
     variants = {
         "for-loop": {"foreach": False, "fused": False},
-        "foreach (mcqtune on CPU)": {"foreach": True, "fused": False},
-        "fused (Trainer default)": {"foreach": False, "fused": True},
+        "foreach (mcqtune before)": {"foreach": True, "fused": False},
+        "fused (mcqtune now, Trainer default)": {"foreach": False, "fused": True},
     }
     optimizers = {}
     for name, kwargs in variants.items():
@@ -246,13 +285,16 @@ def run_levers(ctx) -> dict[str, Any]:
         ("tokenize_once", lambda: lever_tokenize_once(ctx)),
         ("adamw", lambda: lever_adamw(ctx, 5 if quick else 30)),
         ("frozen_dtype", lambda: lever_frozen_dtype(ctx, rows, steps, warmup)),
+        ("attention", lambda: lever_attention(ctx, rows, steps, warmup)),
+        ("lora_dropout", lambda: lever_lora_dropout(ctx, rows, steps, warmup)),
         ("threads", lambda: lever_threads(ctx, rows, steps, warmup)),
         ("logits", lambda: lever_logits(ctx, rows, steps, warmup)),
         ("grad_checkpointing", lambda: lever_grad_checkpointing(ctx, rows, steps, warmup)),
         ("grad_checkpointing_memory", lambda: lever_checkpointing_memory(ctx, 2 if quick else 3)),
         ("eval_mode", lambda: lever_eval_mode(ctx, 32 if quick else 128)),
-        ("compile", lambda: lever_compile(ctx, rows, steps, warmup)),
     ]
+    if getattr(ctx, "compile_lever", False):  # minutes of compilation on 2 cores: opt-in
+        plan.append(("compile", lambda: lever_compile(ctx, rows, steps, warmup)))
     for name, fn in plan:
         log(f"levers: {name}")
         start = time.perf_counter()

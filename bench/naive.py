@@ -152,12 +152,15 @@ _LETTER = re.compile(r"\b([A-Z])\b")
 
 
 def parse_first_letter(text: str, n_options: int) -> int:
-    """Index of the first standalone option letter in ``text`` ("B", "B.", "(B) ..."), else -1."""
+    """Index of the first standalone option letter in ``text`` ("B", "B.", "(B) ...", "I think C"); failing
+    that, the first character when it is an option letter ("BDD"); else -1."""
     for match in _LETTER.finditer(text):
         index = LETTERS.find(match.group(1))
         if 0 <= index < n_options:
             return index
-    return -1
+    first = text.strip()[:1]
+    index = LETTERS.find(first) if first else -1
+    return index if 0 <= index < n_options else -1
 
 
 @torch.no_grad()

@@ -66,6 +66,7 @@ class Settings:
     matmul_rounds: int
     batch_size: int  # training questions per step, every training measurement
     train_steps: int  # section 1: steps of each recipe (both see steps x batch_size examples)
+    train_budget_seconds: float  # section 1 stops both recipes after the step that crosses this
     val_rows: int  # section 1: validation rows for the accuracy check
     warmup_steps: int  # excluded from rates
     cloze_equal_rows: int  # section 3: rows for the fp32 equality check
@@ -86,6 +87,7 @@ FULL = Settings(
     matmul_rounds=3,
     batch_size=4,
     train_steps=16,
+    train_budget_seconds=300.0,
     val_rows=200,
     warmup_steps=2,
     cloze_equal_rows=64,
@@ -105,6 +107,7 @@ QUICK = Settings(
     matmul_rounds=2,
     batch_size=1,
     train_steps=3,
+    train_budget_seconds=60.0,
     val_rows=16,
     warmup_steps=1,
     cloze_equal_rows=8,
@@ -139,6 +142,10 @@ class Context:
         self.encoder = PromptEncoder(self.tokenizer)
         self.cpu = __import__("torch").device("cpu")
         self._rows: dict[tuple[str, str, int], list] = {}
+        self.compile_lever = False
+        from bench.naive import GENERATE_MAX_NEW_TOKENS
+
+        self.generate_tokens = GENERATE_MAX_NEW_TOKENS
 
     def rows(self, dataset: str, split: str, n: int) -> list:
         from mcqtune.data import bundled_path, load_examples
@@ -214,7 +221,7 @@ def section_train(ctx: Context) -> dict[str, Any]:
             self.naive_seconds += time.perf_counter() - self.resume
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.resume = time.perf_counter()
+            self.start = self.resume = time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._pause()
@@ -229,6 +236,8 @@ def section_train(ctx: Context) -> dict[str, Any]:
             self.naive_seconds = 0.0
             if state.global_step % 2 == 1:  # global_step was incremented: this was an even step
                 stepper.step()
+            if time.perf_counter() - self.start > s.train_budget_seconds:
+                control.should_training_stop = True  # both recipes stop at the same number of examples
             self.resume = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="mcqtune-bench-") as tmp:
@@ -250,9 +259,6 @@ def section_train(ctx: Context) -> dict[str, Any]:
         log(f"train: {s.train_steps} interleaved steps of each recipe, batch {s.batch_size}")
         trainer.train()
 
-    while len(stepper.timings.seconds) < s.train_steps:  # (only if the Trainer stopped early)
-        stepper.step()
-
     def evaluate(model) -> dict[str, Any]:
         scored = score_examples(model, ctx.encoder, val_rows, "letter", batch_size=16, precision="bf16")
         m = compute_metrics(scored)
@@ -268,10 +274,13 @@ def section_train(ctx: Context) -> dict[str, Any]:
     w = s.warmup_steps
     ours_tps = stepper.timings.tokens_per_second(w)
     naive_tps = naive_timings.tokens_per_second(w)
+    steps_done = len(stepper.timings.seconds)
+    assert steps_done == len(naive_timings.seconds), "the recipes must see the same examples"
     result = {
-        "examples": n_examples,
+        "examples": sum(stepper.timings.questions),
         "batch_size": s.batch_size,
-        "steps": s.train_steps,
+        "steps": steps_done,
+        "steps_planned": s.train_steps,
         "naive_max_length": NAIVE_MAX_LENGTH,
         "precision": stepper.precision,
         "mcqtune": stepper.timings.to_dict(w) | {"losses": [round(x, 4) for x in stepper.losses]},
@@ -359,7 +368,7 @@ def section_eval(ctx: Context) -> dict[str, Any]:
     import numpy as np
     import torch
     from bench.helpers import Timings
-    from bench.naive import GENERATE_MAX_NEW_TOKENS, generate_and_parse, naive_tokenizer
+    from bench.naive import generate_and_parse, naive_tokenizer
     from transformers import AutoModelForCausalLM
 
     from mcqtune.artifacts import load_for_inference
@@ -387,7 +396,9 @@ def section_eval(ctx: Context) -> dict[str, Any]:
                 timings["a"].add(scored.seconds, 0, len(chunk_rows))
                 scores[idx, : scored.scores.shape[1]] = scored.scores
             else:
-                gen = generate_and_parse(gen_model, gen_tokenizer, ctx.encoder, chunk_rows)
+                gen = generate_and_parse(
+                    gen_model, gen_tokenizer, ctx.encoder, chunk_rows, max_new_tokens=ctx.generate_tokens
+                )
                 timings["b"].add(gen.seconds, 0, len(chunk_rows))
                 results[i] = gen
     for i in range(len(chunks)):
@@ -405,7 +416,7 @@ def section_eval(ctx: Context) -> dict[str, Any]:
     ratio = timings["a"].questions_per_second() / max(timings["b"].questions_per_second(), 1e-9)
     return {
         "rows": len(rows),
-        "max_new_tokens": GENERATE_MAX_NEW_TOKENS,
+        "max_new_tokens": ctx.generate_tokens,
         "letter_scoring": timings["a"].to_dict() | {"precision": "bf16", "batch_size": s.eval_chunk},
         "letter_scoring_fp32_questions_per_second": round(len(rows) / fp32_scored.seconds, 2),
         "generate_and_parse": timings["b"].to_dict() | {"precision": "fp32", "batch_size": 1},
@@ -754,11 +765,60 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+DOC = ROOT / "docs" / "PERFORMANCE.md"
+DOC_BEGIN = "<!-- bench-results:begin (written by bench/run.py; do not edit by hand) -->"
+DOC_END = "<!-- bench-results:end -->"
+
+
+def results_block(results: dict[str, Any], table: str) -> str:
+    m = results["machine"]
+    start, end = results["load_average_start"][0], results["load_average_end"][0]
+    noisy = max(start, end) > 0.5 * (m["cores"] or 1)
+    lines = [
+        f"Latest full run: {results['date']}, `make bench`, {results['total_seconds'] / 60:.1f} min "
+        f"(sections: {', '.join(f'{k} {v:.0f} s' for k, v in results['section_seconds'].items())}).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, AVX512-bf16 "
+        f"{'yes' if m['avx512_bf16'] else 'no'}, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"Python {m['python']}; load average {start:.1f} at the start, {end:.1f} at the end"
+        + (" (**other work was running: timings are pessimistic**)." if noisy else "."),
+        "",
+        table,
+    ]
+    return "\n".join(lines)
+
+
+def update_doc(block: str, path: Path = DOC) -> bool:
+    """Replace the results block of docs/PERFORMANCE.md; False if the markers are missing."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        return False
+    head, rest = text.split(DOC_BEGIN, 1)
+    _, tail = rest.split(DOC_END, 1)
+    path.write_text(f"{head}{DOC_BEGIN}\n{block}\n{DOC_END}{tail}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of every section")
     parser.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)},levers")
     parser.add_argument("--levers", action="store_true", help="also run the lever A/Bs (bench/levers.py)")
+    parser.add_argument(
+        "--compile-lever", action="store_true", help="levers: also torch.compile (many minutes on 2 cores)"
+    )
+    parser.add_argument(
+        "--generate-tokens",
+        type=int,
+        default=None,
+        help="eval: max_new_tokens of the generate-and-parse baseline (default 8)",
+    )
+    parser.add_argument(
+        "--no-update-doc",
+        action="store_true",
+        help="a full run (no --quick/--only) rewrites the results block of docs/PERFORMANCE.md unless given",
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the JSON and table go")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
@@ -791,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         "section_seconds": {},
     }
     ctx = Context(settings, out_dir)
+    ctx.compile_lever = args.compile_lever
+    ctx.generate_tokens = args.generate_tokens or ctx.generate_tokens
     for name in sections:
         log(f"section {name}")
         t = time.perf_counter()
@@ -821,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"sections that failed: {', '.join(failed)} (see the traceback above)")
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    full_run = not args.quick and not args.only and not args.no_update_doc and not failed
+    if full_run and update_doc(results_block(results, table)):
+        print(f"updated the results block of {DOC.relative_to(ROOT)}")
     return 1 if failed else 0
 
 

@@ -83,7 +83,15 @@ def test_letter_scoring_equals_generate_and_parse_when_a_letter_comes_first(tiny
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("B", 1), (" C. Aspirin", 2), ("(D) none", 3), ("I think A", 0), ("The answer: E", -1), ("", -1)],
+    [
+        ("B", 1),
+        (" C. Aspirin", 2),
+        ("(D) none", 3),
+        ("I think A", 0),
+        ("BDD", 1),
+        ("The answer: E", -1),
+        ("", -1),
+    ],
 )
 def test_parse_first_letter(text, expected):
     assert naive.parse_first_letter(text, 4) == expected
@@ -142,6 +150,30 @@ def test_bf16_frozen_weights_score_bit_identically_under_autocast(tiny_model, to
     assert tiny_model.get_input_embeddings().weight.dtype == torch.float32  # tied head stays fp32
     after = score_examples(tiny_model, encoder, arc_rows, "cloze", precision="bf16").scores
     np.testing.assert_array_equal(before, after)
+
+
+def test_cpu_training_attention_uses_the_math_kernel_and_eval_is_unchanged(tiny_model, tokenizer, arc_rows):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mcqtune.scoring import collate_letter, use_math_sdpa_for_cpu_training
+
+    features = PromptEncoder(tokenizer).encode_letter(arc_rows, with_answer=True).features
+    batch = collate_letter(features, tokenizer.pad_token_id, full_logits=True)
+
+    def logits(training: bool) -> torch.Tensor:
+        tiny_model.train(training)
+        return tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.detach()
+
+    wrapped_train, wrapped_eval = logits(True), logits(False)
+    try:
+        use_math_sdpa_for_cpu_training(False)
+        with sdpa_kernel(SDPBackend.MATH):
+            math_train = logits(True)
+        default_eval = logits(False)
+    finally:
+        use_math_sdpa_for_cpu_training(True)
+    assert torch.equal(wrapped_train, math_train)
+    assert torch.equal(wrapped_eval, default_eval)
 
 
 def test_flop_counts(tiny_model):

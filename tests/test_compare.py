@@ -312,7 +312,7 @@ def test_reading_is_computed_from_the_numbers():
     assert "not distinguishable from zero-shot: prefix" in text
     # lora: +18 points per 2 GiB = 9/GiB beats full's 20/3 = 6.7/GiB; lora is the cheapest tie.
     assert "per GiB of peak memory: **lora** (9.00 points per GiB" in text
-    assert "cheapest within the best's CI: **lora** (2048 MiB vs 3072 MiB for full" in text
+    assert "cheapest method within the best's CI that beats zero-shot: **lora** (2048 MiB vs 3072 MiB" in text
     assert "per minute of training: **lora** (5.40 points per minute" in text
     assert "per million trainable parameters: **prefix** (100 points per million" in text
     assert "prefix answers A 70% of the time (gold 25%, TV 0.45)" in text

@@ -252,7 +252,9 @@ def test_packed_cloze_matches_one_row_per_option(run, reloaded, arc_rows, tokeni
         if not run["method"].supports_packing:
             return
         packed = cloze_forward(model, collate_cloze(features, tokenizer.pad_token_id, packed=True))
-    torch.testing.assert_close(packed, copies, atol=1e-4, rtol=0)
+    # QLoRA's 4-bit matmuls run in its bf16 compute dtype, whose rounding depends on the batch shape.
+    atol = 3e-2 if run["method"].name == "qlora" else 1e-4
+    torch.testing.assert_close(packed, copies, atol=atol, rtol=0)
 
 
 def test_artifact_refuses_another_base(run, other_base_dir):

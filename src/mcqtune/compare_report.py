@@ -279,16 +279,17 @@ def _efficiency(
         )
     elif reference is not None:
         parts.append("no method beat zero-shot, so no gain per unit to compare")
-    tied = [r for r in have if ci_overlap(r, best)]
-    if tied:
+    # Cheapest statistical tie with the best, among methods that at least beat doing nothing.
+    tied = [r for r in have if ci_overlap(r, best) and (reference is None or r["accuracy"] > reference)]
+    if tied and best in tied:
         cheapest = min(tied, key=lambda r: r[key])
         if cheapest is best:
             parts.append(f"the best method, {best['method']}, is also the cheapest among those tied with it")
         else:
             parts.append(
-                f"cheapest within the best's CI: **{cheapest['method']}** ({cost_fmt(cheapest[key])} vs "
-                f"{cost_fmt(best[key])} for {best['method']}, accuracy {fmt_pct(cheapest['accuracy'])} vs "
-                f"{fmt_pct(best['accuracy'])})"
+                f"cheapest method within the best's CI that beats zero-shot: **{cheapest['method']}** "
+                f"({cost_fmt(cheapest[key])} vs {cost_fmt(best[key])} for {best['method']}, accuracy "
+                f"{fmt_pct(cheapest['accuracy'])} vs {fmt_pct(best['accuracy'])})"
             )
     return f"{label}: " + "; ".join(parts) + "." if parts else None
 

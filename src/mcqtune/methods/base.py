@@ -202,13 +202,13 @@ class Method(ABC):
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
     ) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters; the fused kernel on CUDA, foreach on CPU."""
+        """AdamW over the trainable parameters, fused kernel (CPU and CUDA): on CPU it is ~4x faster than
+        foreach over LoRA's 420 small tensors (docs/PERFORMANCE.md)."""
         return torch.optim.AdamW(
             params,
             lr=config.lr if config.lr is not None else 1e-4,
             weight_decay=config.weight_decay or 0.0,
-            fused=device.type == "cuda",
-            foreach=None if device.type == "cuda" else True,
+            fused=device.type in ("cpu", "cuda"),
         )
 
     @abstractmethod
