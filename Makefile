@@ -35,5 +35,9 @@ lint: setup
 bench: setup
 	$(PY) bench/run.py
 
+# Every method on the bundled ARC-Easy data, one table and report (~45 min on 2 cores; --quick ~7 min).
+compare: setup
+	$(VENV)/bin/mcqtune compare --output runs/compare
+
 clean:
 	rm -rf $(VENV) runs

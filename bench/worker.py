@@ -21,10 +21,52 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _peak_rss_mib() -> float:
-    import resource
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS since start or the last :func:`_reset_peak`: VmHWM of /proc/self/status.
+    Not ru_maxrss, which on Linux carries the parent's RSS over fork+exec."""
+    return _status_mib("VmHWM")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Phases:
+    """Peak RSS of the load phase (until the method's apply(), which follows load_base) and of the
+    training phase after it (apply, the steps, saving the artifact)."""
+
+    def __init__(self) -> None:
+        self.load_peak: float | None = None
+        self.after_load: float | None = None
+        self.reset = False
+
+    def mark_loaded(self) -> None:
+        if self.load_peak is None:
+            self.load_peak = _peak_rss_mib()
+            self.after_load = _status_mib("VmRSS")
+            self.reset = _reset_peak()
+
+    def record(self) -> dict:
+        end_peak = _peak_rss_mib()
+        whole = max(end_peak, self.load_peak or 0.0)
+        return {
+            "peak_rss_mib": round(whole, 1),
+            "peak_rss_load_mib": round(self.load_peak, 1) if self.load_peak is not None else None,
+            "rss_after_load_mib": round(self.after_load, 1) if self.after_load is not None else None,
+            "peak_rss_training_mib": round(end_peak, 1) if self.reset else None,
+        }
 
 
 def task_train(spec: dict) -> dict:
@@ -40,20 +82,22 @@ def task_train(spec: dict) -> dict:
 
     rss_imports = current_rss_mib()
     method = get_method(spec["method"])
-    if spec.get("gradient_checkpointing"):
-        original = method.apply
+    phases = _Phases()
+    original = method.apply
+    checkpointing = bool(spec.get("gradient_checkpointing"))
 
-        def apply_with_checkpointing(model, options):
+    def apply(model, options):
+        phases.mark_loaded()
+        if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-            return original(model, options)
+        return original(model, options)
 
-        method.apply = apply_with_checkpointing
+    method.apply = apply  # instance attribute: shadows the class's apply in this process only
     flags = {
         "method": spec["method"],
         "objective": spec.get("objective", "letter"),
         "train": spec.get("train", "medmcqa"),
-        "validation": None,
         "output": spec["output"],
         "max_steps": spec["steps"],
         "batch_size": spec["batch_size"],
@@ -65,6 +109,7 @@ def task_train(spec: dict) -> dict:
     if spec.get("options"):
         flags["method_options"] = spec["options"]
     config = build_config(flags)
+    config.validation = None  # build_config drops None flags (the default validation split would remain)
     start = time.perf_counter()
     result = train(config, show_progress=False)
     wall = time.perf_counter() - start
@@ -75,7 +120,7 @@ def task_train(spec: dict) -> dict:
         "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
         "steps": spec["steps"],
         "batch_size": spec["batch_size"],
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        **phases.record(),
         "rss_after_imports_mib": round(rss_imports, 1),
         "wall_seconds": round(wall, 2),
         "train": metrics["train"],
@@ -107,6 +152,8 @@ def task_naive(spec: dict) -> dict:
     tokenizer = naive_tokenizer(resolved.path)
     dataset = naive_dataset(tokenizer, naive_texts(examples.examples))
     model = naive_lora_model(resolved.path, spec["options"])
+    phases = _Phases()
+    phases.mark_loaded()
     collator = CountingCollator(tokenizer)
     trainer = naive_trainer(
         model,
@@ -128,7 +175,7 @@ def task_naive(spec: dict) -> dict:
     return {
         "steps": spec["steps"],
         "batch_size": spec["batch_size"],
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        **phases.record(),
         "rss_after_imports_mib": round(rss_imports, 1),
         "wall_seconds": round(wall, 2),
         "real_tokens": sum(collator.real_tokens),

@@ -236,13 +236,20 @@ def test_run_directories_stay_usable_by_eval(compared, capsys):
 def test_resume_skips_finished_methods_and_retries_failed_ones(compared, capsys):
     settings, _, first = compared
     runs = settings.output / "runs"
-    before = {m: (runs / m / RUN_RECORD).stat().st_mtime_ns for m in (ZERO_SHOT, "full", "lora")}
+    before = {m: (runs / m / RUN_RECORD).stat().st_mtime_ns for m in (ZERO_SHOT, "full")}
+    # lora finished training but its worker died before writing the compare record: the trained
+    # artifact is reused (its weights file is not rewritten), only the record is written again.
+    (runs / "lora" / RUN_RECORD).unlink()
+    lora_weights = sorted((runs / "lora" / "adapter").glob("*.safetensors"))
+    weights_before = {p: p.stat().st_mtime_ns for p in lora_weights}
     capsys.readouterr()
     again = run_compare(_settings(settings.output.parent, Path(settings.model), resume=True))
     out = capsys.readouterr().out
-    for name in (ZERO_SHOT, "full", "lora"):
+    for name in (ZERO_SHOT, "full"):
         assert f"{name}: already finished" in out
         assert (runs / name / RUN_RECORD).stat().st_mtime_ns == before[name]
+    assert lora_weights and {p: p.stat().st_mtime_ns for p in lora_weights} == weights_before
+    assert (runs / "lora" / RUN_RECORD).is_file()
     assert "boom: training" in out and "killed: training" in out
     second = {r["method"]: r for r in again.rows}
     for r in first["rows"]:
@@ -406,3 +413,21 @@ def test_cli_compare_help_and_user_errors(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().out
     assert main(["compare", "--output", str(tmp_path / "x"), "--methods", "lora,nope"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_letter_compare_reports_cyclic_permutations_by_default():
+    from mcqtune.cli import _compare_permutations
+
+    assert _compare_permutations(None, "letter") == "cyclic"  # letter scoring depends on option order
+    assert _compare_permutations(None, "ranking") is None  # cloze is order-free
+    assert _compare_permutations("none", "letter") is None
+    assert _compare_permutations("3", "ranking") == "3"
+
+
+def test_cloze_rows_permutation_accuracy_is_their_accuracy(compared):
+    """The fixture scores cyclic permutations: under cloze scoring they must not change a single answer."""
+    _, _, results = compared
+    ok = [r for r in results["rows"] if r["status"] == "ok"]
+    assert ok and all(r["scoring"] == "cloze" for r in ok)
+    for row in ok:
+        assert row["permutation_accuracy"] == pytest.approx(row["accuracy"], abs=1e-9), row["method"]

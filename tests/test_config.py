@@ -51,3 +51,18 @@ def test_auto_objective_follows_model_size():
     assert resolve_objective("auto", 1_500_000_000) == "letter"
     assert resolve_objective("letter", 135_000_000) == "letter"
     assert resolve_scoring("auto", 135_000_000) == "cloze"
+
+
+def test_unknown_method_option_is_an_error_naming_it(tmp_path):
+    user = tmp_path / "run.yaml"
+    user.write_text("method: lora\nmethod_options:\n  rank: 8\n")  # a typo of r: must not train with r=16
+    with pytest.raises(ConfigError, match=r"run.yaml: method_options: unknown option\(s\) for 'lora': rank"):
+        build_config({}, str(user))
+    with pytest.raises(ConfigError, match=r"command line.*'prefix': bottleneck.*num_virtual_tokens"):
+        build_config({"method": "prefix", "method_options": {"bottleneck": 16}})
+    assert (
+        build_config({"method": "adapter", "method_options": {"reduction_factor": 8}}).method_options[
+            "reduction_factor"
+        ]
+        == 8
+    )

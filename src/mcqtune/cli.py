@@ -345,6 +345,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- compare
+def _compare_permutations(flag: str | None, objective: str | None) -> str | None:
+    """Letter scoring depends on option order, so a letter compare reports cyclic permutations unless
+    ``--permutations none``; cloze scoring is order-free (its permutation accuracy is its accuracy)."""
+    if flag is not None:
+        return None if flag.lower() == "none" else flag
+    return "cyclic" if objective == "letter" else None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
@@ -367,7 +375,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         overrides=overrides,
         precision=args.precision,
         method_timeout=args.method_timeout,
-        permutations=args.permutations,
+        permutations=_compare_permutations(args.permutations, args.objective),
         echo=not args.quiet,
         command=shlex.join(["mcqtune", *args.argv]),
     )
@@ -591,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--permutations",
         metavar="cyclic|all|K",
-        help="also report permutation-averaged accuracy on the final evaluation set (costs K x its time)",
+        help="also report permutation-averaged accuracy on the final evaluation set (costs K x its "
+        "time; default: cyclic with --objective letter, none otherwise: cloze ignores option order)",
     )
     cmp.add_argument(
         "--method-timeout", type=float, metavar="SECONDS", help="stop a method after this long (failure)"

@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -445,14 +444,9 @@ def _permutation_accuracy(
     """Accuracy averaged over option orders on the final evaluation set (``mcqtune.analysis``, optional)."""
     if not mode or model is None or not scoring:
         return None
-    try:
-        analysis = importlib.import_module("mcqtune.analysis")
-    except ImportError:
-        return None
-    score_permutations = getattr(analysis, "score_permutations", None)
-    summarise = getattr(analysis, "permutation_summary", None)
-    if score_permutations is None or summarise is None:
-        return None
+    from mcqtune.analysis import permutation_summary as summarise
+    from mcqtune.analysis import score_permutations
+
     context = context or _eval_context(config)
     result = score_permutations(
         model, context.encoder, context.rows, scoring, mode, seed=config.seed, **context.score_kwargs(config)
@@ -471,11 +465,43 @@ def _train_one(config, resume: bool):
     from mcqtune.train import train
 
     if resume:
+        finished = _reuse_finished_run(config)
+        if finished is not None:
+            return finished
         try:
             return train(config, show_progress=False, keep_model=True, overwrite=False)
         except ValueError as exc:  # CheckpointError: finished with another config, or nothing to resume
             print(f"not continuing the earlier run ({exc}); starting {config.method} over", flush=True)
     return train(config, show_progress=False, keep_model=True, overwrite=True)
+
+
+def _reuse_finished_run(config):
+    """A run that finished training (``metrics.json`` and ``config.yaml`` written with this config) but
+    whose compare record is missing (the worker stopped during the extra evaluation): load its artifact
+    instead of training it again. Returns None when the run is not finished or had another config."""
+    import yaml
+
+    from mcqtune.artifacts import load_for_inference
+    from mcqtune.checkpoint import config_differences
+    from mcqtune.evaluate import resolve_precision
+    from mcqtune.train import CONFIG_FILE, METRICS, TrainResult
+
+    output = Path(config.output)
+    try:
+        metrics = json.loads((output / METRICS).read_text(encoding="utf-8"))
+        saved = yaml.safe_load((output / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, yaml.YAMLError):
+        return None
+    current = config.to_dict() | {"objective": metrics.get("objective", config.objective)}
+    if not isinstance(saved, dict) or config_differences(saved, current):
+        return None
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(config.precision, device)
+    loaded = load_for_inference(None, output, device, precision=precision)
+    print(f"{output} already holds this finished run: reusing it, not training again", flush=True)
+    return TrainResult(output=output, metrics=metrics, history=metrics.get("history", []), model=loaded.model)
 
 
 def worker_main(argv: list[str]) -> int:
@@ -617,6 +643,8 @@ def _run_worker(
             # that `compare --resume` continues from, then make sure no orphan keeps training.
             print(f"  [{method}] interrupted: waiting up to 120 s for it to save a checkpoint", flush=True)
             try:
+                if proc.poll() is None:  # the signal may have reached only this process
+                    proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=120)
             except BaseException:
                 proc.kill()
@@ -739,6 +767,9 @@ def build_row(
     )
     if val.get("ci95"):
         row["ci95_low"], row["ci95_high"] = val["ci95"]
+    if row["permutation_accuracy"] is None and row["scoring"] == "cloze":
+        # Cloze scores each option's text after the question alone: option order cannot change them.
+        row["permutation_accuracy"] = row["accuracy"]
     if row["accuracy"] is not None and row["majority_baseline"] is not None:
         row["accuracy_minus_baseline"] = round(row["accuracy"] - row["majority_baseline"], 4)
     row["letter_tv_distance"] = _tv_distance(
@@ -877,6 +908,25 @@ def run_compare(settings: CompareSettings) -> CompareResult:
     )
     rows: list[dict[str, Any]] = []
     files: dict[str, Path] = {}
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a job scheduler, `timeout`) stops the running method cleanly, like Ctrl-C.
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _run_all(settings, plan, order, meta, rows, files, start)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    elapsed = time.perf_counter() - start
+    print(f"compare finished in {elapsed / 60:.1f} min; report: {settings.output / REPORT_HTML}", flush=True)
+    return CompareResult(settings.output, rows, files, elapsed)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _run_all(settings, plan, order, meta, rows, files, start) -> None:
     total = len(order)
     for index, (name, kind, config_dict) in enumerate(order, start=1):
         run_dir = settings.output / "runs" / name
@@ -885,7 +935,11 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         if record is not None:
             print(f"[{index}/{total}] {name}: already finished ({run_dir}), skipped (--resume)", flush=True)
         else:
-            what = "zero-shot evaluation" if kind == ZERO_SHOT else f"training {shared['max_steps']} steps"
+            what = (
+                "zero-shot evaluation"
+                if kind == ZERO_SHOT
+                else f"training {meta['shared']['max_steps']} steps"
+            )
             print(f"[{index}/{total}] {name}: {what}...", flush=True)
             record = _run_worker(settings, name, kind, config_dict, fp)
             status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
@@ -895,10 +949,7 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         with contextlib.suppress(OSError):
             meta["machine"]["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
         # Rewritten after every method: an interrupted compare still leaves a valid partial report.
-        files = _write_outputs(settings, plan, rows, {**meta, "complete": index == total})
-    elapsed = time.perf_counter() - start
-    print(f"compare finished in {elapsed / 60:.1f} min; report: {settings.output / REPORT_HTML}", flush=True)
-    return CompareResult(settings.output, rows, files, elapsed)
+        files.update(_write_outputs(settings, plan, rows, {**meta, "complete": index == total}))
 
 
 def main(argv: list[str] | None = None) -> int:

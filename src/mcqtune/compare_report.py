@@ -179,7 +179,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 
 
 def _shown_columns(rows: list[dict[str, Any]]) -> list[int]:
-    """Drop the permutation column while nothing fills it (mcqtune.analysis not wired)."""
+    """Drop the permutation column while nothing fills it (letter scoring run with --permutations none)."""
     keep = list(range(len(TABLE_HEADER)))
     if all(r.get("permutation_accuracy") is None for r in rows):
         keep.remove(TABLE_HEADER.index("perm. accuracy"))
@@ -214,6 +214,12 @@ def _setup_sentence(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"({results.get('examples_seen')} examples seen, seed {shared.get('seed')}), model "
         f"`{shared.get('model')}`; all rows evaluated on the same {n} `{shared.get('validation')}` "
         f"questions with {scoring} scoring."
+        + (
+            " Cloze scoring reads each option after the question alone, so option order cannot change it:"
+            " its permutation-averaged accuracy is its accuracy."
+            if scoring == "cloze"
+            else ""
+        )
     )
 
 

@@ -120,6 +120,15 @@ class TrainConfig:
         if self.method not in METHODS:
             known = ", ".join(sorted(METHODS))
             raise ConfigError(f"{source}: 'method' unknown method '{self.method}'; choose one of: {known}")
+        # The method's defaults file lists every option it reads: a typo (``rank`` for ``r``) must not
+        # silently train with the default instead.
+        allowed = set(method_defaults(self.method).get("method_options") or {})
+        unknown = set(self.method_options) - allowed
+        if unknown:
+            raise ConfigError(
+                f"{source}: method_options: unknown option(s) for '{self.method}': "
+                f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed)) or 'none'}"
+            )
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig.from_dict(self.prompt)
