@@ -157,3 +157,21 @@ def test_data_check_reports_distribution(capsys):
     assert main(["data", "check", "medmcqa", "--no-tokens"]) in (0, 1)
     out = capsys.readouterr().out
     assert "3000" in out or "3,000" in out
+
+
+def test_method_option_flags_reach_the_config_and_are_checked_against_the_method():
+    from mcqtune.cli import method_option_flags
+    from mcqtune.config import ConfigError, build_config
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--method", "subset", "--top-k", "2", "--no-train-head"])
+    assert method_option_flags(args) == {"top_k": 2, "train_head": False}
+    config = build_config({"method": "subset", "method_options": method_option_flags(args)})
+    assert config.method_options["top_k"] == 2 and config.method_options["train_head"] is False
+    args = parser.parse_args(
+        ["train", "--method", "qlora", "--lora-r", "8", "--quant-type", "fp4", "--no-double-quant"]
+    )
+    assert method_option_flags(args) == {"r": 8, "quant_type": "fp4", "double_quant": False}
+    args = parser.parse_args(["train", "--method", "lora", "--bottleneck", "32"])
+    with pytest.raises(ConfigError, match=r"unknown option.*'lora': bottleneck"):
+        build_config({"method": "lora", "method_options": method_option_flags(args)})

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mcqtune.artifacts import load_for_inference
+from mcqtune.cli import main
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.evaluate import compute_metrics, score_examples
@@ -62,3 +63,11 @@ def test_short_lora_run_lowers_the_loss_and_reloads_identically(tmp_path):
     np.testing.assert_allclose(in_memory.scores, again.scores, atol=1e-3)
     saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert saved["validation"]["accuracy"] == compute_metrics(again)["accuracy"]
+
+    # `mcqtune export`: the merged plain model scores like the adapter (fp32 on both sides)
+    assert main(["export", "--adapter", str(tmp_path / "lora"), "--output", str(tmp_path / "hf")]) == 0
+    exported = load_for_inference(str(tmp_path / "hf"), None, CPU)
+    assert not any("lora_" in n for n, _ in exported.model.named_parameters())
+    unmerged = score_examples(reloaded.model, encoder, rows, "letter", precision="fp32").scores
+    merged = score_examples(exported.model, encoder, rows, "letter", precision="fp32").scores
+    np.testing.assert_allclose(merged, unmerged, atol=1e-3)

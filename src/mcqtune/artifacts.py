@@ -30,6 +30,9 @@ ADAPTER_DIR = "adapter"
 MANIFEST_VERSION = 1
 
 
+EXPORT_MANIFEST = "mcqtune_export.json"  # written by `mcqtune export` (mcqtune.export)
+
+
 class ArtifactError(ValueError):
     """An artifact directory is missing, corrupt, or belongs to another base model."""
 
@@ -40,10 +43,12 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     resolved: ResolvedModel
     manifest: dict[str, Any] | None
+    # mcqtune_export.json of a model directory written by `mcqtune export`: its training prompt and scoring.
+    exported: dict[str, Any] | None = None
 
     @property
     def prompt(self) -> PromptConfig:
-        return PromptConfig.from_dict((self.manifest or {}).get("prompt"))
+        return PromptConfig.from_dict((self.manifest or self.exported or {}).get("prompt"))
 
 
 def save_artifact(model: torch.nn.Module, output: Path, manifest: dict[str, Any]) -> int:
@@ -99,7 +104,7 @@ def load_for_inference(
         base = load_model(resolved, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).to(device)
         if precision == "bf16":
             cast_frozen_matmul_weights(base, torch.bfloat16, frozen_only=False)
-        return LoadedModel(base, tokenizer, resolved, None)
+        return LoadedModel(base, tokenizer, resolved, None, _export_info(resolved))
     method = get_method(manifest["method"])
     options = manifest.get("method_options", {})
     base: PreTrainedModel = method.load_base(resolved, options, device)
@@ -119,6 +124,17 @@ def load_for_inference(
         ) from None
     model.eval()
     return LoadedModel(model, tokenizer, resolved, manifest)
+
+
+def _export_info(resolved: ResolvedModel) -> dict[str, Any] | None:
+    """The record `mcqtune export` leaves in a model directory, if this model is one."""
+    if not resolved.is_local:
+        return None
+    path = Path(resolved.path) / EXPORT_MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def base_identity(resolved: ResolvedModel, base: PreTrainedModel) -> dict[str, str]:

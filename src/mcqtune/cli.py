@@ -33,11 +33,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mcqtune.checkpoint import CheckpointError
     from mcqtune.config import ConfigError
     from mcqtune.data import DataError
+    from mcqtune.export import ExportError
     from mcqtune.models import ModelError
     from mcqtune.preflight import ResourceError
 
     # OSError: a full disk, a permission denied, a file that vanished: the message names the path.
-    return (ArtifactError, CheckpointError, ConfigError, DataError, ModelError, ResourceError, OSError)
+    user = (ArtifactError, CheckpointError, ConfigError, DataError, ExportError, ModelError, ResourceError)
+    return (*user, OSError)
 
 
 # ---------------------------------------------------------------- data check
@@ -101,6 +103,78 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
+# Method options with their own flags (every option also works as --option KEY=VALUE and in YAML).
+# A flag a method does not read is an error naming the method (config.validate_method).
+METHOD_OPTION_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--top-k", "top_k", {"type": int, "help": "subset: train the last K decoder layers (default 4)"}),
+    (
+        "--train-head",
+        "train_head",
+        {"action": argparse.BooleanOptionalAction, "help": "subset: train the LM head"},
+    ),
+    ("--lora-r", "r", {"type": int, "help": "lora/qlora: rank (default 16)"}),
+    ("--lora-alpha", "alpha", {"type": float, "help": "lora/qlora: alpha (default 32)"}),
+    ("--lora-dropout", "dropout", {"type": float, "help": "lora/qlora: dropout (default 0.05)"}),
+    (
+        "--target-modules",
+        "target_modules",
+        {"help": "lora/qlora: all-linear (default), attention, mlp or a comma-separated list"},
+    ),
+    (
+        "--rslora",
+        "use_rslora",
+        {"action": argparse.BooleanOptionalAction, "help": "lora/qlora: rsLoRA scaling"},
+    ),
+    ("--dora", "use_dora", {"action": argparse.BooleanOptionalAction, "help": "lora/qlora: DoRA"}),
+    ("--quant-type", "quant_type", {"choices": ("nf4", "fp4"), "help": "qlora: 4-bit type (default nf4)"}),
+    (
+        "--double-quant",
+        "double_quant",
+        {"action": argparse.BooleanOptionalAction, "help": "qlora: quantize the scales too (default on)"},
+    ),
+    (
+        "--compute-dtype",
+        "compute_dtype",
+        {"choices": ("bf16", "fp16", "fp32"), "help": "qlora: matmul dtype"},
+    ),
+    (
+        "--optimizer",
+        "optimizer",
+        {
+            "choices": ("paged_adamw_32bit", "paged_adamw_8bit", "adamw"),
+            "help": "qlora: optimizer (paged ones need CUDA; CPU uses AdamW)",
+        },
+    ),
+    (
+        "--adapter-config",
+        "config",
+        {"choices": ("pfeiffer", "houlsby"), "help": "adapter: where adapters sit"},
+    ),
+    ("--bottleneck", "bottleneck", {"type": int, "help": "adapter: bottleneck width (default 16)"}),
+    ("--non-linearity", "non_linearity", {"help": "adapter: relu (default), swish, gelu"}),
+    (
+        "--num-virtual-tokens",
+        "num_virtual_tokens",
+        {"type": int, "help": "prefix: prefix length (default 20)"},
+    ),
+    (
+        "--prefix-projection",
+        "prefix_projection",
+        {"action": argparse.BooleanOptionalAction, "help": "prefix: learn it through an MLP"},
+    ),
+]
+
+
+def method_option_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given as their own flags (None: not given)."""
+    options = {}
+    for flag, key, _ in METHOD_OPTION_FLAGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is not None:
+            options[key] = value
+    return options
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mcqtune.config import build_config
     from mcqtune.train import TrainingInterrupted, train
@@ -108,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS}
     if args.no_validation:
         flags["validation"] = None
-    options = parse_option_pairs(args.option)
+    options = {**method_option_flags(args), **parse_option_pairs(args.option)}
     if options:
         flags["method_options"] = options
     if args.train_on_prompt:
@@ -208,6 +282,8 @@ def _scoring(args: argparse.Namespace, loaded) -> str:
         return args.scoring
     if loaded.manifest:
         return loaded.manifest["scoring"]
+    if loaded.exported and loaded.exported.get("scoring"):
+        return loaded.exported["scoring"]
     return resolve_scoring("auto", loaded.model.num_parameters())
 
 
@@ -337,6 +413,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from mcqtune.export import describe, export_run
+    from mcqtune.preflight import check_adapter_dir, check_output_dir
+
+    check_adapter_dir(args.adapter)
+    check_output_dir(args.output)
+    if Path(args.output).exists() and any(Path(args.output).iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists and is not empty; pass --overwrite to replace it")
+    result = export_run(
+        args.adapter,
+        args.output,
+        dtype=args.dtype,
+        check_questions=args.check_questions,
+        tolerance=args.tolerance,
+    )
+    print(describe(result))
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from mcqtune.demo import run_demo
@@ -463,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-length", type=int, help="max tokens per sequence (question is shortened first)")
     tr.add_argument("--train-on-prompt", action="store_true", help="letter objective: loss on prompt too")
     tr.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
+    group = tr.add_argument_group("method options", "shortcuts for --option (docs/METHODS.md)")
+    for flag, _, kwargs in METHOD_OPTION_FLAGS:
+        group.add_argument(flag, **kwargs)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument(
         "--save-steps", type=int, help="checkpoint every N steps (default 20) for --resume; Ctrl-C saves too"
@@ -548,6 +647,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per question")
     add_debias_args(pr)
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser(
+        "export",
+        help="merge a LoRA/QLoRA run (or save a full/subset run) as a plain Hugging Face model dir",
+        description="Write a plain Hugging Face model directory (safetensors + tokenizer) that loads "
+        "without peft, bitsandbytes or mcqtune. LoRA is merged into the base; QLoRA is dequantized to fp32 "
+        "and merged. The merged model's option scores are checked against the run's on a few validation "
+        "questions before anything is written.",
+    )
+    ex.add_argument("--adapter", required=True, help="a mcqtune run directory (from train)")
+    ex.add_argument("--output", required=True, help="the model directory to write")
+    ex.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights dtype (default fp32)")
+    ex.add_argument(
+        "--check-questions", type=int, default=8, help="validation questions to compare on (0: no check)"
+    )
+    ex.add_argument("--tolerance", type=float, help="largest allowed option-score difference (nats)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    ex.set_defaults(func=cmd_export)
 
     demo = sub.add_parser(
         "demo",
