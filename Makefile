@@ -35,7 +35,7 @@ lint: setup
 bench: setup
 	$(PY) bench/run.py
 
-# Every method on the bundled ARC-Easy data, one table and report (~45 min on 2 cores; --quick ~7 min).
+# Every method on the bundled ARC-Easy data, one table and report (~21 min on 2 idle cores; --quick ~4 min).
 compare: setup
 	$(VENV)/bin/mcqtune compare --output runs/compare
 

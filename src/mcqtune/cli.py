@@ -106,7 +106,7 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
 # Method options with their own flags (every option also works as --option KEY=VALUE and in YAML).
 # A flag a method does not read is an error naming the method (config.validate_method).
 METHOD_OPTION_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--top-k", "top_k", {"type": int, "help": "subset: train the last K decoder layers (default 4)"}),
+    ("--top-k", "top_k", {"type": int, "help": "subset: train the last K decoder layers (default 10)"}),
     (
         "--train-head",
         "train_head",

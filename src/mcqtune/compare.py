@@ -17,37 +17,34 @@ outputs, usable by ``mcqtune eval/predict --adapter DIR/runs/<method>``.
 Budget: default <= 60 min, ``--quick`` <= 10 min on an idle 2-core CPU (bundled SmolLM2-135M,
 ARC-Easy, ranking objective = cloze scoring, batch 4, bf16 autocast).
 
-Measured on this 2-vCPU AMD EPYC machine. It was shared (load average ~9), and 2-thread OpenMP under
-that contention runs 5-20x slower than idle, so wall times taken then are meaningless; single-thread
-CPU seconds are not (no barrier spinning), so costs were measured as single-thread CPU seconds per
-step (3 steps after a warm-up) and per scored validation question, and converted to idle 2-core wall
-time with the LoRA anchor of 1.4 s/step measured on the idle machine (factor 1.31):
+Measured with the default run itself (``mcqtune compare --output runs/compare``, 2026-11-28, idle
+2-vCPU AMD EPYC with AVX-512-bf16, 2 threads): 21.1 min in all. Per method, training seconds per
+step (``metrics.json``: ``train.seconds`` / 150) and final-evaluation seconds per question (1 / its
+questions/s), and the whole worker's wall time (start-up, step-0 and curve evaluations, training,
+final evaluation on 500 questions):
 
-============  ==================  =====================  ===============  ====================
-method        CPU s/step (1 thr)  CPU s/question (eval)  idle s/step      idle s/question
-============  ==================  =====================  ===============  ====================
-full          1.63                0.14                   2.15             0.18
-subset        0.49                0.14                   0.65             0.18
-adapter       0.71                0.14                   0.95             0.18
-prefix        1.99                0.33 (no packing)      2.6              0.43
-lora          1.07                0.16                   1.4 (anchor)     0.21
-qlora         1.17                0.17                   1.55             0.22
-============  ==================  =====================  ===============  ====================
+============  ===========  ===============  =============
+method        s/step       s/question       worker wall
+============  ===========  ===============  =============
+zero-shot     -            0.054            29 s
+full          0.97         0.052            191 s
+subset        0.35         0.052            96 s
+adapter       0.68         0.057            155 s
+prefix        1.35         0.16 (no pack)   330 s
+lora          0.97         0.064            197 s
+qlora         1.12         0.078            231 s
+============  ===========  ===============  =============
 
-So one shared step of all six methods costs ~9.3 s and scoring a question ~0.2 s (prefix 0.43 s);
-starting a worker (imports, cached model) ~10 s. :func:`estimate_seconds` applies these numbers and
-``compare`` prints the estimate before it starts.
+:func:`estimate_seconds` applies these numbers and ``compare`` prints the estimate before it starts.
 
 Default: 150 steps x batch 4 (600 questions seen, a third of ARC-Easy train); learning curve at steps
 0/50/100/150 on 64 validation questions; final evaluation on all 500 validation questions (95% CI
-about +-4 points, enough to separate methods ~8 points apart):
-training 150 x 9.3 s = 23 min; evaluation 5 x 756 x 0.2 s + 756 x 0.43 s + zero-shot 500 x 0.18 s
-= 19.5 min; 7 worker starts 1 min: ~44 min, 27% headroom under 60.
+about +-4 points, enough to separate methods ~8 points apart): ~21 min, a third of the 60-minute
+budget, which leaves room for a slower laptop or a busy machine.
 
-``--quick``: 16 steps, curve at 0/8/16 on 24 questions, final evaluation on 64 questions:
-16 x 9.3 s = 2.5 min + 5 x 136 x 0.2 s + 136 x 0.43 s + 64 x 0.18 s = 3.4 min + 1.2 min = ~7 min.
+``--quick``: 16 steps, curve at 0/8/16 on 24 questions, final evaluation on 64 questions: ~4 min.
 Its CIs are +-12 points: ``--quick`` checks the pipeline, it does not pick a method.
-``--permutations cyclic`` scores the final set 4 more times (default budget: ~96 min).
+``--permutations cyclic`` scores the final set 4 more times (~+10 min for the default budget).
 """
 
 from __future__ import annotations
@@ -106,10 +103,10 @@ QUICK_BUDGET = Budget(max_steps=16, batch_size=4, eval_steps=8, eval_limit=24, f
 
 # Idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy cloze, batch 4, bf16 autocast: seconds per optimizer
 # step and per scored question (module docstring: how they were measured). Used to print an estimate.
-STEP_SECONDS = {"full": 2.15, "subset": 0.65, "adapter": 0.95, "prefix": 2.6, "lora": 1.4, "qlora": 1.55}
-EVAL_SECONDS_PER_QUESTION = {"prefix": 0.43, "lora": 0.21, "qlora": 0.22}
-DEFAULT_EVAL_SECONDS_PER_QUESTION = 0.18
-WORKER_START_SECONDS = 10.0
+STEP_SECONDS = {"full": 0.97, "subset": 0.35, "adapter": 0.68, "prefix": 1.35, "lora": 0.97, "qlora": 1.12}
+EVAL_SECONDS_PER_QUESTION = {"prefix": 0.16, "lora": 0.064, "qlora": 0.078, "adapter": 0.057}
+DEFAULT_EVAL_SECONDS_PER_QUESTION = 0.054
+WORKER_START_SECONDS = 6.0
 
 # Keys that must be identical across methods for the comparison to be fair (checked after resolving).
 SHARED_KEYS = (
@@ -316,7 +313,7 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
         questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)
         questions += scored_final
         scale = config.batch_size * config.grad_accum / 4
-        total += WORKER_START_SECONDS + STEP_SECONDS.get(method, 1.4) * config.max_steps * scale
+        total += WORKER_START_SECONDS + STEP_SECONDS.get(method, 1.0) * config.max_steps * scale
         total += per_q * questions
     return total
 
@@ -785,7 +782,9 @@ def build_row(
     manifest = run_dir / "mcqtune.json"
     if manifest.is_file():
         with contextlib.suppress(json.JSONDecodeError):
-            row["best_step"] = json.loads(manifest.read_text(encoding="utf-8")).get("best_step")
+            saved = json.loads(manifest.read_text(encoding="utf-8"))
+            row["best_step"] = saved.get("best_step")
+            row["packed_options"] = saved.get("packing")
     row["learning_curve"] = [
         [h["step"], h["val_accuracy"]] for h in metrics.get("history", []) if "val_accuracy" in h
     ]

@@ -154,6 +154,17 @@ TABLE_HEADER = (
 )
 
 
+UNPACKED_MARK = " †"
+UNPACKED_NOTE = (
+    "† scores each option as its own row (prefix key/values cannot share a packed row), so the question "
+    "is processed once per option: its tokens/s counts those repeats and is not comparable with the others."
+)
+
+
+def _unpacked(row: dict[str, Any]) -> bool:
+    return row.get("packed_options") is False and row.get("scoring") == "cloze"
+
+
 def table_cells(row: dict[str, Any]) -> list[str]:
     """One row of the table, as shown in both report.md and report.html."""
     if row.get("status") != "ok":
@@ -172,7 +183,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         fmt_share(row["trainable_percent"]),
         fmt_mib(row["artifact_bytes"]),
         fmt_seconds(row["train_seconds"]),
-        fmt_rate(row["train_tokens_per_second"], 0),
+        fmt_rate(row["train_tokens_per_second"], 0) + (UNPACKED_MARK if _unpacked(row) else ""),
         fmt_mib(row["peak_memory_bytes"]),
         fmt_rate(row["eval_questions_per_second"]),
     ]
@@ -236,6 +247,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def markdown_report(results: dict[str, Any]) -> str:
     rows = results["rows"]
     parts = ["## mcqtune compare", "", _setup_sentence(results, rows), "", markdown_table(rows), ""]
+    if any(_unpacked(r) for r in rows):
+        parts += [UNPACKED_NOTE, ""]
     if not results.get("complete", True):
         parts.insert(2, f"**Partial results** ({len(rows)} of {len(results.get('methods', [])) + 1} rows).\n")
     reading = reading_of_results(results)
@@ -453,10 +466,21 @@ def _place_labels(fig, ax, labels: list[tuple[float, float, str]]) -> None:
     fig.canvas.draw()  # final limits, so label boxes are measured where they will be drawn
     renderer = fig.canvas.get_renderer()
     placed = []
-    candidates = ((8, 4, "left"), (8, -14, "left"), (-8, 4, "right"), (-8, -14, "right"), (8, 16, "left"))
+    # Level with the point first (right, then left), then above/below: a label never sits level with
+    # another method's point, which would read as that point's label.
+    candidates = (
+        (8, 0, "left"),
+        (-8, 0, "right"),
+        (8, 11, "left"),
+        (-8, 11, "right"),
+        (8, -11, "left"),
+        (-8, -11, "right"),
+    )
     for x, y, text in labels:
         for dx, dy, ha in candidates:
-            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9, ha=ha)
+            note = ax.annotate(
+                text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9, ha=ha, va="center"
+            )
             box = note.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed) or (dx, dy, ha) == candidates[-1]:
                 placed.append(box)
@@ -492,7 +516,9 @@ def _accuracy_scatter(rows, key, xlabel, title, log_x, colors):
             ax.errorbar(
                 x, y, yerr=err, fmt="o", ms=7, capsize=4, color=colors[r["method"]], label=r["method"]
             )
-        labels.append((x0, members[0]["accuracy"] * 100, " / ".join(r["method"] for r in members)))
+            if r is members[0]:
+                label_x = x
+        labels.append((label_x, members[0]["accuracy"] * 100, " / ".join(r["method"] for r in members)))
     _reference_lines(ax, rows)
     xs = [r[key] / scale for r in points]
     if log_x:
@@ -733,6 +759,7 @@ def html_report(results: dict[str, Any], plots: list[Path]) -> str:
         "baseline = always answering the most frequent gold letter; letter TV = total-variation distance "
         "between predicted and gold letter distributions (0 = no letter bias); train time and tok/s count "
         "the training steps only; peak memory is each method's own process.</p>",
+        f"<p class='note'>{html.escape(UNPACKED_NOTE)}</p>" if any(_unpacked(r) for r in rows) else "",
         _overlap_matrix(rows),
         "<h2>Plots</h2>",
         '<div class="plots">' + "".join(figures) + "</div>",

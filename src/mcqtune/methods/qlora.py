@@ -40,7 +40,7 @@ from peft import (
 )
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from mcqtune.methods.base import Method, check_peft_artifact, register
+from mcqtune.methods.base import Method, check_peft_artifact, register, release_mapped_weights
 from mcqtune.methods.lora import lora_config
 from mcqtune.models import ResolvedModel, load_model
 
@@ -93,6 +93,8 @@ class QLoraMethod(Method):
             resolved, torch.float32, quantization_config=quantization_config(options), device_map=device_map
         )
         keep_trainable_layout(model)
+        if device.type == "cpu":
+            release_mapped_weights(model)  # the fp32 file pages read for quantizing (base.py)
         return model
 
     def make_optimizer(

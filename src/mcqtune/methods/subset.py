@@ -2,7 +2,9 @@
 
 Options:
 
-- ``top_k`` (default 4): how many of the last decoder layers to train;
+- ``top_k`` (default 10, a third of the bundled model's 30 layers): how many of the last decoder layers to
+  train. On ARC-Easy (ranking, 150 steps) the top 4 layers stayed at zero-shot accuracy at any learning
+  rate tried (49%; lr 1e-4, 5e-4, 2e-3) while the top 10 reached 62.8%;
 - ``train_head`` (default false): also train the LM head. Models that tie their input and output
   embeddings (the bundled SmolLM2 does) share one tensor, so this trains the input embedding too, which
   is ~20% of a 135M model and makes every token's representation move;
