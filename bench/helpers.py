@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcqtune.analysis import shuffled_features
 from mcqtune.config import TrainConfig
 from mcqtune.data import MCQExample
 from mcqtune.evaluate import autocast_context, resolve_precision
@@ -193,6 +194,7 @@ class McqtuneStepper:
             model_hook(self.model)
         packed = config.packing and self.method.supports_packing
         self.objective = Objective(config.objective, encoder, packed)
+        self.examples = examples
         self.features = self.objective.encode(examples)
         self.stream = BatchStream(self.features, self.objective.length, config.batch_size, config.seed)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -220,6 +222,9 @@ class McqtuneStepper:
         loss_value = 0.0
         for _ in range(self.config.grad_accum):
             group = features if features is not None else next(self.stream)
+            if self.config.shuffle_options and self.objective.scoring == "letter":  # as train.py does
+                epoch = self.stream.epoch
+                group = shuffled_features(self.objective, self.examples, group, self.config.seed, epoch)
             batch = self.objective.collate(group).to(self.device)
             with self.autocast():
                 loss = self.objective.loss(self.model, batch) / self.config.grad_accum

@@ -408,6 +408,38 @@ def test_shuffled_features_label_the_remapped_letter(tokenizer):
     )
 
 
+@pytest.mark.parametrize("objective", ["letter", "ranking"])
+def test_train_shuffles_options_by_default_for_the_letter_objective_only(
+    objective, tiny_model_dir, tmp_path, monkeypatch
+):
+    import mcqtune.train as train_module
+    from mcqtune.config import build_config
+
+    calls = []
+    real = train_module.shuffled_features
+    monkeypatch.setattr(
+        train_module, "shuffled_features", lambda *a, **k: calls.append(a[4]) or real(*a, **k)
+    )
+    config = build_config(
+        {
+            "model": str(tiny_model_dir),
+            "objective": objective,
+            "train": "arc_easy",
+            "output": str(tmp_path / "run"),
+            "max_steps": 3,
+            "batch_size": 2,
+            "train_limit": 4,
+            "precision": "fp32",
+        }
+    )
+    config.validation = None
+    assert config.shuffle_options  # the measured default (docs/EVALUATION.md)
+    train_module.train(config, show_progress=False)
+    # letter: every step's batch is re-ordered (epoch 0, then 1 after the 4 rows are used up);
+    # ranking: cloze options never see each other, so nothing is shuffled
+    assert calls == ([0, 0, 1] if objective == "letter" else [])
+
+
 def test_train_with_shuffle_options_runs(tiny_model_dir, tmp_path):
     from mcqtune.config import build_config
     from mcqtune.train import train

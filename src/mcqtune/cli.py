@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="permute each training example's options every epoch (answer letter remapped) so the "
-        "model cannot learn the data's letter skew (docs/EVALUATION.md)",
+        "model cannot learn the data's letter skew; letter objective only (default: on; docs/EVALUATION.md)",
     )
     tr.add_argument("--max-length", type=int, help="max tokens per sequence (question is shortened first)")
     tr.add_argument("--train-on-prompt", action="store_true", help="letter objective: loss on prompt too")

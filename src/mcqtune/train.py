@@ -580,13 +580,15 @@ def _train(
         desc=f"train {method.name}",
         unit="step",
     )
+    # Option order only matters to letter scoring; cloze options never see each other.
+    shuffling = config.shuffle_options and objective.scoring == "letter"
     with _StopRequest() as stop:
         for step in range(start_step, total_steps + 1):
             step_start = time.perf_counter()
             step_loss = 0.0
             for _ in range(config.grad_accum):
                 batch_features = next(stream)
-                if config.shuffle_options:  # a fresh option order per example and epoch, answer remapped
+                if shuffling:  # a fresh option order per example and epoch, answer remapped
                     batch_features = shuffled_features(
                         objective, train_examples, batch_features, config.seed, stream.epoch
                     )
