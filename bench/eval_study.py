@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 out / f"lora-{data}-{arm}.eval.log",
             )
             name = f"{data}, LoRA letter {args.steps} steps" + (
-                ", `--shuffle-options`" if arm == "shuffle" else ""
+                ", `--shuffle-options`" if arm == "shuffle" else ", `--no-shuffle-options`"
             )
             lines.append(row(name, json.loads((report / "metrics.json").read_text())))
     table = "\n".join(lines)
