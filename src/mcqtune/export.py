@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from mcqtune import __version__
-from mcqtune.artifacts import EXPORT_MANIFEST, ArtifactError, load_for_inference, read_manifest
+from mcqtune.artifacts import EXPORT_MANIFEST, load_for_inference, read_manifest
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
 from mcqtune.data import MCQExample, load_examples, resolve_data
 from mcqtune.evaluate import score_examples
 from mcqtune.methods import get_method
+from mcqtune.methods.base import Method
 from mcqtune.prompt import PromptEncoder
 
 # fp32 merge vs the unmerged model: float noise. QLoRA's unmerged model runs its matmuls in bf16
@@ -45,7 +45,7 @@ class ExportResult:
     same_predictions: bool | None
 
 
-def _check_rows(run_dir: Path, manifest: dict[str, Any], limit: int) -> list[MCQExample]:
+def _check_rows(run_dir: Path, limit: int) -> list[MCQExample]:
     """The first ``limit`` questions of the run's validation data (else its training data)."""
     import yaml
 
@@ -75,7 +75,10 @@ def export_run(
     run_dir, output = Path(run_dir), Path(output)
     manifest = read_manifest(run_dir)
     method = get_method(manifest["method"])
-    if manifest["method"] in ("adapter", "prefix"):
+    # A method that trains base weights (full, subset) leaves a plain model; a frozen-base method must
+    # know how to fold its parameters into the base (LoRA, QLoRA).
+    can_merge = type(method).merge is not Method.merge
+    if method.frozen_base and not can_merge:
         raise ExportError(
             f"{run_dir}: a {manifest['method']} run cannot be merged into the base weights (it adds "
             "modules or key/values the base architecture lacks); use it with --adapter, or train lora"
@@ -85,13 +88,11 @@ def export_run(
     device = torch.device("cpu")
     loaded = load_for_inference(None, run_dir, device, precision="fp32")
     encoder = PromptEncoder(loaded.tokenizer, loaded.prompt)
-    rows = _check_rows(run_dir, manifest, check_questions)
+    rows = _check_rows(run_dir, check_questions)
     scoring = manifest.get("scoring", "cloze")
     before = score_examples(loaded.model, encoder, rows, scoring, device=device).scores if rows else None
-    try:
-        merged = method.merge(loaded.model)
-    except NotImplementedError:
-        merged = loaded.model  # full / subset: already a plain model with the trained weights in place
+    # full / subset: already a plain model with the trained weights in place
+    merged = method.merge(loaded.model) if can_merge else loaded.model
     merged.eval()
     difference = same = None
     if before is not None:
@@ -142,6 +143,3 @@ def describe(result: ExportResult) -> str:
         f"exported the {result.method} run as a plain Hugging Face model: {result.output} "
         f"({result.bytes / 2**20:.1f} MiB); {check}"
     )
-
-
-__all__ = ["ArtifactError", "ExportError", "ExportResult", "describe", "export_run"]
