@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-MCQTUNE = [sys.executable, "-m", "mcqtune.cli"]
+MCQTUNE = [sys.executable, "-m", "mcqtune"]
 
 
 def run(args: list[str], log: Path) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcqtune.analysis import shuffled_features
 from mcqtune.config import TrainConfig
 from mcqtune.data import MCQExample
-from mcqtune.evaluate import autocast_context, resolve_precision
+from mcqtune.evaluation.analysis import shuffled_features
+from mcqtune.evaluation.evaluate import autocast_context, resolve_precision
 from mcqtune.methods import get_method
 from mcqtune.methods.base import Method, check_master_weights
 from mcqtune.models import ResolvedModel
@@ -177,7 +177,7 @@ class McqtuneStepper:
     ):
         from transformers import get_scheduler
 
-        from mcqtune.train import BatchStream, Objective
+        from mcqtune.training.recipe import BatchStream, Objective
 
         self.device = device or torch.device("cpu")
         self.config = config

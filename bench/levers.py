@@ -184,7 +184,7 @@ def lever_adamw(ctx, reps: int) -> dict[str, Any]:
 
 
 def lever_length_grouping(ctx, batch_size: int) -> dict[str, Any]:
-    from mcqtune.train import BatchStream
+    from mcqtune.training.recipe import BatchStream
 
     rows = ctx.rows("medmcqa", "train", 3000)
     features = ctx.encoder.encode_letter(rows, with_answer=True).features
@@ -222,7 +222,7 @@ def lever_tokenize_once(ctx) -> dict[str, Any]:
 
 def lever_eval_mode(ctx, n_rows: int) -> dict[str, Any]:
     from mcqtune.artifacts import load_for_inference
-    from mcqtune.evaluate import score_examples
+    from mcqtune.evaluation.evaluate import score_examples
 
     model = load_for_inference(None, None, ctx.cpu, precision="bf16").model
     rows = ctx.rows("medmcqa", "validation", n_rows)

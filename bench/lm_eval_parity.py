@@ -188,7 +188,7 @@ def main() -> int:
     import torch
 
     from mcqtune.data import bundled_path, load_examples
-    from mcqtune.evaluate import score_examples
+    from mcqtune.evaluation.evaluate import score_examples
     from mcqtune.models import load_model, load_tokenizer, resolve_model
     from mcqtune.prompt import PromptConfig, PromptEncoder, render_letter_prompt
 

@@ -198,7 +198,7 @@ def section_train(ctx: Context) -> dict[str, Any]:
     )
     from transformers import TrainerCallback
 
-    from mcqtune.evaluate import compute_metrics, score_examples
+    from mcqtune.evaluation.evaluate import compute_metrics, score_examples
 
     s = ctx.settings
     n_examples = s.train_steps * s.batch_size
@@ -305,7 +305,7 @@ def section_cloze(ctx: Context) -> dict[str, Any]:
     from bench.helpers import McqtuneStepper, Timings, cloze_logliks, max_abs_difference, option_lengths
 
     from mcqtune.artifacts import load_for_inference
-    from mcqtune.evaluate import score_examples
+    from mcqtune.evaluation.evaluate import score_examples
 
     s = ctx.settings
     pad = ctx.tokenizer.pad_token_id
@@ -376,7 +376,7 @@ def section_eval(ctx: Context) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from mcqtune.artifacts import load_for_inference
-    from mcqtune.evaluate import score_examples
+    from mcqtune.evaluation.evaluate import score_examples
 
     s = ctx.settings
     rows = ctx.rows("medmcqa", "validation", s.eval_rows)
@@ -846,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     json_path = out_dir / f"bench-{mode}.json"
 
-    from mcqtune.cli import _quiet_libraries
+    from mcqtune.cli.main import _quiet_libraries
 
     _quiet_libraries()
     import datasets

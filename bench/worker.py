@@ -71,14 +71,14 @@ class _Phases:
 
 def task_train(spec: dict) -> dict:
     """mcqtune ``train()`` on MedMCQA for ``steps`` steps, no validation: peak RSS, tokens/s, weight bytes."""
-    from mcqtune.cli import _quiet_libraries
+    from mcqtune.cli.main import _quiet_libraries
 
     _quiet_libraries()
     from bench.helpers import current_rss_mib
 
     from mcqtune.config import build_config
     from mcqtune.methods import get_method
-    from mcqtune.train import train
+    from mcqtune.training.recipe import train
 
     rss_imports = current_rss_mib()
     method = get_method(spec["method"])
@@ -130,7 +130,7 @@ def task_train(spec: dict) -> dict:
 
 def task_naive(spec: dict) -> dict:
     """The naive Trainer recipe for ``steps`` steps: peak RSS and (not interleaved) real tokens/s."""
-    from mcqtune.cli import _quiet_libraries
+    from mcqtune.cli.main import _quiet_libraries
 
     _quiet_libraries()
     from bench.helpers import current_rss_mib
@@ -187,8 +187,8 @@ def task_startup(spec: dict) -> dict:
     """Run ``mcqtune eval`` (spec["argv"]) and record when the model was loaded and the first batch scored."""
     marks: dict[str, float] = {"process_start": spec["t0"]}
     import mcqtune.artifacts as artifacts
-    import mcqtune.evaluate as evaluate
-    from mcqtune import cli
+    import mcqtune.evaluation.evaluate as evaluate
+    from mcqtune.cli import main as cli
 
     marks["imports_done"] = time.time()
     load = artifacts.load_for_inference  # cli imports it from artifacts at call time

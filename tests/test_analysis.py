@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mcqtune import analysis
-from mcqtune.analysis import (
+from mcqtune.evaluation import analysis
+from mcqtune.cli.main import main
+from mcqtune.config import ConfigError
+from mcqtune.data import MCQExample, bundled_path, load_examples
+from mcqtune.evaluation.analysis import (
     LetterPrior,
     PermutedScores,
     PriorError,
@@ -28,12 +31,9 @@ from mcqtune.analysis import (
     shuffle_options,
     shuffled_features,
 )
-from mcqtune.cli import main
-from mcqtune.config import ConfigError
-from mcqtune.data import MCQExample, bundled_path, load_examples
-from mcqtune.evaluate import ScoredExamples, compute_metrics, score_examples
+from mcqtune.evaluation.evaluate import ScoredExamples, compute_metrics, score_examples
+from mcqtune.evaluation.report import write_report
 from mcqtune.prompt import PromptEncoder
-from mcqtune.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -383,7 +383,7 @@ def test_shuffle_options_is_deterministic_per_epoch_and_keeps_the_answer():
 
 
 def test_shuffled_features_label_the_remapped_letter(tokenizer):
-    from mcqtune.train import Objective
+    from mcqtune.training.recipe import Objective
 
     examples = _examples([0, 0, 0, 0, 0, 0, 0, 0])
     encoder = PromptEncoder(tokenizer)
@@ -412,7 +412,7 @@ def test_shuffled_features_label_the_remapped_letter(tokenizer):
 def test_train_shuffles_options_by_default_for_the_letter_objective_only(
     objective, tiny_model_dir, tmp_path, monkeypatch
 ):
-    import mcqtune.train as train_module
+    import mcqtune.training.recipe as train_module
     from mcqtune.config import build_config
 
     calls = []
@@ -442,7 +442,7 @@ def test_train_shuffles_options_by_default_for_the_letter_objective_only(
 
 def test_train_with_shuffle_options_runs(tiny_model_dir, tmp_path):
     from mcqtune.config import build_config
-    from mcqtune.train import train
+    from mcqtune.training.recipe import train
 
     config = build_config(
         {

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcqtune.cli import EXIT_USER_ERROR, main
+from mcqtune.cli.main import EXIT_USER_ERROR, main
 
 GOOD = {"question": "What is 2+2?", "choices": ["3", "4", "5", "6"], "answer": 1}
 
@@ -511,7 +511,7 @@ SUBPROCESS_CASES = ["invalid JSON line", "config: unknown key", "adapter: trunca
 def test_real_cli_prints_one_message_and_exits_2(name, env):
     argv, expected = CASES[name](env)
     result = subprocess.run(
-        [sys.executable, "-m", "mcqtune.cli", *argv], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "mcqtune", *argv], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == EXIT_USER_ERROR, result.stderr
     assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ import torch
 
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluate import score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.methods.base import cast_frozen_matmul_weights
 from mcqtune.models import resolve_model
 from mcqtune.prompt import PromptEncoder

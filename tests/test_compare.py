@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mcqtune import compare_report as cr
-from mcqtune.compare import (
+from mcqtune.compare import report as cr
+from mcqtune.compare.runner import (
     QUICK_BUDGET,
     RUN_RECORD,
     ZERO_SHOT,
@@ -45,7 +45,7 @@ WORKER_SCRIPT = textwrap.dedent(
             raise MemoryError("simulated: cannot allocate the optimizer state")
 
     register(Boom)
-    from mcqtune.compare import worker_main
+    from mcqtune.compare.runner import worker_main
 
     sys.exit(worker_main(sys.argv[1:]))
     """
@@ -144,7 +144,7 @@ def test_rows_share_the_budget_and_the_evaluation_set(compared):
         assert r["train_seconds"] > 0 and r["train_tokens_per_second"] > 0
         assert r["eval_questions_per_second"] > 0 and r["artifact_bytes"] > 0
         assert r["learning_curve"][0][0] == 0 and r["learning_curve"][-1][0] == 3
-        assert 0 <= r["permutation_accuracy"] <= 1  # mcqtune.analysis, cyclic orders
+        assert 0 <= r["permutation_accuracy"] <= 1  # mcqtune.evaluation.analysis, cyclic orders
         low, high = r["ci95_low"], r["ci95_high"]
         assert low <= r["accuracy"] <= high
         assert r["accuracy_minus_baseline"] == pytest.approx(r["accuracy"] - r["majority_baseline"], abs=1e-4)
@@ -225,7 +225,7 @@ def test_html_is_self_contained_and_describes_the_run(compared):
 
 
 def test_run_directories_stay_usable_by_eval(compared, capsys):
-    from mcqtune.cli import main
+    from mcqtune.cli.main import main
 
     settings, _, _ = compared
     run = settings.output / "runs" / "lora"
@@ -405,7 +405,7 @@ def test_plan_rejects_unknown_methods_and_unlabelled_data(tmp_path):
 
 
 def test_cli_compare_help_and_user_errors(tmp_path, capsys):
-    from mcqtune.cli import main
+    from mcqtune.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--help"])
@@ -416,7 +416,7 @@ def test_cli_compare_help_and_user_errors(tmp_path, capsys):
 
 
 def test_letter_compare_reports_cyclic_permutations_by_default():
-    from mcqtune.cli import _compare_permutations
+    from mcqtune.cli.main import _compare_permutations
 
     assert _compare_permutations(None, "letter") == "cyclic"  # letter scoring depends on option order
     assert _compare_permutations(None, "ranking") is None  # cloze is order-free

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from mcqtune.data import MCQExample
-from mcqtune.evaluate import ScoredExamples, compute_metrics, format_metrics, score_examples, wilson_interval
+from mcqtune.evaluation.evaluate import (
+    ScoredExamples,
+    compute_metrics,
+    format_metrics,
+    score_examples,
+    wilson_interval,
+)
 from mcqtune.prompt import PromptEncoder
 
 

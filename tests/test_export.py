@@ -15,12 +15,12 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from mcqtune.artifacts import EXPORT_MANIFEST, load_for_inference
-from mcqtune.cli import EXIT_USER_ERROR, main
+from mcqtune.cli.main import EXIT_USER_ERROR, main
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluate import score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.prompt import PromptConfig, PromptEncoder
-from mcqtune.train import train
+from mcqtune.training.recipe import train
 
 CPU = torch.device("cpu")
 

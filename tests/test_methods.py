@@ -23,13 +23,13 @@ import torch
 from mcqtune.artifacts import ADAPTER_DIR, ArtifactError, load_for_inference
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluate import compute_metrics, resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import compute_metrics, resolve_precision, score_examples
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import tensor_digest
 from mcqtune.models import load_model, resolve_model
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze
-from mcqtune.train import train
+from mcqtune.training.recipe import train
 
 CPU = torch.device("cpu")
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from mcqtune.artifacts import load_for_inference
-from mcqtune.cli import main
+from mcqtune.cli.main import main
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluate import compute_metrics, score_examples
+from mcqtune.evaluation.evaluate import compute_metrics, score_examples
 from mcqtune.models import load_model
 from mcqtune.prompt import PromptEncoder
-from mcqtune.train import train
+from mcqtune.training.recipe import train
 
 pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")

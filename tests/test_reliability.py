@@ -1,6 +1,6 @@
 """Interrupted runs lose no work and leave nothing half-written (docs/RELIABILITY.md).
 
-The headline tests run ``python -m mcqtune.cli train`` as a real process on the tiny model, kill it
+The headline tests run ``python -m mcqtune train`` as a real process on the tiny model, kill it
 (SIGKILL at a random checkpoint step, or SIGINT), resume, and require the final adapter to be bitwise
 equal to an uninterrupted run's and metrics.json to be equal except wall-clock fields. All processes
 use one intra-op thread: with several threads, CPU kernels may split reductions differently from run
@@ -27,7 +27,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mcqtune.checkpoint import (
+from mcqtune.cli.main import EXIT_USER_ERROR, main
+from mcqtune.training.checkpoint import (
     RESUME_IGNORED_KEYS,
     CheckpointError,
     latest_checkpoint,
@@ -35,7 +36,6 @@ from mcqtune.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from mcqtune.cli import EXIT_USER_ERROR, main
 
 DETERMINISTIC_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 STEPS = 16
@@ -83,7 +83,7 @@ def train_args(model_dir: Path, output: Path, *extra: str) -> list[str]:
 
 
 def cli(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "mcqtune.cli", *args]
+    return [sys.executable, "-m", "mcqtune", *args]
 
 
 def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -217,7 +217,7 @@ def _flags(model_dir: Path, output: Path, **overrides) -> dict:
 
 
 def crash_after(monkeypatch, step: int) -> None:
-    import mcqtune.train as train_module
+    import mcqtune.training.recipe as train_module
 
     real = train_module.save_checkpoint
 
@@ -234,7 +234,7 @@ def crash_after(monkeypatch, step: int) -> None:
 def crashed_run(tmp_path, tiny_model_dir, monkeypatch) -> Path:
     """A run directory with checkpoints step-2 and step-4 and nothing else, as a power cut leaves it."""
     from mcqtune.config import build_config
-    from mcqtune.train import train
+    from mcqtune.training.recipe import train
 
     out = tmp_path / "crashed"
     with monkeypatch.context() as patch:
@@ -317,7 +317,7 @@ def test_an_incomplete_checkpoint_directory_is_never_used(crashed_run):
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(
     tmp_path, tiny_model_dir, monkeypatch, capsys
 ):
-    import mcqtune.checkpoint as checkpoint_module
+    import mcqtune.training.checkpoint as checkpoint_module
 
     real_save = checkpoint_module.torch.save
     calls = {"n": 0}
@@ -356,7 +356,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(crashed_run, tiny
 
 
 def test_sigint_and_sigterm_finish_the_step_and_a_second_one_stops_at_once(capsys):
-    from mcqtune.train import _StopRequest
+    from mcqtune.training.recipe import _StopRequest
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         # A shell's background job starts with SIGINT ignored: compare with what was there before.
@@ -427,7 +427,7 @@ def test_rotation_keeps_the_last_k_and_the_newest_is_always_complete(tmp_path, k
 
 
 def test_a_failed_checkpoint_write_never_removes_the_previous_one(tmp_path, monkeypatch):
-    import mcqtune.checkpoint as checkpoint_module
+    import mcqtune.training.checkpoint as checkpoint_module
 
     _save_toy(tmp_path, 1, keep=1)
     monkeypatch.setattr(checkpoint_module, "save_file", lambda *a, **k: (_ for _ in ()).throw(Crash()))
@@ -441,7 +441,7 @@ def test_a_failed_checkpoint_write_never_removes_the_previous_one(tmp_path, monk
 def test_rng_states_round_trip(tmp_path):
     import numpy as np
 
-    from mcqtune.checkpoint import capture_rng, restore_rng
+    from mcqtune.training.checkpoint import capture_rng, restore_rng
 
     plain, tensors = capture_rng()
     plain = json.loads(json.dumps(plain))  # as stored in checkpoint.json

@@ -17,10 +17,15 @@ import torch
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluate import compute_metrics, format_distribution, resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import (
+    compute_metrics,
+    format_distribution,
+    resolve_precision,
+    score_examples,
+)
 from mcqtune.models import load_model, load_tokenizer, resolve_model
 from mcqtune.prompt import PromptEncoder
-from mcqtune.train import train
+from mcqtune.training.recipe import train
 
 # (dataset, LoRA optimizer steps); MedMCQA gets fewer: a 135M model lacks the medical knowledge.
 DEMO_PLAN = (("arc_easy", 200), ("medmcqa", 100))

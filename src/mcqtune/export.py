@@ -20,7 +20,7 @@ from mcqtune import __version__
 from mcqtune.artifacts import EXPORT_MANIFEST, load_for_inference, read_manifest
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
 from mcqtune.data import MCQExample, load_examples, resolve_data
-from mcqtune.evaluate import score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.methods import get_method
 from mcqtune.methods.base import Method
 from mcqtune.prompt import PromptEncoder

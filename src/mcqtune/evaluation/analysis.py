@@ -6,7 +6,7 @@ Accuracy alone hides *how* a model answers. This module measures the rest:
   distance between the predicted- and gold-letter distributions (total variation and KL).
 - :func:`score_permutations` / :func:`permutation_summary`: every question is scored under several
   orders of its options (cyclic rotations, all orders, or K random ones) in **one** batched
-  :func:`~mcqtune.evaluate.score_examples` call, un-permuted back to the original options, and
+  :func:`~mcqtune.evaluation.evaluate.score_examples` call, un-permuted back to the original options, and
   summarised as accuracy averaged over orders, "circular" accuracy (right under every order) and the
   share of questions whose chosen option depends on the order.
 - :class:`LetterPrior`, :func:`estimate_prior`, :func:`debias`: the model's prior over answer
@@ -340,8 +340,8 @@ class PermutedScores:
         return out
 
     def original(self):
-        """The original-order scores as a :class:`~mcqtune.evaluate.ScoredExamples`."""
-        from mcqtune.evaluate import ScoredExamples
+        """The original-order scores as a :class:`~mcqtune.evaluation.evaluate.ScoredExamples`."""
+        from mcqtune.evaluation.evaluate import ScoredExamples
 
         return ScoredExamples(
             examples=list(self.examples),
@@ -374,10 +374,10 @@ def score_permutations(
 ) -> PermutedScores:
     """Score every question under every order of ``mode`` in one batched ``score_examples`` call.
 
-    ``score_kwargs`` go to :func:`~mcqtune.evaluate.score_examples` (batch_size, packed, precision,
+    ``score_kwargs`` go to :func:`~mcqtune.evaluation.evaluate.score_examples` (batch_size, packed, precision,
     device). A question is kept only if every one of its orders fits ``max_length``.
     """
-    from mcqtune.evaluate import score_examples
+    from mcqtune.evaluation.evaluate import score_examples
 
     mode = parse_permutations(mode)
     start = time.perf_counter()
@@ -670,7 +670,7 @@ def debias_scores(scores: np.ndarray, n_options: Sequence[int], prior: LetterPri
 
 
 def debias(scored: Any, prior: LetterPrior) -> Any:
-    """A :class:`~mcqtune.evaluate.ScoredExamples` with the prior removed from every question's scores."""
+    """A ScoredExamples with the prior removed from every question's scores."""
     scores, _ = debias_scores(scored.scores, [len(e.choices) for e in scored.examples], prior)
     return dataclasses.replace(scored, scores=scores)
 
@@ -848,7 +848,7 @@ def run_analyses(
     used, so this is legitimate on the evaluated rows; the summary also reports the rows outside the
     sample). With ``permutations`` cyclic/all on the evaluated rows, those scores are reused.
     """
-    from mcqtune.evaluate import score_examples
+    from mcqtune.evaluation.evaluate import score_examples
 
     result = AnalysisResult(scored=None)
     if permutations is not None:

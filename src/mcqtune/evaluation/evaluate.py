@@ -4,7 +4,7 @@ Accuracy is always reported beside the majority-letter baseline (always answerin
 most frequent gold letter) and the predicted-letter distribution: a model that "wins" by answering one
 letter has not won. ``compute_metrics`` also adds per-letter precision/recall, the confusion matrix and
 the predicted-vs-gold distance (``letter_bias``) and ECE/Brier (``calibration``); option-order
-robustness and debiasing live in :mod:`mcqtune.analysis`.
+robustness and debiasing live in :mod:`mcqtune.evaluation.analysis`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcqtune.analysis import calibration, format_calibration, format_letter_bias, letter_bias
 from mcqtune.data import LETTERS, MCQExample
+from mcqtune.evaluation.analysis import calibration, format_calibration, format_letter_bias, letter_bias
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward
 

@@ -1165,7 +1165,7 @@ def load_examples(
         )
     if result.warnings:
         # The bundled files' upstream quirks (duplicate options) are known; do not nag on every demo run.
-        bundled = Path(__file__).parent / "bundled_data"
+        bundled = Path(__file__).parent / "bundled"
         level = logging.INFO if Path(path).resolve().is_relative_to(bundled.resolve()) else logging.WARNING
         log.log(
             level, "%s: %d warning(s), rows kept (first: %s)", file, len(result.warnings), result.warnings[0]
@@ -1189,7 +1189,7 @@ def bundled_path(name: str, split: str) -> Path:
     split_key = _SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
     if split_key not in SPLITS:
         raise DataError(f"unknown split {split!r} for bundled {key}; choose one of: {', '.join(SPLITS)}")
-    path = Path(__file__).parent / "bundled_data" / key / f"{split_key}.jsonl"
+    path = Path(__file__).parent / "bundled" / key / f"{split_key}.jsonl"
     if not path.is_file():
         raise DataError("bundled data file is missing from the installation", file=str(path))
     return path

@@ -1,6 +1,6 @@
 """``mcqtune eval --report DIR``: the metrics JSON, a Markdown summary and PNG charts.
 
-Everything is drawn from the metrics dict alone (what ``compute_metrics`` and ``mcqtune.analysis``
+Everything is drawn from the metrics dict alone (what ``compute_metrics`` and ``mcqtune.evaluation.analysis``
 produce), so a report can be re-made from a saved ``metrics.json`` with :func:`write_report`.
 Charts use matplotlib's Agg canvas directly (no pyplot, no global backend switch, no display).
 

@@ -39,28 +39,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mcqtune.analysis import shuffled_features
 from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, ArtifactError, base_identity, save_artifact
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
-from mcqtune.checkpoint import (
-    CHECKPOINTS_DIR,
-    Checkpoint,
-    CheckpointError,
-    checkpoint_root,
-    clean_checkpoint_dir,
-    config_differences,
-    estimate_checkpoint_bytes,
-    file_fingerprint,
-    latest_checkpoint,
-    list_checkpoints,
-    restore_rng,
-    save_checkpoint,
-    step_of,
-    tensor_bytes,
-)
 from mcqtune.config import OBJECTIVE_TO_SCORING, ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
-from mcqtune.evaluate import compute_metrics, format_metrics, resolve_precision, score_examples
+from mcqtune.evaluation.analysis import shuffled_features
+from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, resolve_precision, score_examples
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, trainable_state
 from mcqtune.models import ModelError, load_policy, load_tokenizer, resolve_model
@@ -77,6 +61,22 @@ from mcqtune.preflight import (
 )
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward, ranking_loss
+from mcqtune.training.checkpoint import (
+    CHECKPOINTS_DIR,
+    Checkpoint,
+    CheckpointError,
+    checkpoint_root,
+    clean_checkpoint_dir,
+    config_differences,
+    estimate_checkpoint_bytes,
+    file_fingerprint,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_rng,
+    save_checkpoint,
+    step_of,
+    tensor_bytes,
+)
 
 try:
     import fcntl

@@ -30,12 +30,12 @@ def _quiet_libraries() -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mcqtune.artifacts import ArtifactError
-    from mcqtune.checkpoint import CheckpointError
     from mcqtune.config import ConfigError
     from mcqtune.data import DataError
     from mcqtune.export import ExportError
     from mcqtune.models import ModelError
     from mcqtune.preflight import ResourceError
+    from mcqtune.training.checkpoint import CheckpointError
 
     # OSError: a full disk, a permission denied, a file that vanished: the message names the path.
     user = (ArtifactError, CheckpointError, ConfigError, DataError, ExportError, ModelError, ResourceError)
@@ -177,7 +177,7 @@ def method_option_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mcqtune.config import build_config
-    from mcqtune.train import TrainingInterrupted, train
+    from mcqtune.training.recipe import TrainingInterrupted, train
 
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS}
     if args.no_validation:
@@ -242,7 +242,7 @@ def _device():
 
 def _load(args: argparse.Namespace):
     from mcqtune.artifacts import load_for_inference
-    from mcqtune.evaluate import resolve_precision
+    from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.models import load_policy
     from mcqtune.preflight import check_adapter_dir
 
@@ -288,10 +288,10 @@ def _scoring(args: argparse.Namespace, loaded) -> str:
 
 
 def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_size: int = 16):
-    """Score (under option permutations when asked) and debias (when asked): see mcqtune.analysis."""
-    from mcqtune.analysis import LetterPrior, parse_permutations, run_analyses
+    """Score (under option permutations when asked) and debias (when asked): see evaluation.analysis."""
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluate import resolve_precision
+    from mcqtune.evaluation.analysis import LetterPrior, parse_permutations, run_analyses
+    from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.prompt import PromptEncoder
 
     device = _device()
@@ -331,10 +331,14 @@ def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_si
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mcqtune.analysis import format_confusion, format_debias_summary, format_permutation_summary
     from mcqtune.atomic import atomic_write_json
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluate import compute_metrics, format_metrics
+    from mcqtune.evaluation.analysis import (
+        format_confusion,
+        format_debias_summary,
+        format_permutation_summary,
+    )
+    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
 
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")
@@ -362,7 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write_json(args.output, metrics)
         print(f"wrote {args.output}")
     if args.report:
-        from mcqtune.report import write_report
+        from mcqtune.evaluation.report import write_report
 
         written = write_report(args.report, metrics, title=f"{title} ({scoring} scoring)")
         print(f"wrote report {args.report} ({', '.join(p.name for p in written)})")
@@ -452,7 +456,7 @@ def _compare_permutations(flag: str | None, objective: str | None) -> str | None
 def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from mcqtune.compare import CompareSettings, parse_methods, run_compare
+    from mcqtune.compare.runner import CompareSettings, parse_methods, run_compare
 
     overrides = {
         key: getattr(args, key)

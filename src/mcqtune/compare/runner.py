@@ -6,7 +6,7 @@ only each method's own defaults (learning rate, rank, bottleneck size...) from
 ``configs/methods/<name>.yaml`` differ. A zero-shot row (the base model, no training, same scoring on
 the same evaluation set) is the bar every method must clear.
 
-Each method trains in a fresh subprocess (``python -m mcqtune.compare --worker SPEC``) that calls
+Each method trains in a fresh subprocess (``python -m mcqtune.compare.runner --worker SPEC``) that calls
 :func:`mcqtune.train.train` and writes ``compare_run.json`` into its run directory: status, wall time and
 its own peak memory (``ru_maxrss`` of that process on CPU, ``torch.cuda.max_memory_allocated`` on GPU).
 So peaks are per method, and a method that crashes or is killed (out of memory: SIGKILL) is recorded
@@ -155,11 +155,13 @@ class CompareSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     precision: str | None = None
     method_timeout: float | None = None
-    permutations: str | None = None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.analysis)
+    permutations: str | None = (
+        None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
+    )
     echo: bool = True
     command: str | None = None
     # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
-    worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare", "--worker"])
+    worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.runner", "--worker"])
 
 
 @dataclass
@@ -384,7 +386,7 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
     import torch
 
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluate import resolve_precision
+    from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.methods import get_method
     from mcqtune.models import load_tokenizer, resolve_model
     from mcqtune.prompt import PromptEncoder
@@ -412,7 +414,7 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
     import torch
 
     from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
-    from mcqtune.evaluate import compute_metrics, format_metrics, score_examples
+    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, score_examples
     from mcqtune.models import load_model, resolve_model
 
     resolved = resolve_model(config.model)
@@ -438,11 +440,11 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
 def _permutation_accuracy(
     model, config, context: _EvalContext | None, scoring: str | None, mode: str | None
 ) -> dict[str, Any] | None:
-    """Accuracy averaged over option orders on the final evaluation set (``mcqtune.analysis``, optional)."""
+    """Accuracy averaged over option orders on the final evaluation set (optional)."""
     if not mode or model is None or not scoring:
         return None
-    from mcqtune.analysis import permutation_summary as summarise
-    from mcqtune.analysis import score_permutations
+    from mcqtune.evaluation.analysis import permutation_summary as summarise
+    from mcqtune.evaluation.analysis import score_permutations
 
     context = context or _eval_context(config)
     result = score_permutations(
@@ -459,7 +461,7 @@ def _permutation_accuracy(
 
 def _train_one(config, resume: bool):
     """train() in this process; with --resume, continue from the run's own checkpoint when it has one."""
-    from mcqtune.train import train
+    from mcqtune.training.recipe import train
 
     if resume:
         finished = _reuse_finished_run(config)
@@ -479,9 +481,9 @@ def _reuse_finished_run(config):
     import yaml
 
     from mcqtune.artifacts import load_for_inference
-    from mcqtune.checkpoint import config_differences
-    from mcqtune.evaluate import resolve_precision
-    from mcqtune.train import CONFIG_FILE, METRICS, TrainResult
+    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.training.checkpoint import config_differences
+    from mcqtune.training.recipe import CONFIG_FILE, METRICS, TrainResult
 
     output = Path(config.output)
     try:
@@ -508,7 +510,7 @@ def worker_main(argv: list[str]) -> int:
     run_dir = Path(spec["run_dir"])
     kind = spec["kind"]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from mcqtune.cli import _quiet_libraries
+    from mcqtune.cli.main import _quiet_libraries
 
     _quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -845,7 +847,7 @@ def library_versions() -> dict[str, str]:
 def _write_outputs(
     settings: CompareSettings, plan: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str, Any]
 ) -> dict[str, Path]:
-    from mcqtune import compare_report
+    from mcqtune.compare import report as compare_report
 
     results = {**meta, "rows": rows}
     out = settings.output
@@ -952,7 +954,7 @@ def _run_all(settings, plan, order, meta, rows, files, start) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mcqtune.compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mcqtune.compare.runner", description=__doc__)
     parser.add_argument("--worker", metavar="SPEC", help="internal: run one compare row from a spec file")
     args = parser.parse_args(argv)
     if args.worker:

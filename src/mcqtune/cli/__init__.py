@@ -1,0 +1,1 @@
+"""The ``mcqtune`` command line; the entry point is :func:`mcqtune.cli.main.main`."""

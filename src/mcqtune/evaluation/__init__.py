@@ -1,0 +1,1 @@
+"""The ``evaluate`` stage: scoring runs, pure metrics, letter-bias analyses and reports."""

@@ -1,0 +1,1 @@
+"""The ``train`` stage: objectives, the trainer, checkpoints and the training recipe."""
