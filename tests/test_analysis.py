@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mcqtune.evaluation import analysis
 from mcqtune.cli.main import main
 from mcqtune.config import ConfigError
 from mcqtune.data import MCQExample, bundled_path, load_examples
+from mcqtune.evaluation import analysis
 from mcqtune.evaluation.analysis import (
     LetterPrior,
     PermutedScores,

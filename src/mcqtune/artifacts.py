@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mcqtune import __version__
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
+from mcqtune.errors import ArtifactError
 from mcqtune.methods import get_method
 from mcqtune.methods.base import cast_frozen_matmul_weights
 from mcqtune.models import ResolvedModel, config_hash, load_model, load_tokenizer, resolve_model
@@ -31,10 +32,6 @@ MANIFEST_VERSION = 1
 
 
 EXPORT_MANIFEST = "mcqtune_export.json"  # written by `mcqtune export` (mcqtune.export)
-
-
-class ArtifactError(ValueError):
-    """An artifact directory is missing, corrupt, or belongs to another base model."""
 
 
 @dataclass

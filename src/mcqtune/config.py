@@ -16,6 +16,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from mcqtune.errors import ConfigError
 from mcqtune.models import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
 
@@ -24,10 +25,6 @@ SCORINGS = ("auto", "letter", "cloze")
 OBJECTIVE_TO_SCORING = {"letter": "letter", "ranking": "cloze"}
 # Below this many parameters the letter formulation only learns the letter prior (measured, README).
 LETTER_FORMULATION_MIN_PARAMS = 1_000_000_000
-
-
-class ConfigError(ValueError):
-    """A user error in a config file or flag."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from mcqtune import __version__
 from mcqtune.artifacts import EXPORT_MANIFEST, load_for_inference, read_manifest
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
 from mcqtune.data import MCQExample, load_examples, resolve_data
+from mcqtune.errors import ExportError
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.methods import get_method
 from mcqtune.methods.base import Method
@@ -29,10 +30,6 @@ from mcqtune.prompt import PromptEncoder
 # (compute_dtype), so its scores move by up to a few hundredths of a nat (tests/test_methods.py).
 DEFAULT_TOLERANCE = {"lora": 1e-3, "qlora": 0.1}
 MERGED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-class ExportError(ValueError):
-    """The run cannot be exported, or the merged model does not reproduce it."""
 
 
 @dataclass

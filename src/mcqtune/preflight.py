@@ -27,20 +27,14 @@ from typing import Any
 
 import torch
 
+from mcqtune.errors import DiskSpaceError, ResourceError
+
 log = logging.getLogger(__name__)
 
 MIB = 2**20
 GIB = 2**30
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _MAX_HEADER = 100 * MIB
-
-
-class ResourceError(RuntimeError):
-    """The machine cannot run what was asked (disk, memory, an unwritable output); said with numbers."""
-
-
-class DiskSpaceError(ResourceError):
-    """Not enough free disk space for what is about to be written."""
 
 
 def gib(n: float) -> str:

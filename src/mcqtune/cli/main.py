@@ -29,17 +29,10 @@ def _quiet_libraries() -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from mcqtune.artifacts import ArtifactError
-    from mcqtune.config import ConfigError
-    from mcqtune.data import DataError
-    from mcqtune.export import ExportError
-    from mcqtune.models import ModelError
-    from mcqtune.preflight import ResourceError
-    from mcqtune.training.checkpoint import CheckpointError
+    from mcqtune.errors import UserError
 
     # OSError: a full disk, a permission denied, a file that vanished: the message names the path.
-    user = (ArtifactError, CheckpointError, ConfigError, DataError, ExportError, ModelError, ResourceError)
-    return (*user, OSError)
+    return (UserError, OSError)
 
 
 # ---------------------------------------------------------------- data check

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcqtune.errors import MAX_LISTED_PROBLEMS, DataError, Problem
+
 log = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJ"
@@ -59,7 +61,6 @@ MAX_OPTIONS = len(LETTERS)
 FORMATS = ("medmcqa", "medmcqa-raw", "arc", "mmlu-csv", "jsonl", "csv", "parquet")
 BUNDLED_DATASETS = ("medmcqa", "arc_easy")
 SPLITS = ("train", "validation")
-MAX_LISTED_PROBLEMS = 20
 
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -103,109 +104,6 @@ class MCQExample:
     def answer_letter(self) -> str | None:
         """The gold letter (A, B, ...) as shown in prompts, or None for unlabelled rows."""
         return None if self.answer is None else LETTERS[self.answer]
-
-
-@dataclass
-class Problem:
-    """One bad (``severity="error"``, row dropped) or suspicious (``"warning"``, row kept) row.
-
-    ``line`` is the 1-based file line for JSONL/CSV, or the 0-based row index for parquet (``unit="row"``).
-    """
-
-    file: str
-    line: int | None
-    field: str | None
-    reason: str
-    severity: str = "error"
-    unit: str = "line"
-
-    def location(self) -> str:
-        if self.line is None:
-            return self.file
-        if self.unit == "row":
-            return f"{self.file}:row {self.line}"
-        return f"{self.file}:{self.line}"
-
-    def __str__(self) -> str:
-        parts = [self.location()] if self.file else []
-        if self.field is not None:
-            parts.append(f"field '{self.field}'")
-        parts.append(self.reason)
-        return ": ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "unit": self.unit,
-            "field": self.field,
-            "reason": self.reason,
-            "severity": self.severity,
-        }
-
-
-class DataError(ValueError):
-    """A user error in a data file or data argument; ``str()`` is meant to be printed as is.
-
-    A single problem gives one line (``FILE:LINE: field 'cop': ...``). When a load finds several bad rows
-    the message starts with a one-line summary and lists the first ``MAX_LISTED_PROBLEMS`` below it;
-    all of them are in ``.problems``.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        file: str = "",
-        line: int | None = None,
-        field: str | None = None,
-        unit: str = "line",
-        problems: list[Problem] | None = None,
-        message: str | None = None,
-    ) -> None:
-        self.file = file
-        self.line = line
-        self.field = field
-        self.reason = reason
-        self.unit = unit
-        self.problems = problems if problems is not None else []
-        if message is None:
-            message = str(Problem(file, line, field, reason, unit=unit))
-        super().__init__(message)
-
-    @classmethod
-    def from_problem(cls, problem: Problem) -> DataError:
-        return cls(
-            problem.reason,
-            file=problem.file,
-            line=problem.line,
-            field=problem.field,
-            unit=problem.unit,
-            problems=[problem],
-        )
-
-    @classmethod
-    def from_problems(cls, file: str, problems: list[Problem], bad_rows: int) -> DataError:
-        if len(problems) == 1:
-            return cls.from_problem(problems[0])
-        first = problems[0]
-        summary = (
-            f"{bad_rows} bad row{'s' if bad_rows != 1 else ''} ({len(problems)} problems); "
-            "fix them or load with on_bad_rows='skip' to drop them"
-        )
-        lines = [f"{file}: {summary}"]
-        lines += [f"  {p}" for p in problems[:MAX_LISTED_PROBLEMS]]
-        if len(problems) > MAX_LISTED_PROBLEMS:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
-        return cls(
-            summary,
-            file=file,
-            line=first.line,
-            field=first.field,
-            unit=first.unit,
-            problems=problems,
-            message="\n".join(lines),
-        )
 
 
 @dataclass

@@ -37,16 +37,13 @@ import numpy as np
 
 from mcqtune.config import ConfigError
 from mcqtune.data import LETTERS, MCQExample
+from mcqtune.errors import PriorError
 
 PERMUTATION_MODES = ("cyclic", "all")
 MAX_ALL_PERMUTATIONS = 720  # 6 options; "all" beyond that is a typo, not a plan
 ECE_BINS = 10
 KL_SMOOTHING = 0.5  # add-half counts so one empty letter does not make KL infinite
 PRIOR_FORMAT_VERSION = 1
-
-
-class PriorError(ConfigError):
-    """A saved letter prior that is unreadable or does not fit the model/scoring it is applied to."""
 
 
 # ------------------------------------------------------------------------------------ letter bias

@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mcqtune.atomic import atomic_directory, directory_bytes, remove_stale_temporaries, remove_tree
+from mcqtune.errors import CheckpointError
 from mcqtune.preflight import MIB, DiskSpaceError, ensure_free_space
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
 # Config keys that may change between a run and its resume: they do not change what is computed.
 RESUME_IGNORED_KEYS = frozenset({"output", "save_steps", "keep_checkpoints"})
-
-
-class CheckpointError(ValueError):
-    """A user-facing problem with a run directory's checkpoints (mismatch, nothing to resume, corrupt)."""
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> int:

@@ -39,10 +39,11 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, ArtifactError, base_identity, save_artifact
+from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, base_identity, save_artifact
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
 from mcqtune.config import OBJECTIVE_TO_SCORING, ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
+from mcqtune.errors import UserError
 from mcqtune.evaluation.analysis import shuffled_features
 from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, resolve_precision, score_examples
 from mcqtune.methods import get_method, parameter_report
@@ -51,7 +52,6 @@ from mcqtune.models import ModelError, load_policy, load_tokenizer, resolve_mode
 from mcqtune.preflight import (
     MIB,
     DiskSpaceError,
-    ResourceError,
     check_output_dir,
     check_training_fits,
     check_weights_fit,
@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 METRICS = "metrics.json"
 LOCK_FILE = ".mcqtune.lock"
 CONFIG_FILE = "config.yaml"
-USER_ERRORS = (ArtifactError, CheckpointError, ConfigError, DataError, ModelError, ResourceError)
+
 _RESUME_HINT = "free some space and run the same command again: it resumes from the last checkpoint"
 
 
@@ -220,7 +220,7 @@ def _method_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
     """Method plug-ins report bad options with ValueError; to the user that is a config error."""
     try:
         yield
-    except USER_ERRORS:
+    except UserError:
         raise
     except ValueError as exc:
         raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
