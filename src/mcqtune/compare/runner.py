@@ -509,10 +509,9 @@ def worker_main(argv: list[str]) -> int:
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     run_dir = Path(spec["run_dir"])
     kind = spec["kind"]
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from mcqtune.config import TrainConfig
 
