@@ -195,7 +195,8 @@ def section_train(ctx: Context) -> dict[str, Any]:
     )
     from transformers import TrainerCallback
 
-    from mcqtune.evaluation.evaluate import compute_metrics, score_examples
+    from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.evaluation.metrics import compute_metrics
 
     s = ctx.settings
     n_examples = s.train_steps * s.batch_size

@@ -23,7 +23,8 @@ import torch
 from mcqtune.artifacts import ADAPTER_DIR, ArtifactError, load_for_inference
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluation.evaluate import compute_metrics, resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import tensor_digest
 from mcqtune.models import load_model, resolve_model

@@ -272,8 +272,9 @@ def _scoring(args: argparse.Namespace, loaded) -> str:
 def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_size: int = 16):
     """Score (under option permutations when asked) and debias (when asked): see evaluation.analysis."""
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.analysis import LetterPrior, parse_permutations, run_analyses
+    from mcqtune.evaluation.analysis import parse_permutations, run_analyses
     from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.evaluation.metrics import LetterPrior
     from mcqtune.prompt import PromptEncoder
 
     device = _device()
@@ -315,12 +316,13 @@ def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_si
 def cmd_eval(args: argparse.Namespace) -> int:
     from mcqtune.atomic import atomic_write_json
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.analysis import (
+    from mcqtune.evaluation.format import (
         format_confusion,
         format_debias_summary,
+        format_metrics,
         format_permutation_summary,
     )
-    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
+    from mcqtune.evaluation.metrics import compute_metrics
 
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")

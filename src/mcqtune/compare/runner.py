@@ -414,7 +414,9 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
     import torch
 
     from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
-    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, score_examples
+    from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.evaluation.format import format_metrics
+    from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.models import load_model, resolve_model
 
     resolved = resolve_model(config.model)
@@ -443,8 +445,8 @@ def _permutation_accuracy(
     """Accuracy averaged over option orders on the final evaluation set (optional)."""
     if not mode or model is None or not scoring:
         return None
-    from mcqtune.evaluation.analysis import permutation_summary as summarise
     from mcqtune.evaluation.analysis import score_permutations
+    from mcqtune.evaluation.metrics import permutation_summary as summarise
 
     context = context or _eval_context(config)
     result = score_permutations(

@@ -45,7 +45,9 @@ from mcqtune.config import OBJECTIVE_TO_SCORING, ConfigError, TrainConfig, resol
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
 from mcqtune.errors import UserError
 from mcqtune.evaluation.analysis import shuffled_features
-from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.format import format_metrics
+from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, trainable_state
 from mcqtune.models import ModelError, load_policy, load_tokenizer, resolve_model
