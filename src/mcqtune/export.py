@@ -26,9 +26,6 @@ from mcqtune.methods import get_method
 from mcqtune.methods.base import Method
 from mcqtune.prompt import PromptEncoder
 
-# fp32 merge vs the unmerged model: float noise. QLoRA's unmerged model runs its matmuls in bf16
-# (compute_dtype), so its scores move by up to a few hundredths of a nat (tests/test_methods.py).
-DEFAULT_TOLERANCE = {"lora": 1e-3, "qlora": 0.1}
 MERGED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -96,7 +93,7 @@ def export_run(
         after = score_examples(merged, encoder, rows, scoring, device=device).scores
         difference = float(np.nanmax(np.abs(after - before)))
         same = bool((after.argmax(1) == before.argmax(1)).all())
-        limit = tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(manifest["method"], 1e-4)
+        limit = tolerance if tolerance is not None else method.export_tolerance
         if difference > limit:
             raise ExportError(
                 f"{run_dir}: the merged model's option scores differ from the unmerged model's by "

@@ -18,24 +18,14 @@ Budget: default <= 60 min, ``--quick`` <= 10 min on an idle 2-core CPU (bundled 
 ARC-Easy, ranking objective = cloze scoring, batch 4, bf16 autocast).
 
 Measured with the default run itself (``mcqtune compare --output runs/compare``, 2026-11-28, idle
-2-vCPU AMD EPYC with AVX-512-bf16, 2 threads): 21.1 min in all. Per method, training seconds per
-step (``metrics.json``: ``train.seconds`` / 150) and final-evaluation seconds per question (1 / its
-questions/s), and the whole worker's wall time (start-up, step-0 and curve evaluations, training,
-final evaluation on 500 questions):
+2-vCPU AMD EPYC with AVX-512-bf16, 2 threads): 21.1 min in all. Each method carries its own training
+seconds per step (``metrics.json``: ``train.seconds`` / 150) and final-evaluation seconds per question
+(1 / its questions/s) as ``Method.step_seconds`` and ``Method.eval_seconds_per_question``; the whole
+worker's wall time (start-up, step-0 and curve evaluations, training, final evaluation on 500
+questions) was: zero-shot 29 s, full 191 s, subset 96 s, adapter 155 s, prefix 330 s (unpacked
+scoring), lora 197 s, qlora 231 s.
 
-============  ===========  ===============  =============
-method        s/step       s/question       worker wall
-============  ===========  ===============  =============
-zero-shot     -            0.054            29 s
-full          0.97         0.052            191 s
-subset        0.35         0.052            96 s
-adapter       0.68         0.057            155 s
-prefix        1.35         0.16 (no pack)   330 s
-lora          0.97         0.064            197 s
-qlora         1.12         0.078            231 s
-============  ===========  ===============  =============
-
-:func:`estimate_seconds` applies these numbers and ``compare`` prints the estimate before it starts.
+:func:`estimate_seconds` applies the per-method numbers and ``compare`` prints the estimate before it starts.
 
 Default: 150 steps x batch 4 (600 questions seen, a third of ARC-Easy train); learning curve at steps
 0/50/100/150 on 64 validation questions; final evaluation on all 500 validation questions (95% CI
@@ -72,8 +62,6 @@ from mcqtune.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Order in the table when all methods are compared: most trained parameters first.
-CANONICAL_ORDER = ("full", "subset", "adapter", "prefix", "lora", "qlora")
 ZERO_SHOT = "zero-shot"
 RUN_RECORD = "compare_run.json"
 RUN_LOG = "compare.log"
@@ -101,12 +89,7 @@ class Budget:
 DEFAULT_BUDGET = Budget(max_steps=150, batch_size=4, eval_steps=50, eval_limit=64, final_eval_limit=None)
 QUICK_BUDGET = Budget(max_steps=16, batch_size=4, eval_steps=8, eval_limit=24, final_eval_limit=64)
 
-# Idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy cloze, batch 4, bf16 autocast: seconds per optimizer
-# step and per scored question (module docstring: how they were measured). Used to print an estimate.
-STEP_SECONDS = {"full": 0.97, "subset": 0.35, "adapter": 0.68, "prefix": 1.35, "lora": 0.97, "qlora": 1.12}
-EVAL_SECONDS_PER_QUESTION = {"prefix": 0.16, "lora": 0.064, "qlora": 0.078, "adapter": 0.057}
-DEFAULT_EVAL_SECONDS_PER_QUESTION = 0.054
-WORKER_START_SECONDS = 6.0
+WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
 
 # Keys that must be identical across methods for the comparison to be fair (checked after resolving).
 SHARED_KEYS = (
@@ -174,11 +157,10 @@ class CompareResult:
 
 # ------------------------------------------------------------------------------------------- planning
 def default_methods() -> list[str]:
-    """Every registered method: the canonical ones in canonical order, then any others by name."""
+    """Every registered method, in the order the methods give (``Method.compare_order``, then name)."""
     from mcqtune.methods import METHODS
 
-    known = [m for m in CANONICAL_ORDER if m in METHODS]
-    return known + sorted(m for m in METHODS if m not in CANONICAL_ORDER)
+    return sorted(METHODS, key=lambda name: (METHODS[name].compare_order, name))
 
 
 def parse_methods(text: str | None) -> list[str] | None:
@@ -298,6 +280,7 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
     import torch
 
     from mcqtune.data import load_examples, resolve_data
+    from mcqtune.methods import Method, get_method
     from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
 
     zero = plan["zero_shot"]
@@ -309,14 +292,15 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
     scored_final = final * (5 if permutations else 1)  # + cyclic orders of 4 options
-    total = WORKER_START_SECONDS + DEFAULT_EVAL_SECONDS_PER_QUESTION * scored_final
-    for method, config in plan["configs"].items():
-        per_q = EVAL_SECONDS_PER_QUESTION.get(method, DEFAULT_EVAL_SECONDS_PER_QUESTION)
+    # zero-shot: the base model alone scores at the rate of a method that adds nothing to it
+    total = WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
+    for name, config in plan["configs"].items():
+        method = get_method(name)
         questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)
         questions += scored_final
         scale = config.batch_size * config.grad_accum / 4
-        total += WORKER_START_SECONDS + STEP_SECONDS.get(method, 1.0) * config.max_steps * scale
-        total += per_q * questions
+        total += WORKER_START_SECONDS + method.step_seconds * config.max_steps * scale
+        total += method.eval_seconds_per_question * questions
     return total
 
 
