@@ -58,12 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero-shot"
-RUN_RECORD = "compare_run.json"
+RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
+RUN_RECORD = "compare_run.json"  # written by the worker into its run directory
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
 PLAN_FILE = "compare_plan.json"
@@ -248,7 +250,7 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     methods = settings.methods or default_methods()
     _check_methods(methods)
     flags = shared_flags(settings)
-    runs = settings.output / "runs"
+    runs = settings.output / RUNS_DIR
     configs = {}
     for method in methods:
         config = build_config({**flags, "method": method, "output": str(runs / method)}, settings.config_file)
@@ -469,7 +471,7 @@ def _reuse_finished_run(config):
     from mcqtune.artifacts import load_for_inference
     from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.training.checkpoint import config_differences
-    from mcqtune.training.recipe import CONFIG_FILE, METRICS, TrainResult
+    from mcqtune.training.recipe import TrainResult
 
     output = Path(config.output)
     try:
@@ -509,7 +511,7 @@ def worker_main(argv: list[str]) -> int:
         if kind == ZERO_SHOT:
             metrics, permutation = _evaluate_zero_shot(config, spec.get("permutations"))
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "metrics.json", metrics)
+            atomic_write_json(run_dir / METRICS, metrics)
         else:
             result = _train_one(config, bool(spec.get("resume")))
             scoring = (result.metrics.get("validation") or {}).get("scoring")
@@ -580,7 +582,7 @@ class _MemoryPoller(threading.Thread):
 def _run_worker(
     settings: CompareSettings, method: str, kind: str, config_dict: dict[str, Any], fp: str
 ) -> dict[str, Any]:
-    run_dir = settings.output / "runs" / method
+    run_dir = settings.output / RUNS_DIR / method
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_RECORD).unlink(missing_ok=True)  # never read a stale record after a crash
     spec = {
@@ -673,7 +675,7 @@ def _finished(run_dir: Path, fp: str) -> dict[str, Any] | None:
         return None
     if record.get("status") != "ok" or record.get("fingerprint") != fp:
         return None
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS).is_file():
         return None
     return record
 
@@ -727,7 +729,7 @@ def build_row(
         row["peak_memory_bytes"], row["peak_memory_kind"] = cuda, "cuda_max_allocated"
     elif record.get("peak_rss_bytes"):
         row["peak_memory_bytes"], row["peak_memory_kind"] = record["peak_rss_bytes"], "rss"
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS
     if row["status"] != "ok" or not metrics_path.is_file():
         return row
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -766,7 +768,7 @@ def build_row(
             steps=train.get("steps"),
             examples_seen=train.get("examples_seen"),
         )
-    manifest = run_dir / "mcqtune.json"
+    manifest = run_dir / MANIFEST
     if manifest.is_file():
         with contextlib.suppress(json.JSONDecodeError):
             saved = json.loads(manifest.read_text(encoding="utf-8"))
@@ -915,7 +917,7 @@ def _raise_interrupt(signum, frame) -> None:
 def _run_all(settings, plan, order, meta, rows, files, start) -> None:
     total = len(order)
     for index, (name, kind, config_dict) in enumerate(order, start=1):
-        run_dir = settings.output / "runs" / name
+        run_dir = settings.output / RUNS_DIR / name
         fp = fingerprint(config_dict, kind, settings.permutations)
         record = _finished(run_dir, fp) if settings.resume else None
         if record is not None:
