@@ -673,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument(
         "--methods",
-        help="comma-separated methods (default: all registered: full,subset,adapter,prefix,lora,qlora); "
+        help="comma-separated methods (default: every registered method, in the methods' own order); "
         "a zero-shot row is always added",
     )
     cmp.add_argument("--output", required=True, help="directory for results, reports and runs/<method>/")
