@@ -257,6 +257,21 @@ class Method(ABC):
         raise NotImplementedError(f"method '{self.name}' cannot be merged into the base model")
 
 
+class PeftMethod(Method):
+    """A method whose artifact is a standard peft adapter directory (``adapter_model.safetensors`` +
+    ``adapter_config.json``), loadable with ``peft.PeftModel.from_pretrained`` outside mcqtune too."""
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+        check_peft_artifact(model, directory)
+        return model
+
+
 METHODS: dict[str, Method] = {}
 
 

@@ -18,14 +18,13 @@ The vectors start at one, so step 0 is the zero-shot model. The artifact is a st
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from peft import IA3Config, PeftModel, TaskType, get_peft_model
+from peft import IA3Config, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
-from mcqtune.methods.base import Method, check_peft_artifact, register
+from mcqtune.methods.base import PeftMethod, register
 
 
 def _names(value: str | list[str]) -> list[str]:
@@ -49,7 +48,7 @@ def ia3_config(options: dict[str, Any]) -> IA3Config:
 
 
 @register
-class IA3Method(Method):
+class IA3Method(PeftMethod):
     name = "ia3"
     description = "learned rescaling of keys, values and feed-forward activations (peft IA3)"
     compare_order = 70
@@ -58,14 +57,6 @@ class IA3Method(Method):
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         return get_peft_model(model, ia3_config(options))
-
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(str(directory), safe_serialization=True)
-
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
-        model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
-        check_peft_artifact(model, directory)
-        return model
 
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         return model.merge_and_unload()
