@@ -220,6 +220,15 @@ class Method(ABC):
             release_mapped_weights(base)
         return base
 
+    def quantized_weight_bytes(self, options: dict[str, Any]) -> float | None:
+        """Bytes per weight of the base's quantized linear layers, None when the base is not quantized
+        (``mcqtune estimate`` sizes the frozen base from it, without loading weights)."""
+        return None
+
+    def optimizer_state_bytes(self, options: dict[str, Any]) -> float:
+        """Bytes of optimizer state per trainable parameter (AdamW: two fp32 moments), for the estimator."""
+        return 8.0
+
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
     ) -> torch.optim.Optimizer:
