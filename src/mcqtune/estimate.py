@@ -72,14 +72,17 @@ def load_model_config(spec: str | None) -> PretrainedConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{spec}: not a JSON model config: {exc}") from None
         return _config_from_dict(data, spec)
-    resolved = resolve_model(spec)
+    hint = f"shipped model configs: {', '.join(shipped_model_names())}"
+    try:
+        resolved = resolve_model(spec)
+    except ModelError as exc:
+        raise ModelError(f"{exc}; {hint}") from None
     try:
         return AutoConfig.from_pretrained(resolved.path)
     except (OSError, ValueError) as exc:
-        known = ", ".join(shipped_model_names())
         raise ModelError(
             f"could not read the config of model '{resolved.spec}': {exc}. Offline, pass a directory "
-            f"holding its config.json or a shipped name: {known}"
+            f"holding its config.json, or one of the {hint}"
         ) from None
 
 
