@@ -121,7 +121,9 @@ def model_on_meta(config: PretrainedConfig, method: Method, precision: str, opti
         method.prepare_base(base, precision)
         try:
             return method.apply(base, options)
-        except (RuntimeError, NotImplementedError) as exc:
+        except (UserError, ValueError):  # bad options: reported as such by _method_options_errors
+            raise
+        except Exception as exc:  # e.g. prefix's text initialisation runs the model and its tokenizer
             raise ConfigError(
                 f"method '{method.name}' with options {options} cannot be built without the model's "
                 f"weights ({exc}); choose options that do not read them"
