@@ -190,9 +190,7 @@ def activation_bytes(
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     kv_width = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     compute = PRECISIONS[precision]
-    per_layer = 4 * hidden * 4 + compute * (
-        5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size
-    )
+    per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
     if gradient_checkpointing:
         kept = layers * 4 * hidden + per_layer
     else:
@@ -264,7 +262,11 @@ def estimate_memory(
     options: dict[str, Any] | None = None,
 ) -> MemoryEstimate:
     """Per-device training memory of ``method_name`` on ``model`` (see the module docstring)."""
-    for name, value in (("batch_size", batch_size), ("max_length", max_length), ("num_processes", num_processes)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_length", max_length),
+        ("num_processes", num_processes),
+    ):
         if value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if precision not in PRECISIONS:
