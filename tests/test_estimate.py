@@ -157,13 +157,13 @@ def test_bad_arguments_are_user_errors(argv, message, config_only_dir, capsys):
 
 def test_bad_model_configs_name_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="holds no config.json"):
+    with pytest.raises(ModelError, match=r"holds no config\.json"):
         load_model_config(str(tmp_path / "empty"))
     bad = tmp_path / "config.json"
     bad.write_text('{"hidden_size": 8}')
-    with pytest.raises(ModelError, match=r"config.json: field 'model_type' missing"):
+    with pytest.raises(ModelError, match=r"config\.json: field 'model_type' missing"):
         load_model_config(str(bad))
-    with pytest.raises(ModelError, match="shipped model configs: llama-3.1-70b"):
+    with pytest.raises(ModelError, match=r"shipped model configs: llama-3\.1-70b"):
         load_model_config(str(tmp_path / "missing"))
 
 

@@ -191,10 +191,7 @@ def activation_bytes(
     kv_width = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     compute = PRECISIONS[precision]
     per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
-    if gradient_checkpointing:
-        kept = layers * 4 * hidden + per_layer
-    else:
-        kept = layers * per_layer
+    kept = layers * 4 * hidden + per_layer if gradient_checkpointing else layers * per_layer
     return tokens * kept + scored_tokens * 3 * 4 * config.vocab_size
 
 
@@ -236,10 +233,11 @@ class MemoryEstimate:
             ("overhead", self.overhead_bytes),
             ("total per device", self.total_bytes),
         ]
+        checkpointing = "on" if self.gradient_checkpointing else "off"
         head = (
             f"{self.model}, method {self.method}, {self.precision}, objective {self.objective}, "
             f"batch {self.batch_size} x {self.max_length} tokens, {self.num_processes} process(es), "
-            f"sharding {self.sharding}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"
+            f"sharding {self.sharding}, gradient checkpointing {checkpointing}"
         )
         share = 100 * self.trainable_params / max(self.total_params, 1)
         params = f"parameters: {self.trainable_params:,} trainable of {self.total_params:,} ({share:.3f}%)"
