@@ -36,6 +36,7 @@ from mcqtune.config import OBJECTIVE_TO_SCORING, method_defaults, resolve_object
 from mcqtune.errors import ConfigError, ModelError, UserError
 from mcqtune.methods import get_method
 from mcqtune.methods.base import Method
+from mcqtune.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def estimate_memory(
     subtotal = sum(figures.values())
     overhead = max(OVERHEAD_MIN_BYTES, int(OVERHEAD_FRACTION * subtotal))
     return MemoryEstimate(
-        model=model or "smollm2-135m-instruct",
+        model=model or DEFAULT_MODEL,
         method=method_name,
         precision=precision,
         objective=objective,
@@ -318,11 +319,7 @@ def estimate_memory(
         gradient_checkpointing=gradient_checkpointing,
         total_params=counts.total_params,
         trainable_params=counts.trainable_params,
-        weights_bytes=figures["weights"],
-        trainable_bytes=figures["trainable"],
-        gradients_bytes=figures["gradients"],
-        optimizer_bytes=figures["optimizer"],
-        activations_bytes=figures["activations"],
+        **{f"{part}_bytes": value for part, value in figures.items()},
         overhead_bytes=overhead,
         total_bytes=subtotal + overhead,
     )

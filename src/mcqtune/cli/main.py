@@ -480,23 +480,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- estimate
+ESTIMATE_FLAGS = (
+    "batch_size",
+    "max_length",
+    "precision",
+    "objective",
+    "num_processes",
+    "sharding",
+    "gradient_checkpointing",
+)
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     import json
 
     from mcqtune.estimate import estimate_memory
 
-    estimate = estimate_memory(
-        args.model,
-        args.method,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        precision=args.precision,
-        objective=args.objective,
-        num_processes=args.num_processes,
-        sharding=args.sharding,
-        gradient_checkpointing=args.gradient_checkpointing,
-        options=parse_option_pairs(args.option),
-    )
+    settings = {name: getattr(args, name) for name in ESTIMATE_FLAGS}
+    estimate = estimate_memory(args.model, args.method, options=parse_option_pairs(args.option), **settings)
     print(json.dumps(estimate.to_dict(), indent=2) if args.json else estimate.format_text())
     return 0
 
