@@ -108,8 +108,11 @@ def _method_options_errors(method: Method, options: dict[str, Any]):
         raise ConfigError(f"method '{method.name}' (options {options}): {exc}") from exc
 
 
-def model_on_meta(config: PretrainedConfig, method: Method, precision: str, options: dict[str, Any]):
-    """The model to train, built with no storage: the method prepares and applies itself as in training."""
+def model_on_meta(
+    config: PretrainedConfig, method: Method, precision: str, options: dict[str, Any]
+) -> tuple[torch.nn.Module, set[int]]:
+    """The model to train, built with no storage (the method prepares and applies itself as in training),
+    and the ids of the base's own linear layers (what the method added is the rest)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -118,10 +121,11 @@ def model_on_meta(config: PretrainedConfig, method: Method, precision: str, opti
     # init_empty_weights re-wraps every assigned Parameter, which would untie a tied LM head: tie outside.
     base.tie_weights()
     base.config.use_cache = False
+    base_linears = {id(m) for m in base.modules() if isinstance(m, torch.nn.Linear)}
     with init_empty_weights(), _method_options_errors(method, options):
         method.prepare_base(base, precision)
         try:
-            return method.apply(base, options)
+            return method.apply(base, options), base_linears
         except (UserError, ValueError):  # bad options: reported as such by _method_options_errors
             raise
         except Exception as exc:  # e.g. prefix's text initialisation runs the model and its tokenizer
@@ -139,17 +143,28 @@ class ParameterBytes:
     trainable_params: int
     trainable_bytes: int
     frozen_bytes: int
+    added_linear_inputs: int  # in_features summed over the trainable linear layers the method added
+    quantized_linear_inputs: int  # in_features summed over the quantized linear layers
+    fp32_matmul_weights: int  # elements of fp32 linear weights (bf16 autocast keeps a bf16 copy of each)
 
 
-def count_parameters(model: torch.nn.Module, quantized_weight_bytes: float | None) -> ParameterBytes:
+def count_parameters(
+    model: torch.nn.Module, quantized_weight_bytes: float | None, base_linears: set[int]
+) -> ParameterBytes:
     """Tied tensors count once; a quantized base's frozen linear weights (not the LM head, which
     transformers keeps out of 4 bits) count at ``quantized_weight_bytes`` each."""
-    quantized: set[int] = set()
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    quantized_layers = []
     if quantized_weight_bytes is not None:
-        head = model.get_output_embeddings()
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module is not head:
-                quantized.add(id(module.weight))
+        quantized_layers = [m for m in linears if id(m) in base_linears and m is not head]
+    quantized = {id(m.weight) for m in quantized_layers}
+    added_inputs = sum(m.in_features for m in linears if id(m) not in base_linears and m.weight.requires_grad)
+    fp32_weights = {
+        id(m.weight): m.weight.numel()
+        for m in linears
+        if id(m.weight) not in quantized and m.weight.dtype == torch.float32
+    }
     total = trainable = trainable_bytes = frozen_bytes = 0
     seen: set[int] = set()
     for param in model.parameters():
@@ -164,7 +179,15 @@ def count_parameters(model: torch.nn.Module, quantized_weight_bytes: float | Non
             frozen_bytes += int(param.numel() * quantized_weight_bytes)
         else:
             frozen_bytes += param.numel() * param.element_size()
-    return ParameterBytes(total, trainable, trainable_bytes, frozen_bytes)
+    return ParameterBytes(
+        total,
+        trainable,
+        trainable_bytes,
+        frozen_bytes,
+        added_inputs,
+        sum(m.in_features for m in quantized_layers),
+        sum(fp32_weights.values()),
+    )
 
 
 def activation_bytes(
@@ -174,6 +197,9 @@ def activation_bytes(
     *,
     gradient_checkpointing: bool = False,
     scored_tokens: int = 0,
+    added_linear_inputs: int = 0,
+    quantized_linear_inputs: int = 0,
+    fp32_matmul_weights: int = 0,
 ) -> int:
     """What the forward of ``tokens`` tokens keeps for the backward (memory-efficient attention: no
     sequence x sequence scores).
@@ -184,6 +210,12 @@ def activation_bytes(
     SiLU, up and product tensors (hidden + 4 x intermediate). With gradient checkpointing only each layer's
     fp32 input is kept, and one layer's activations are rebuilt at a time. The LM head keeps fp32 logits,
     their log-softmax and gradient for each scored position (3 x vocab x 4 bytes).
+
+    A method's own trainable linear layers (LoRA's A and B, adapter projections) keep their fp32 input
+    per token (LoRA: its dropout output), and bitsandbytes' 4-bit matmul keeps its input (compute dtype)
+    although its weight needs no gradient; under bf16 autocast keeps a bf16 copy of every fp32 matmul
+    weight from the forward to the backward (a tied LM head, every weight of full fine-tuning).
+    Both were checked against the tensors autograd saves on the bundled architecture (docs/SCALING.md).
     """
     hidden = config.hidden_size
     layers = config.num_hidden_layers
@@ -192,8 +224,10 @@ def activation_bytes(
     kv_width = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     compute = PRECISIONS[precision]
     per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
+    per_layer += (4 * added_linear_inputs + compute * quantized_linear_inputs) / layers
     kept = layers * 4 * hidden + per_layer if gradient_checkpointing else layers * per_layer
-    return tokens * kept + scored_tokens * 3 * 4 * config.vocab_size
+    weight_copies = 2 * fp32_matmul_weights if precision == "bf16" else 0
+    return int(tokens * kept + scored_tokens * 3 * 4 * config.vocab_size + weight_copies)
 
 
 @dataclass(frozen=True)
@@ -278,9 +312,9 @@ def estimate_memory(
         raise ConfigError(str(exc)) from None
     options = {**(method_defaults(method_name).get("method_options") or {}), **(options or {})}
     config = load_model_config(model)
-    trained = model_on_meta(config, method, precision, options)
+    trained, base_linears = model_on_meta(config, method, precision, options)
     with _method_options_errors(method, options):
-        counts = count_parameters(trained, method.quantized_weight_bytes(options))
+        counts = count_parameters(trained, method.quantized_weight_bytes(options), base_linears)
         state_bytes = method.optimizer_state_bytes(options)
     objective = resolve_objective(objective, counts.total_params)
     tokens = batch_size * max_length
@@ -303,6 +337,9 @@ def estimate_memory(
             precision,
             gradient_checkpointing=gradient_checkpointing,
             scored_tokens=scored,
+            added_linear_inputs=counts.added_linear_inputs,
+            quantized_linear_inputs=counts.quantized_linear_inputs,
+            fp32_matmul_weights=counts.fp32_matmul_weights,
         ),
     }
     subtotal = sum(figures.values())
