@@ -5,7 +5,11 @@ process's peak RSS growth must be within 25% of the estimate's total.
 Baseline: the RSS of the same process after it imported the whole training stack (torch,
 transformers, peft, accelerate, bitsandbytes, mcqtune) and before it read data or weights. Library
 code is not what the estimate models; everything after it (weights, tokenizer, data, optimizer state,
-activations, allocator slack) is. The estimate is sized for the longest sequence of the rows the run
+activations, allocator slack) is. glibc's malloc is told to return freed blocks at once
+(``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``): by default it raises its mmap threshold after the
+first large free, so later tensors come from the heap and their freed memory stays in RSS, which then
+measures the allocator's history rather than the memory training needs (the same runs with the default
+allocator are in docs/SCALING.md too). The estimate is sized for the longest sequence of the rows the run
 trains on (the worst batch is padded to it). The numbers are recorded in docs/SCALING.md.
 """
 
@@ -28,6 +32,8 @@ from bench.gpu_check import estimate_for, train_config  # noqa: E402
 STEPS = 3
 BATCH = 4
 TOLERANCE = 0.25
+# Tensors of 64 KiB and more get their own mapping, unmapped when freed; the heap top is trimmed at once.
+RETURN_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 MEASURE = """
 import json, sys
 from pathlib import Path
@@ -45,7 +51,7 @@ print(json.dumps({"baseline_mib": baseline, "peak_mib": _status_mib("VmHWM")}))
 
 def measure_peak_growth(method: str, output: Path) -> float:
     """Peak RSS minus the post-import baseline, in bytes, of a fresh process training ``method``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = {**os.environ, **RETURN_FREED_MEMORY, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, method, str(output), str(STEPS), str(BATCH)],
         capture_output=True,
