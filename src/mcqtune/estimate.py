@@ -199,7 +199,6 @@ def activation_bytes(
     scored_tokens: int = 0,
     added_linear_inputs: int = 0,
     quantized_linear_inputs: int = 0,
-    fp32_matmul_weights: int = 0,
 ) -> int:
     """What the forward of ``tokens`` tokens keeps for the backward (memory-efficient attention: no
     sequence x sequence scores).
@@ -213,9 +212,8 @@ def activation_bytes(
 
     A method's own trainable linear layers (LoRA's A and B, adapter projections) keep their fp32 input
     per token (LoRA: its dropout output), and bitsandbytes' 4-bit matmul keeps its input (compute dtype)
-    although its weight needs no gradient; under bf16 autocast keeps a bf16 copy of every fp32 matmul
-    weight from the forward to the backward (a tied LM head, every weight of full fine-tuning).
-    Both were checked against the tensors autograd saves on the bundled architecture (docs/SCALING.md).
+    although its weight needs no gradient. Checked against the tensors autograd saves on the bundled
+    architecture (docs/SCALING.md).
     """
     hidden = config.hidden_size
     layers = config.num_hidden_layers
@@ -226,8 +224,7 @@ def activation_bytes(
     per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
     per_layer += (4 * added_linear_inputs + compute * quantized_linear_inputs) / layers
     kept = layers * 4 * hidden + per_layer if gradient_checkpointing else layers * per_layer
-    weight_copies = 2 * fp32_matmul_weights if precision == "bf16" else 0
-    return int(tokens * kept + scored_tokens * 3 * 4 * config.vocab_size + weight_copies)
+    return int(tokens * kept + scored_tokens * 3 * 4 * config.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -339,8 +336,10 @@ def estimate_memory(
             scored_tokens=scored,
             added_linear_inputs=counts.added_linear_inputs,
             quantized_linear_inputs=counts.quantized_linear_inputs,
-            fp32_matmul_weights=counts.fp32_matmul_weights,
-        ),
+        )
+        # bf16 autocast keeps a bf16 copy of every fp32 matmul weight from the forward to the backward
+        # (a tied LM head, every weight of full fine-tuning); sharded with the weights they copy.
+        + per_device("weights", 2 * counts.fp32_matmul_weights if precision == "bf16" else 0),
     }
     subtotal = sum(figures.values())
     overhead = max(OVERHEAD_MIN_BYTES, int(OVERHEAD_FRACTION * subtotal))
