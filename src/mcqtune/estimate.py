@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,7 +34,7 @@ from transformers import AutoConfig, PretrainedConfig
 from mcqtune.config import OBJECTIVE_TO_SCORING, method_defaults, resolve_objective
 from mcqtune.errors import ConfigError, ModelError, UserError
 from mcqtune.methods import get_method
-from mcqtune.methods.base import Method
+from mcqtune.methods.base import Method, option_errors
 from mcqtune.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -97,17 +96,6 @@ def _config_from_dict(data: Any, source: str) -> PretrainedConfig:
         raise ModelError(f"{source}: unsupported model config: {exc}") from None
 
 
-@contextmanager
-def _method_options_errors(method: Method, options: dict[str, Any]):
-    """Methods report bad options with ValueError; to the user that is a config error."""
-    try:
-        yield
-    except UserError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"method '{method.name}' (options {options}): {exc}") from exc
-
-
 def model_on_meta(
     config: PretrainedConfig, method: Method, precision: str, options: dict[str, Any]
 ) -> tuple[torch.nn.Module, set[int]]:
@@ -122,11 +110,11 @@ def model_on_meta(
     base.tie_weights()
     base.config.use_cache = False
     base_linears = {id(m) for m in base.modules() if isinstance(m, torch.nn.Linear)}
-    with init_empty_weights(), _method_options_errors(method, options):
+    with init_empty_weights(), option_errors(method.name, options):
         method.prepare_base(base, precision)
         try:
             return method.apply(base, options), base_linears
-        except (UserError, ValueError):  # bad options: reported as such by _method_options_errors
+        except (UserError, ValueError):  # bad options: reported as such by option_errors
             raise
         except Exception as exc:  # e.g. prefix's text initialisation runs the model and its tokenizer
             raise ConfigError(
@@ -310,7 +298,7 @@ def estimate_memory(
     options = {**(method_defaults(method_name).get("method_options") or {}), **(options or {})}
     config = load_model_config(model)
     trained, base_linears = model_on_meta(config, method, precision, options)
-    with _method_options_errors(method, options):
+    with option_errors(method.name, options):
         counts = count_parameters(trained, method.quantized_weight_bytes(options), base_linears)
         state_bytes = method.optimizer_state_bytes(options)
     objective = resolve_objective(objective, counts.total_params)

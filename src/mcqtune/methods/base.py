@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
+from mcqtune.errors import ConfigError, UserError
 from mcqtune.models import ResolvedModel, load_model
 
 ARTIFACT_SUBDIR = "artifact"
@@ -256,6 +259,17 @@ class Method(ABC):
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         """Fold the trained parameters into a plain HF model (only methods that can)."""
         raise NotImplementedError(f"method '{self.name}' cannot be merged into the base model")
+
+
+@contextmanager
+def option_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
+    """Methods report bad options with ValueError; to the user that is a config error."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
 
 
 METHODS: dict[str, Method] = {}
