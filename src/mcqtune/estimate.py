@@ -81,8 +81,8 @@ def load_model_config(spec: str | None) -> PretrainedConfig:
         return AutoConfig.from_pretrained(resolved.path)
     except (OSError, ValueError) as exc:
         raise ModelError(
-            f"could not read the config of model '{resolved.spec}': {exc}. Offline, pass a directory "
-            f"holding its config.json, or one of the {hint}"
+            f"could not read the config of model '{resolved.spec}': {str(exc).rstrip('.')}. "
+            f"Offline, pass a directory holding its config.json, or one of the {hint}"
         ) from None
 
 
