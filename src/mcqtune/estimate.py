@@ -15,14 +15,14 @@ frozen linear weights in bf16, ``Method.apply`` decides what trains), and the pa
   :data:`OVERHEAD_MIN_BYTES`).
 
 With ``--sharding`` ZeRO-2 divides optimizer state and gradients by the number of processes, ZeRO-3 and
-FSDP divide the weights and trainable parameters too; activations are never sharded. The figures are
+FSDP divide the weights and trainable parameters too; activations stay whole on every device (only
+autocast's bf16 copies of fp32 weights follow the weights they copy). The figures are
 checked against measured peak memory of real training runs (docs/SCALING.md).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,8 +36,6 @@ from mcqtune.errors import ConfigError, ModelError, UserError
 from mcqtune.methods import get_method
 from mcqtune.methods.base import Method, option_errors
 from mcqtune.models import DEFAULT_MODEL
-
-log = logging.getLogger(__name__)
 
 SHARDINGS = ("none", "zero2", "zero3", "fsdp")
 # Which parts each sharding strategy splits across the processes.
