@@ -175,7 +175,7 @@ def benchmark_random_model(name: str, steps: int, batch: int, length: int) -> di
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() - before
-    # Every position's logits are computed here (labels=tokens): estimate it with the cloze share.
+    # This loop computes logits at every position; mcqtune's objectives (and so the estimate) at most half.
     estimate = estimate_memory(name, "lora", batch_size=batch, max_length=length, objective="ranking")
     return {
         "model": name,
