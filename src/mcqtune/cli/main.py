@@ -1,4 +1,4 @@
-"""The ``mcqtune`` command line: data check, train, eval, predict, export, demo.
+"""The ``mcqtune`` command line: data check, train, eval, predict, export, demo, compare, estimate.
 
 User errors (bad data, bad config, missing model, wrong artifact) print one clear line and exit 2;
 tracebacks are for bugs.
@@ -470,6 +470,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- estimate
+ESTIMATE_FLAGS = (
+    "batch_size",
+    "max_length",
+    "precision",
+    "objective",
+    "num_processes",
+    "sharding",
+    "gradient_checkpointing",
+)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from mcqtune.estimate import estimate_memory
+
+    settings = {name: getattr(args, name) for name in ESTIMATE_FLAGS}
+    estimate = estimate_memory(args.model, args.method, options=parse_option_pairs(args.option), **settings)
+    print(json.dumps(estimate.to_dict(), indent=2) if args.json else estimate.format_text())
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -712,6 +735,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
     cmp.set_defaults(func=cmd_compare)
+
+    from mcqtune.estimate import PRECISIONS, SHARDINGS
+
+    est = sub.add_parser(
+        "estimate",
+        help="per-device training memory of a method on a model, from its config.json alone",
+        description="Split one training process's memory into frozen weights, trainable parameters, "
+        "gradients, optimizer state, activations and overhead, without loading weights "
+        "(docs/SCALING.md). --model: a shipped name (llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, "
+        "qwen2.5-1.5b, qwen2.5-7b), a config.json, a directory holding one, or any train --model.",
+    )
+    est.add_argument("--model", help="model (default: the bundled SmolLM2-135M)")
+    est.add_argument("--method", default="lora", help="lora (default) or any registered method")
+    est.add_argument("--batch-size", type=int, default=4, help="questions per micro-batch (default 4)")
+    est.add_argument("--max-length", type=int, default=512, help="tokens per sequence (default 512)")
+    est.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16", help="default bf16")
+    est.add_argument(
+        "--objective",
+        choices=("auto", "letter", "ranking"),
+        default="auto",
+        help="decides how many positions reach the LM head (auto: as train decides)",
+    )
+    est.add_argument("--num-processes", type=int, default=1, help="data-parallel processes (default 1)")
+    est.add_argument(
+        "--sharding",
+        choices=SHARDINGS,
+        default="none",
+        help="none: DDP (a full copy per process); zero2: optimizer state and gradients split; "
+        "zero3/fsdp: the weights too",
+    )
+    est.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs")
+    est.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
+    est.add_argument("--json", action="store_true", help="the same figures in bytes, as JSON")
+    est.set_defaults(func=cmd_estimate)
     return parser
 
 
