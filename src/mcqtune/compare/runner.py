@@ -115,6 +115,9 @@ SHARED_KEYS = (
     "train",
     "validation",
     "format",
+    "fields",
+    "answer_base",
+    "strip_query_prefix",
     "max_steps",
     "epochs",
     "batch_size",
@@ -153,6 +156,8 @@ class CompareSettings:
     quick: bool = False
     resume: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    # --field/--answer-base/--strip-query-prefix as TrainConfig keys (None: not given).
+    data_fields: dict[str, Any] = field(default_factory=dict)
     precision: str | None = None
     method_timeout: float | None = None
     permutations: str | None = (
@@ -229,6 +234,7 @@ def shared_flags(settings: CompareSettings) -> dict[str, Any]:
         flags["model"] = settings.model
     if settings.precision:
         flags["precision"] = settings.precision
+    flags |= {key: value for key, value in settings.data_fields.items() if value is not None}
     for key in OVERRIDABLE:
         if settings.overrides.get(key) is not None:
             flags[key] = settings.overrides[key]
@@ -304,7 +310,8 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
     if torch.cuda.is_available() or MODEL_ALIASES.get(zero.model, zero.model) != DEFAULT_MODEL:
         return None
     try:
-        n_val = len(load_examples(resolve_data(zero.validation, "validation"), zero.format).examples)
+        path = resolve_data(zero.validation, "validation")
+        n_val = len(load_examples(path, zero.format, field_map=zero.field_map()).examples)
     except Exception:  # the real run reports data problems properly
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
@@ -395,7 +402,10 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
         tokenizer = load_tokenizer(resolve_model(config.model))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_examples(
-        resolve_data(config.validation, "validation"), config.format, on_bad_rows=config.on_bad_rows
+        resolve_data(config.validation, "validation"),
+        config.format,
+        on_bad_rows=config.on_bad_rows,
+        field_map=config.field_map(),
     )
     rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
     if packed is None:

@@ -83,6 +83,13 @@ class FieldMap:
             given[key] = _column(key, column, source)
         return cls(**given, answer_base=answer_base, strip_query_prefix=bool(strip_query_prefix))
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], source: str = "fields") -> FieldMap:
+        """From a train config's ``fields``, ``answer_base`` and ``strip_query_prefix`` (absent: unset)."""
+        return cls.from_settings(
+            config.get("fields"), config.get("answer_base"), bool(config.get("strip_query_prefix")), source
+        )
+
     def columns(self) -> dict[str, str | tuple[str, ...]]:
         """The parts this map names, in ``FIELD_KEYS`` order."""
         return {key: getattr(self, key) for key in FIELD_KEYS if getattr(self, key) is not None}

@@ -201,20 +201,19 @@ def _check_fields(
     keys = rows.columns if rows.columns is not None else (list(first[1]) if first else None)
     if keys is None:
         return  # nothing readable at the top: the row loop reports why, line by line
-    missing = [c for c in required if c not in keys]
-    if not missing:
-        return
     what = "columns" if rows.columns is not None else "keys"
     listed = f"({what}: {', '.join(keys)})"
     line = rows.header_line if rows.columns is not None else first[0] if first else None
-    named = [c for c in missing if user.field_of(c)]
-    if named:
-        column = named[0]
-        key = user.field_of(column)
-        where = "the file has no column" if rows.columns is not None else "the first row has no field"
-        raise DataError(
-            f"--field {key}={column}: {where} '{column}' {listed}", file=file, line=line, field=column
-        )
+    for key, value in user.columns().items():
+        for column in value if isinstance(value, tuple) else (value,):
+            if column not in keys:
+                where = "the file has no column" if rows.columns is not None else "the first row has no field"
+                raise DataError(
+                    f"--field {key}={column}: {where} '{column}' {listed}", file=file, line=line, field=column
+                )
+    missing = [c for c in required if c not in keys]
+    if not missing:
+        return
     key = fm.field_of(missing[0])
     found = [c for c in answer_candidates(keys) if key == "answer" and c != missing[0]]
     flag = f"; name it with --field {key}={found[0] if found else 'COLUMN'}"
