@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from mcqtune.atomic import atomic_write_json, atomic_write_text
+from mcqtune.data.fields import FIELD_CONFIG_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,7 @@ SHARED_KEYS = (
     "train",
     "validation",
     "format",
-    "fields",
-    "answer_base",
-    "strip_query_prefix",
+    *FIELD_CONFIG_KEYS,
     "max_steps",
     "epochs",
     "batch_size",
@@ -333,6 +332,7 @@ ZERO_SHOT_KEYS = (
     "objective",
     "validation",
     "format",
+    *FIELD_CONFIG_KEYS,
     "final_eval_limit",
     "eval_batch_size",
     "precision",

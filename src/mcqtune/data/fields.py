@@ -27,6 +27,8 @@ ANSWER_BASES = (0, 1)
 FIELD_FLAG = "--field"
 ANSWER_BASE_FLAG = "--answer-base"
 STRIP_FLAG = "--strip-query-prefix"
+# The train-config keys a field map is kept under (TrainConfig, a run's config.yaml).
+FIELD_CONFIG_KEYS = ("fields", "answer_base", "strip_query_prefix")
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,8 @@ class FieldMap:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], source: str = "fields") -> FieldMap:
         """From a train config's ``fields``, ``answer_base`` and ``strip_query_prefix`` (absent: unset)."""
-        return cls.from_settings(
-            config.get("fields"), config.get("answer_base"), bool(config.get("strip_query_prefix")), source
-        )
+        fields, answer_base, strip_query_prefix = (config.get(key) for key in FIELD_CONFIG_KEYS)
+        return cls.from_settings(fields, answer_base, bool(strip_query_prefix), source)
 
     def columns(self) -> dict[str, str | tuple[str, ...]]:
         """The parts this map names, in ``FIELD_KEYS`` order."""
@@ -131,13 +132,9 @@ class FieldMap:
         return shlex.join(words)
 
     def to_settings(self) -> dict[str, Any]:
-        """The config keys (``fields``, ``answer_base``, ``strip_query_prefix``) that give this map."""
+        """The config keys (``FIELD_CONFIG_KEYS``) that give this map."""
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in self.columns().items()}
-        return {
-            "fields": fields,
-            "answer_base": self.answer_base,
-            "strip_query_prefix": self.strip_query_prefix,
-        }
+        return dict(zip(FIELD_CONFIG_KEYS, (fields, self.answer_base, self.strip_query_prefix), strict=True))
 
 
 def _split_pair(pair: str) -> tuple[str, str]:
