@@ -81,14 +81,7 @@ def _convert_medmcqa(row: Row, fm: FieldMap) -> Converted:
             answer = row.index_in_range(cop_field, value, len(choices), 1 if one_based else 0, hint)
     if choices is not None:
         row.check_duplicates(items, choices, answer)
-    return finish(
-        row,
-        id=row.row_id(fm.id),
-        question=question,
-        choices=choices,
-        answer=answer,
-        subject=row.optional_text(fm.subject),
-    )
+    return finish(row, fm, question, choices, answer)
 
 
 def _convert_arc(row: Row, fm: FieldMap) -> Converted:
@@ -157,7 +150,7 @@ def _convert_arc(row: Row, fm: FieldMap) -> Converted:
             row.problem(fm.answer, f"answer {short(key_str)} not among labels {', '.join(label_strs)}")
     if choices is not None:
         row.check_duplicates(items, choices, answer)
-    return finish(row, id=row.row_id(fm.id), question=question, choices=choices, answer=answer, subject=None)
+    return finish(row, fm, question, choices, answer)
 
 
 def _parse_list_cell(row: Row, fld: str, value: Any) -> list[Any] | None:
@@ -268,14 +261,7 @@ def _convert_generic(
         row.check_duplicates(items, choices, answer)
     elif fm.answer not in row.data and row.ctx.require_answer:
         row.problem(fm.answer, "missing required field")
-    return finish(
-        row,
-        id=row.row_id(fm.id),
-        question=question,
-        choices=choices,
-        answer=answer,
-        subject=subject if subject is not None else row.optional_text(fm.subject),
-    )
+    return finish(row, fm, question, choices, answer, subject)
 
 
 def _mmlu_subject(stem: str) -> str:
@@ -402,14 +388,20 @@ class Layout:
     check_loaded: Callable[[list[MCQExample], str], list[Problem]] | None = None
 
 
-_GENERIC = dict(
-    looks_like="generic fields (question, choices)",
-    fields=_generic_fields,
-    convert=_convert_generic,
-    detect=_is_generic,
-    fallback=True,
-    answer_from_keys=True,
-)
+def _generic(reader: str) -> Layout:
+    """The generic layout read from one kind of file (``--format jsonl``/``csv``/``parquet``)."""
+    return Layout(
+        reader,
+        "generic fields (question, choices)",
+        _generic_fields,
+        _convert_generic,
+        _is_generic,
+        reader=reader,
+        fallback=True,
+        answer_from_keys=True,
+    )
+
+
 _MEDMCQA_FIELDS = FieldMap("question", _MEDMCQA_OPTIONS, "cop", 0, "id", "subject_name")
 
 LAYOUTS: dict[str, Layout] = {
@@ -467,9 +459,9 @@ LAYOUTS: dict[str, Layout] = {
             _is_mmlu,
             reader="mmlu-csv",
         ),
-        Layout("jsonl", reader="jsonl", **_GENERIC),  # type: ignore[arg-type]
-        Layout("csv", reader="csv", **_GENERIC),  # type: ignore[arg-type]
-        Layout("parquet", reader="parquet", **_GENERIC),  # type: ignore[arg-type]
+        _generic("jsonl"),
+        _generic("csv"),
+        _generic("parquet"),
     )
 }
 FORMATS = tuple(LAYOUTS)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcqtune.data.examples import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQExample
+from mcqtune.data.fields import FieldMap
 from mcqtune.data.readers import type_name
 from mcqtune.errors import Problem
 
@@ -183,16 +184,32 @@ class Row:
 Converted = tuple["MCQExample | None", list[Problem], list[Problem]]
 
 
-def finish(row: Row, **kwargs: Any) -> Converted:
-    if not row.problems and (kwargs["question"] is None or kwargs["choices"] is None):
+def finish(
+    row: Row,
+    fm: FieldMap,
+    question: str | None,
+    choices: tuple[str, ...] | None,
+    answer: int | None,
+    subject: str | None = None,
+) -> Converted:
+    """The row's example (id and subject from the map's fields), or None with every problem it had."""
+    if not row.problems and (question is None or choices is None):
         row.problem(None, "row has no usable question or options")  # defensive: every path records why
-    if row.problems:
+    if row.problems or question is None or choices is None:
         return None, row.problems, row.warnings
     ctx = row.ctx
     if ctx.strip_query_prefix:
-        kwargs["question"] = strip_query(kwargs["question"])
-        if not kwargs["question"]:
-            row.problem(None, "question is empty once 'Question:' and 'Answer:' are stripped")
+        question = strip_query(question)
+        if not question:
+            row.problem(fm.question, "question is empty once 'Question:' and 'Answer:' are stripped")
             return None, row.problems, row.warnings
     source = f"{ctx.file}:row {row.line}" if ctx.unit == "row" else f"{ctx.file}:{row.line}"
-    return MCQExample(source=source, **kwargs), [], row.warnings
+    example = MCQExample(
+        id=row.row_id(fm.id),
+        question=question,
+        choices=choices,
+        answer=answer,
+        subject=subject if subject is not None else row.optional_text(fm.subject),
+        source=source,
+    )
+    return example, [], row.warnings
