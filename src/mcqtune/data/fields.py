@@ -95,9 +95,6 @@ class FieldMap:
         """The parts this map names, in ``FIELD_KEYS`` order."""
         return {key: getattr(self, key) for key in FIELD_KEYS if getattr(self, key) is not None}
 
-    def is_empty(self) -> bool:
-        return self == FieldMap()
-
     def over(self, defaults: FieldMap) -> FieldMap:
         """``defaults`` with every part this map sets replaced."""
         changes: dict[str, Any] = dict(self.columns())

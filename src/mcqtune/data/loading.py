@@ -187,27 +187,43 @@ def _plural(names: list[str]) -> str:
     return "s" * (len(names) > 1) + " " + ", ".join(f"'{c}'" for c in names)
 
 
+@dataclass
+class _Top:
+    """The field names a file shows before its rows: a header, a schema, or the first JSON object's keys."""
+
+    keys: list[str]  # empty when nothing readable was found
+    line: int | None  # the header's line or the first object's; None for parquet
+    is_header: bool
+
+
+def _top_of(p: Path, file: str, rows: Rows) -> _Top:
+    if rows.columns is not None:
+        return _Top(rows.columns, rows.header_line, True)
+    try:
+        first = first_object(p, file)
+    except DataError:
+        first = None  # the row loop reports the same lines with their numbers
+    return _Top(list(first[1]), first[0], False) if first else _Top([], None, False)
+
+
 def _check_fields(
     p: Path,
     file: str,
     layout: Layout,
     fm: FieldMap,
     user: FieldMap,
-    rows: Rows,
-    first: tuple[int, dict[str, Any]] | None,
+    top: _Top,
     required: list[str],
 ) -> None:
     """Stop before any row is read when the map names a field the file lacks, or leaves one unmapped."""
-    keys = rows.columns if rows.columns is not None else (list(first[1]) if first else None)
-    if keys is None:
+    if not top.keys:
         return  # nothing readable at the top: the row loop reports why, line by line
-    what = "columns" if rows.columns is not None else "keys"
-    listed = f"({what}: {', '.join(keys)})"
-    line = rows.header_line if rows.columns is not None else first[0] if first else None
+    keys, line = top.keys, top.line
+    listed = f"({'columns' if top.is_header else 'keys'}: {', '.join(keys)})"
     for key, value in user.columns().items():
         for column in value if isinstance(value, tuple) else (value,):
             if column not in keys:
-                where = "the file has no column" if rows.columns is not None else "the first row has no field"
+                where = "the file has no column" if top.is_header else "the first row has no field"
                 raise DataError(
                     f"--field {key}={column}: {where} '{column}' {listed}", file=file, line=line, field=column
                 )
@@ -217,7 +233,7 @@ def _check_fields(
     key = fm.field_of(missing[0])
     found = [c for c in answer_candidates(keys) if key == "answer" and c != missing[0]]
     flag = f"; name it with --field {key}={found[0] if found else 'COLUMN'}"
-    if rows.columns is not None:
+    if top.is_header:
         raise DataError(
             f"missing column{_plural(missing)} {listed}{_format_hint(p, layout.name)}; pass the right "
             f"--format{flag}",
@@ -226,7 +242,7 @@ def _check_fields(
             field=missing[0],
         )
     hint = _format_hint(p, layout.name)
-    if hint or not user.is_empty():
+    if hint or user.columns():
         # An explicit format or map that does not fit the file at all would otherwise give one "missing
         # field" per row; say once what the file looks like instead.
         raise DataError(
@@ -374,14 +390,8 @@ def read_examples(
         layout = _layout_named(format)
 
     rows = open_rows(p, file, layout.reader or reader_for(p))
-    first = None
-    if rows.columns is None:
-        try:
-            first = first_object(p, file)
-        except DataError:
-            first = None  # the row loop reports the same lines with their numbers
-    keys = rows.columns if rows.columns is not None else list(first[1]) if first else []
-    fm = user.over(layout.fields(keys))
+    top = _top_of(p, file, rows)
+    fm = user.over(layout.fields(top.keys))
     ctx = Ctx(
         file=file,
         stem=p.stem,
@@ -392,8 +402,8 @@ def read_examples(
         strip_query_prefix=fm.strip_query_prefix,
     )
     if auto and layout.answer_from_keys and user.answer is None:
-        fm = _answer_column(file, fm, user, keys, rows, ctx)
-    _check_fields(p, file, layout, fm, user, rows, first, fm.required_fields(require_answer))
+        fm = _answer_column(file, fm, user, top.keys, rows, ctx)
+    _check_fields(p, file, layout, fm, user, top, fm.required_fields(require_answer))
     # Digit strings are read as indices once the base is known from the user or the data (not assumed).
     ctx.digit_strings = rows.untyped or fm.answer_base is None or user.answer_base is not None
     fm = _answer_base(file, fm, user, rows, ctx)
