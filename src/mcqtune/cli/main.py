@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
+from mcqtune.data.formats import FORMATS
 
 EXIT_USER_ERROR = 2
 
@@ -512,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="data file, or a bundled name (medmcqa, arc_easy)")
     check.add_argument("--split", default="train", help="split of a bundled dataset: train|validation")
     check.add_argument(
-        "--format", default="auto", help="auto|medmcqa|medmcqa-raw|arc|mmlu-csv|jsonl|csv|parquet"
+        "--format", default="auto", help=f"auto (default: detected) or one of {', '.join(FORMATS)}"
     )
     check.add_argument(
         "--model", default=None, help="tokenizer for token-length percentiles (default: bundled)"
