@@ -12,13 +12,16 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from mcqtune.errors import ConfigError
 from mcqtune.models import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
+
+if TYPE_CHECKING:
+    from mcqtune.data import FieldMap
 
 OBJECTIVES = ("auto", "letter", "ranking")
 SCORINGS = ("auto", "letter", "cloze")
@@ -35,6 +38,10 @@ class TrainConfig:
     train: str = "medmcqa"
     validation: str | None = "medmcqa"
     format: str = "auto"
+    # The user's own column names (mcqtune.data.FieldMap): applied to the train and validation files.
+    fields: dict[str, Any] = field(default_factory=dict)
+    answer_base: int | None = None
+    strip_query_prefix: bool = False
     output: str | None = None
     max_steps: int | None = 200
     epochs: float | None = None
@@ -66,11 +73,15 @@ class TrainConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"{source}: '{key}' {why}")
 
-        from mcqtune.data import FORMATS
+        from mcqtune.data import FORMATS, DataError
 
         self.validate_method(source)
         if self.format != "auto" and self.format not in FORMATS:
             raise bad("format", f"must be auto or one of {', '.join(FORMATS)}, got '{self.format}'")
+        try:
+            self.field_map()
+        except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
+            raise ConfigError(f"{source}: {exc}") from None
         if self.objective not in OBJECTIVES:
             raise bad("objective", f"must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
         if self.max_steps is None and self.epochs is None:
@@ -128,6 +139,12 @@ class TrainConfig:
                 f"{source}: method_options: unknown option(s) for '{self.method}': "
                 f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed)) or 'none'}"
             )
+
+    def field_map(self) -> FieldMap:
+        """Where the train and validation files keep each part of a question."""
+        from mcqtune.data import FieldMap
+
+        return FieldMap.from_config(self.to_dict())
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig.from_dict(self.prompt)
@@ -188,7 +205,7 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
-    """Return a copy with ``overrides`` applied; method_options and prompt are merged, not replaced."""
+    """Return a copy with ``overrides`` applied; the mappings (method_options, prompt, fields) are merged."""
     known = {f.name for f in fields(TrainConfig)}
     hints = get_type_hints(TrainConfig)
     updates: dict[str, Any] = {}
@@ -196,7 +213,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
         if key not in known:
             raise ConfigError(f"{source}: unknown key '{key}'; known keys: {', '.join(sorted(known))}")
         value = _check_type(key, value, hints[key], source)
-        if key in ("method_options", "prompt"):
+        if key in ("method_options", "prompt", "fields"):
             value = {**getattr(config, key), **value}
         updates[key] = value
     return dataclasses.replace(config, **updates)

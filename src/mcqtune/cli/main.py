@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
+from mcqtune.data.formats import FORMATS
 from mcqtune.quiet import quiet_libraries
 
 EXIT_USER_ERROR = 2
@@ -35,7 +37,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
         encoder = PromptEncoder(load_tokenizer(resolve_model(args.model)))
         token_length = encoder.letter_prompt_length
-    report = check_file(resolve_data(args.file, args.split), args.format, token_length=token_length)
+    report = check_file(
+        resolve_data(args.file, args.split),
+        args.format,
+        field_map=field_map_from_args(args),
+        token_length=token_length,
+    )
     print(report.format_text())
     return 1 if report.problems else 0
 
@@ -161,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mcqtune.config import build_config
     from mcqtune.training.recipe import TrainingInterrupted, train
 
-    flags = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    flags = {name: getattr(args, name) for name in TRAIN_FLAGS} | field_config_from_args(args)
     if args.no_validation:
         flags["validation"] = None
     options = {**method_option_flags(args), **parse_option_pairs(args.option)}
@@ -284,7 +291,9 @@ def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_si
     calibration_source = None
     if (args.debias or prior is not None) and prior is None and args.calibration_data:
         path = resolve_data(args.calibration_data, "train")
-        calibration_examples = load_examples(path, args.format, require_answer=False).examples
+        calibration_examples = load_examples(
+            path, args.format, field_map=field_map_from_args(args), require_answer=False
+        ).examples
         calibration_source = str(path)
     result = run_analyses(
         loaded.model,
@@ -326,7 +335,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")
-    data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
+    data = load_examples(
+        path, args.format, on_bad_rows=args.on_bad_rows, field_map=field_map_from_args(args), limit=args.limit
+    )
     loaded = _load(args)
     scoring = _scoring(args, loaded)
     result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
@@ -361,7 +372,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mcqtune.data import LETTERS, DataError, MCQExample, load_examples
 
     if args.data:
-        examples = load_examples(args.data, args.format, require_answer=False).examples
+        examples = load_examples(
+            args.data, args.format, field_map=field_map_from_args(args), require_answer=False
+        ).examples
     else:
         if not args.question or not args.choice or len(args.choice) < 2:
             raise DataError("predict needs --data FILE, or --question and at least two --choice")
@@ -457,6 +470,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         quick=args.quick,
         resume=args.resume,
         overrides=overrides,
+        data_fields=field_config_from_args(args),
         precision=args.precision,
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
@@ -512,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="data file, or a bundled name (medmcqa, arc_easy)")
     check.add_argument("--split", default="train", help="split of a bundled dataset: train|validation")
     check.add_argument(
-        "--format", default="auto", help="auto|medmcqa|medmcqa-raw|arc|mmlu-csv|jsonl|csv|parquet"
+        "--format", default="auto", help=f"auto (default: detected) or one of {', '.join(FORMATS)}"
     )
     check.add_argument(
         "--model", default=None, help="tokenizer for token-length percentiles (default: bundled)"
@@ -520,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--no-tokens", action="store_true", help="skip token-length percentiles (no model load)"
     )
+    add_data_args(check)
     check.set_defaults(func=cmd_data_check)
 
     tr = sub.add_parser(
@@ -588,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .bin weights")
     tr.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    add_data_args(tr)
     tr.set_defaults(func=cmd_train)
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -644,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--report", metavar="DIR", help="write metrics.json, summary.md and PNG charts here")
     add_debias_args(ev)
+    add_data_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser(
@@ -657,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", help="file of questions (answers optional)")
     pr.add_argument("--json", action="store_true", help="one JSON object per question")
     add_debias_args(pr)
+    add_data_args(pr)
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser(
@@ -734,6 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method-timeout", type=float, metavar="SECONDS", help="stop a method after this long (failure)"
     )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
+    add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 
     from mcqtune.estimate import PRECISIONS, SHARDINGS

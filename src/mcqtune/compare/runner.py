@@ -60,6 +60,7 @@ from typing import Any
 
 from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
+from mcqtune.data.fields import FIELD_CONFIG_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ SHARED_KEYS = (
     "train",
     "validation",
     "format",
+    *FIELD_CONFIG_KEYS,
     "max_steps",
     "epochs",
     "batch_size",
@@ -138,6 +140,8 @@ class CompareSettings:
     quick: bool = False
     resume: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    # --field/--answer-base/--strip-query-prefix as TrainConfig keys (None: not given).
+    data_fields: dict[str, Any] = field(default_factory=dict)
     precision: str | None = None
     method_timeout: float | None = None
     permutations: str | None = (
@@ -213,6 +217,7 @@ def shared_flags(settings: CompareSettings) -> dict[str, Any]:
         flags["model"] = settings.model
     if settings.precision:
         flags["precision"] = settings.precision
+    flags |= {key: value for key, value in settings.data_fields.items() if value is not None}
     for key in OVERRIDABLE:
         if settings.overrides.get(key) is not None:
             flags[key] = settings.overrides[key]
@@ -289,7 +294,8 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
     if torch.cuda.is_available() or MODEL_ALIASES.get(zero.model, zero.model) != DEFAULT_MODEL:
         return None
     try:
-        n_val = len(load_examples(resolve_data(zero.validation, "validation"), zero.format).examples)
+        path = resolve_data(zero.validation, "validation")
+        n_val = len(load_examples(path, zero.format, field_map=zero.field_map()).examples)
     except Exception:  # the real run reports data problems properly
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
@@ -312,6 +318,7 @@ ZERO_SHOT_KEYS = (
     "objective",
     "validation",
     "format",
+    *FIELD_CONFIG_KEYS,
     "final_eval_limit",
     "eval_batch_size",
     "precision",
@@ -381,7 +388,10 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
         tokenizer = load_tokenizer(resolve_model(config.model))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_examples(
-        resolve_data(config.validation, "validation"), config.format, on_bad_rows=config.on_bad_rows
+        resolve_data(config.validation, "validation"),
+        config.format,
+        on_bad_rows=config.on_bad_rows,
+        field_map=config.field_map(),
     )
     rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
     if packed is None:
