@@ -58,16 +58,16 @@ OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
 
 
 def quantization_config(options: dict[str, Any]) -> BitsAndBytesConfig:
-    quant_type = str(options.get("quant_type", "nf4")).lower()
+    quant_type = str(options["quant_type"]).lower()
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"qlora: quant_type must be nf4 or fp4, got '{quant_type}'")
-    compute = str(options.get("compute_dtype", "bf16")).lower()
+    compute = str(options["compute_dtype"]).lower()
     if compute not in COMPUTE_DTYPES:
         raise ValueError(f"qlora: compute_dtype must be bf16, fp16 or fp32, got '{compute}'")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
-        bnb_4bit_use_double_quant=bool(options.get("double_quant", True)),
+        bnb_4bit_use_double_quant=bool(options["double_quant"]),
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute],
     )
 
@@ -100,7 +100,7 @@ class QLoraMethod(Method):
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
     ) -> torch.optim.Optimizer:
-        choice = str(config.method_options.get("optimizer", "paged_adamw_32bit")).lower()
+        choice = str(config.method_options["optimizer"]).lower()
         if choice not in OPTIMIZERS:
             raise ValueError(f"qlora: optimizer must be one of {', '.join(OPTIMIZERS)}, got '{choice}'")
         if choice == "adamw" or device.type != "cuda":
@@ -113,7 +113,7 @@ class QLoraMethod(Method):
         )
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
-        checkpointing = bool(options.get("gradient_checkpointing", False))
+        checkpointing = bool(options["gradient_checkpointing"])
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         return get_peft_model(model, lora_config(options))
 
