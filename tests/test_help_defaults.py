@@ -31,7 +31,9 @@ def _options(words: tuple[str, ...]) -> dict[str, str]:
     parser = COMMANDS[words]
     formatter = parser._get_formatter()
     return {
-        action.option_strings[-1]: formatter._expand_help(action) if action.help else ""
+        next(f for f in action.option_strings if f.startswith("--")): (
+            formatter._expand_help(action) if action.help else ""
+        )
         for action in parser._actions
         if action.option_strings and action.default != argparse.SUPPRESS
     }

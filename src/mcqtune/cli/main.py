@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict for one question (--question/--choice) or a JSONL file (--data).",
     )
     add_model_args(pr)
-    pr.add_argument("--question")
+    pr.add_argument("--question", help="one question to answer (with two or more --choice)")
     pr.add_argument("--choice", action="append", help="an option (repeat, in order)")
     pr.add_argument("--data", help="file of questions (answers optional)")
     pr.add_argument("--json", action="store_true", help="one JSON object per question")
