@@ -293,13 +293,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         format_permutation_summary,
     )
     from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
+    from mcqtune.progress import task
 
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")
     data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
     loaded = _load(args)
     scoring = _scoring(args, loaded)
-    result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
+    with task(f"eval ({path.name})"):
+        result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
     metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
     metrics["model"] = loaded.resolved.model_id

@@ -70,6 +70,7 @@ from typing import Any
 
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
+from mcqtune.progress import task
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +327,11 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
     model = load_model(resolved, torch.float32).to(context.device)
     objective = resolve_objective(config.objective, model.num_parameters())
     scoring = OBJECTIVE_TO_SCORING[objective]
-    scored = score_examples(model, context.encoder, context.rows, scoring, **context.score_kwargs(config))
+    name = Path(config.validation).name
+    with task(f"zero-shot validation ({name})"):
+        scored = score_examples(model, context.encoder, context.rows, scoring, **context.score_kwargs(config))
     metrics = compute_metrics(scored)
-    print(format_metrics(metrics, f"validation (zero-shot, {scoring} scoring):"), flush=True)
+    print(format_metrics(metrics, f"validation ({name}, zero-shot, {scoring} scoring):"), flush=True)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     metrics_file = {
         "method": ZERO_SHOT,
@@ -351,9 +354,10 @@ def _permutation_accuracy(
     from mcqtune.evaluation.analysis import score_permutations
 
     context = context or _eval_context(config)
-    result = score_permutations(
-        model, context.encoder, context.rows, scoring, mode, seed=config.seed, **context.score_kwargs(config)
-    )
+    with task(f"permutations ({mode}, {Path(config.validation).name})"):
+        result = score_permutations(
+            model, context.encoder, context.rows, scoring, mode, seed=config.seed, **context.score_kwargs(config)
+        )
     summary = summarise(result)
     print(
         f"permutation-averaged accuracy ({mode}): {summary.get('accuracy_mean', float('nan')) * 100:.1f}%",
@@ -364,7 +368,8 @@ def _permutation_accuracy(
 
 
 def _train_one(config, resume: bool):
-    """train() in this process; with --resume, continue from the run's own checkpoint when it has one."""
+    """train() in this process; with --resume, continue from the run's own checkpoint when it has one.
+    Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal)."""
     from mcqtune.training.recipe import train
 
     if resume:
@@ -372,10 +377,10 @@ def _train_one(config, resume: bool):
         if finished is not None:
             return finished
         try:
-            return train(config, show_progress=False, keep_model=True, overwrite=False)
+            return train(config, keep_model=True, overwrite=False)
         except ValueError as exc:  # CheckpointError: finished with another config, or nothing to resume
             print(f"not continuing the earlier run ({exc}); starting {config.method} over", flush=True)
-    return train(config, show_progress=False, keep_model=True, overwrite=True)
+    return train(config, keep_model=True, overwrite=True)
 
 
 def _reuse_finished_run(config):
