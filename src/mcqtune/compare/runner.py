@@ -355,8 +355,8 @@ def _permutation_accuracy(
 
     context = context or _eval_context(config)
     with task(f"permutations ({mode}, {Path(config.validation).name})"):
-        kwargs = context.score_kwargs(config)
-        result = score_permutations(model, context.encoder, context.rows, scoring, mode, seed=config.seed, **kwargs)
+        kwargs = context.score_kwargs(config) | {"seed": config.seed}
+        result = score_permutations(model, context.encoder, context.rows, scoring, mode, **kwargs)
     summary = summarise(result)
     print(
         f"permutation-averaged accuracy ({mode}): {summary.get('accuracy_mean', float('nan')) * 100:.1f}%",
