@@ -300,7 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
     loaded = _load(args)
     scoring = _scoring(args, loaded)
-    with task(f"eval ({path.name})"):
+    with task(f"eval ({args.data})"):
         result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
     metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
