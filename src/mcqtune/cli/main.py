@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -459,26 +459,22 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\nsee: {self.prog} --help\n")
+        raise UsageError(f"{self.prog}: error: {message}\nsee: {self.prog} --help")
 
 
-class LazyChoices(Sequence):
-    """Choices computed on first use, so building the parser does not import every method plug-in."""
+class UsageError(Exception):
+    """A command line argparse cannot parse; ``main`` prints it and returns EXIT_USER_ERROR."""
+
+
+class Listed:
+    """Names joined for a help text only when the help is shown, so building the parser does not
+    import every method plug-in; the values are checked by the config, with its own message."""
 
     def __init__(self, load: Callable[[], tuple[str, ...]]):
-        self._load = load
-        self._items: tuple[str, ...] | None = None
+        self.load = load
 
-    def _get(self) -> tuple[str, ...]:
-        if self._items is None:
-            self._items = tuple(self._load())
-        return self._items
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self._get()[index]
-
-    def __len__(self) -> int:
-        return len(self._get())
+    def __str__(self) -> str:
+        return ", ".join(self.load())
 
 
 def add_config_flags(
@@ -505,15 +501,15 @@ def add_config_flags(
         flag = names.get(key, flag_name(key))
         text = f.metadata["help"]
         choices = f.metadata["choices"]
-        if callable(choices):  # listed in the help, where they are only computed when shown
-            kwargs.update(choices=LazyChoices(choices), metavar=flag.lstrip("-").upper())
-            text += "; one of: %(choices)s"
+        if callable(choices):  # e.g. the registered methods: listed in the help, checked by the config
+            text += "; one of: %(listed)s"
         elif choices is not None:
             kwargs["choices"] = choices
         shown = describe_default(key, defaults.get(key, f.default))
         if key in quick and quick[key] != defaults.get(key, f.default):
             shown += f"; --quick: {format_value(quick[key])}"
-        parser.add_argument(flag, help=f"{text} ({shown})", **kwargs)
+        action = parser.add_argument(flag, help=f"{text} ({shown})", **kwargs)
+        action.listed = Listed(choices) if callable(choices) else None  # type: ignore[attr-defined]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -536,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    formats = LazyChoices(data_formats)
+    formats = data_formats()
 
     data = sub.add_parser("data", help="inspect and validate MCQA data files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -549,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--split", default="train", choices=("train", "validation"), help="split of a bundled dataset"
     )
-    check.add_argument("--format", default="auto", choices=formats, metavar="FORMAT", help="%(choices)s")
+    check.add_argument("--format", default="auto", choices=formats, help="data format")
     check.add_argument(
         "--model", default=None, help="tokenizer for token-length percentiles (default: bundled)"
     )
@@ -598,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=SCORINGS,
             help="%(choices)s; auto: the adapter's formulation; cloze for small base models, else letter",
         )
-        p.add_argument("--format", default="auto", choices=formats, metavar="FORMAT", help="%(choices)s")
+        p.add_argument("--format", default="auto", choices=formats, help="data format")
         p.add_argument(
             "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 autocast where supported"
         )
@@ -729,7 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USER_ERROR
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
