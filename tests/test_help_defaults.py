@@ -10,7 +10,15 @@ import pytest
 
 from mcqtune.cli.main import METHOD_OPTION_FLAGS, build_parser
 from mcqtune.compare.runner import CompareSettings, plan_configs
-from mcqtune.config import CONFIG_FIELDS, TAG_COMPARE, build_config, flag_keys, flag_name, keys_tagged
+from mcqtune.config import (
+    CONFIG_FIELDS,
+    PER_METHOD,
+    TAG_COMPARE,
+    build_config,
+    flag_keys,
+    flag_name,
+    keys_tagged,
+)
 
 SHOWN = re.compile(r"\((default: (?P<default>.*)|required)\)$", re.S)
 
@@ -80,9 +88,8 @@ def test_train_help_defaults_are_the_values_used(tmp_path):
     options = _options(("train",))
     config = build_config({"output": str(tmp_path)})
     for key in flag_keys():
-        if CONFIG_FIELDS[key].metadata["none_means"] == "per method (configs/methods/*.yaml)":
-            shown = _shown(options[flag_name(key)])
-            assert shown == CONFIG_FIELDS[key].metadata["none_means"]
+        if CONFIG_FIELDS[key].metadata["none_means"] == PER_METHOD:
+            assert _shown(options[flag_name(key)]) == PER_METHOD
             for method in ("full", "subset", "adapter", "prefix", "lora", "qlora"):
                 assert getattr(build_config({"method": method}), key) is not None, (key, method)
             continue

@@ -82,7 +82,10 @@ def _registered_methods() -> tuple[str, ...]:
     return tuple(sorted(METHODS))
 
 
-_RUN = (TAG_SHARED, TAG_ZERO_SHOT, TAG_COMPARE)
+_RUN = (TAG_SHARED, TAG_ZERO_SHOT, TAG_COMPARE)  # the data, model and evaluation every compare row shares
+_SHARED_FLAG = (TAG_SHARED, TAG_COMPARE)  # the same for every compare row, and a compare flag
+_ROW_LIMIT = {"check": "positive", "none_means": "all"}
+PER_METHOD = "per method (configs/methods/*.yaml)"
 
 
 @dataclass
@@ -99,7 +102,7 @@ class TrainConfig:
     train: str = setting(
         "medmcqa",
         "training data: a file or a bundled name (medmcqa, arc_easy)",
-        tags=(TAG_SHARED, TAG_COMPARE),
+        tags=_SHARED_FLAG,
     )
     validation: str | None = setting(
         AUTO,
@@ -110,11 +113,7 @@ class TrainConfig:
     format: str = setting(AUTO, "data format", choices=data_formats, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     output: str | None = setting(None, "run directory for the artifact, config and metrics", required=True)
     max_steps: int | None = setting(
-        200,
-        "optimizer steps",
-        check="positive",
-        none_means="unset: --epochs decides",
-        tags=(TAG_SHARED, TAG_COMPARE),
+        200, "optimizer steps", check="positive", none_means="unset: --epochs decides", tags=_SHARED_FLAG
     )
     epochs: float | None = setting(
         None,
@@ -123,15 +122,11 @@ class TrainConfig:
         none_means="unset",
         tags=(TAG_SHARED,),
     )
-    batch_size: int = setting(
-        4, "questions per micro-batch", check="positive", tags=(TAG_SHARED, TAG_COMPARE)
-    )
+    batch_size: int = setting(4, "questions per micro-batch", check="positive", tags=_SHARED_FLAG)
     grad_accum: int = setting(1, "micro-batches per optimizer step", check="positive", tags=(TAG_SHARED,))
-    lr: float | None = setting(
-        None, "peak learning rate", check="positive", none_means="per method (configs/methods/*.yaml)"
-    )
+    lr: float | None = setting(None, "peak learning rate", check="positive", none_means=PER_METHOD)
     weight_decay: float | None = setting(
-        None, "AdamW weight decay", check="non_negative", none_means="per method (configs/methods/*.yaml)"
+        None, "AdamW weight decay", check="non_negative", none_means=PER_METHOD
     )
     warmup_ratio: float = setting(0.1, "share of the steps that warm the learning rate up", check="ratio")
     scheduler: str = setting("linear", "learning-rate schedule after warm-up", choices=SCHEDULERS)
@@ -140,24 +135,14 @@ class TrainConfig:
     )
     seed: int = setting(42, "seed for initialisation, data order and sampling", tags=_RUN)
     eval_steps: int = setting(
-        50, "validate every N steps and keep the best", check="positive", tags=(TAG_SHARED, TAG_COMPARE)
+        50, "validate every N steps and keep the best", check="positive", tags=_SHARED_FLAG
     )
     eval_limit: int | None = setting(
-        200,
-        "validation rows used during training",
-        check="positive",
-        none_means="all",
-        tags=(TAG_SHARED, TAG_COMPARE),
+        200, "validation rows used during training", **_ROW_LIMIT, tags=_SHARED_FLAG
     )
-    final_eval_limit: int | None = setting(
-        None, "rows for the final validation", check="positive", none_means="all", tags=_RUN
-    )
+    final_eval_limit: int | None = setting(None, "rows for the final validation", **_ROW_LIMIT, tags=_RUN)
     train_limit: int | None = setting(
-        None,
-        "use only the first N training rows",
-        check="positive",
-        none_means="all",
-        tags=(TAG_SHARED, TAG_COMPARE),
+        None, "use only the first N training rows", **_ROW_LIMIT, tags=_SHARED_FLAG
     )
     eval_batch_size: int = setting(
         16, "questions per evaluation batch", check="positive", tags=(TAG_SHARED, TAG_ZERO_SHOT)
