@@ -219,7 +219,8 @@ class TrainConfig:
 
         if self.method not in METHODS:
             known = ", ".join(sorted(METHODS))
-            raise ConfigError(f"{source}: 'method' unknown method '{self.method}'; choose one of: {known}")
+            where = flag_name("method") if source == COMMAND_LINE else f"{source}: 'method'"
+            raise ConfigError(f"{where}: unknown method '{self.method}'; choose one of: {known}")
         check_method_options(self.method, self.method_options, source)
 
     def prompt_config(self) -> PromptConfig:

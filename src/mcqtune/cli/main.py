@@ -587,12 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="base model (default: the adapter's base, else bundled SmolLM2)")
-        p.add_argument("--adapter", help="a mcqtune run directory (from train)")
+        p.add_argument(
+            "--adapter", help="a mcqtune run directory (from train) (default: none, the base model alone)"
+        )
         p.add_argument(
             "--scoring",
             default="auto",
             choices=SCORINGS,
-            help="%(choices)s; auto: the adapter's formulation; cloze for small base models, else letter",
+            help="auto: the adapter's formulation; cloze for small base models, else letter",
         )
         p.add_argument("--format", default="auto", choices=formats, help="data format")
         p.add_argument(
@@ -612,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(
             "--calibration-data",
             metavar="FILE",
-            help="questions to estimate the prior on (bundled name: its train split); "
-            "default: a sample of the evaluated/predicted questions",
+            help="questions to estimate the prior on (bundled name: its train split) "
+            "(default: a sample of the evaluated/predicted questions)",
         )
         g.add_argument("--calibration-size", type=int, default=100, help="calibration questions")
         g.add_argument("--prior", metavar="FILE", help="use a saved letter prior (implies --debias)")
@@ -627,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(ev)
     ev.add_argument("--data", required=True, help="data file or bundled name (validation split)")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
     ev.add_argument("--batch-size", type=int, default=16, help="questions per scoring batch")
     ev.add_argument(
         "--on-bad-rows",
@@ -635,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ON_BAD_ROWS,
         help="error: stop at the first bad row; skip: drop and count bad rows",
     )
-    ev.add_argument("--output", help="write metrics JSON here")
+    ev.add_argument("--output", help="write metrics JSON here (default: not written)")
     ev.add_argument(
         "--permutations",
         metavar="cyclic|all|K",
@@ -673,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--check-questions", type=int, default=8, help="validation questions to compare on (0: no check)"
     )
-    ex.add_argument("--tolerance", type=float, help="largest allowed option-score difference (nats)")
+    ex.add_argument(
+        "--tolerance", type=float, help="largest allowed option-score difference, nats (default: per method)"
+    )
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     ex.set_defaults(func=cmd_export)
 
