@@ -339,7 +339,7 @@ CASES: dict[str, Case] = {
     "--lr nan": lambda e: (e.train("--lr", "nan"), ["--lr", "nan"]),
     "--lr negative": lambda e: (e.train("--lr", "-0.1"), ["--lr", "positive"]),
     "--warmup-ratio 1.5": lambda e: (e.train("--warmup-ratio", "1.5"), ["--warmup-ratio"]),
-    "--max-length 0": lambda e: (e.train("--max-length", "0"), ["max_length", "positive"]),
+    "--max-length 0": lambda e: (e.train("--max-length", "0"), ["--max-length must be a positive integer"]),
     "unknown method": lambda e: (e.train("--method", "nope"), ["unknown method 'nope'"]),
     "method name that is a path": lambda e: (
         e.train("--method", "../../evil"),

@@ -183,7 +183,10 @@ class TrainConfig:
         typed = set(from_flags)
 
         def bad(key: str, why: str) -> ConfigError:
-            where = flag_name(key) if key in typed else f"{source}: '{key}'"
+            # prompt.max_length typed as --max-length: the flag is named after the last part
+            where = (
+                flag_name(key.rpartition(".")[2]) if key.partition(".")[0] in typed else f"{source}: '{key}'"
+            )
             return ConfigError(f"{where} {why}")
 
         self.validate_method(COMMAND_LINE if "method" in typed else source)
