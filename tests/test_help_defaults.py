@@ -19,6 +19,7 @@ from mcqtune.config import (
     flag_name,
     keys_tagged,
 )
+from mcqtune.methods import METHODS
 
 SHOWN = re.compile(r"\((default: (?P<default>.*)|required)\)$", re.S)
 
@@ -54,9 +55,11 @@ def _shown(help_text: str) -> str:
 
 
 def _value(text: str):
-    """A shown default back as a value: on/off, numbers, else the text."""
+    """A shown default back as a value: on/off, numbers, a,b,c lists, else the text."""
     if text in ("on", "off"):
         return text == "on"
+    if "," in text:
+        return text.split(",")
     for kind in (int, float):
         try:
             return kind(text)
@@ -90,7 +93,7 @@ def test_train_help_defaults_are_the_values_used(tmp_path):
     for key in flag_keys():
         if CONFIG_FIELDS[key].metadata["none_means"] == PER_METHOD:
             assert _shown(options[flag_name(key)]) == PER_METHOD
-            for method in ("full", "subset", "adapter", "prefix", "lora", "qlora"):
+            for method in METHODS:
                 assert getattr(build_config({"method": method}), key) is not None, (key, method)
             continue
         _check_config_flag(key, _shown(options[flag_name(key)]), config)
@@ -139,7 +142,5 @@ def test_plain_option_defaults_are_the_parsers(tmp_path):
 
 
 def test_train_method_lists_the_registered_methods():
-    from mcqtune.methods import METHODS
-
     help_text = _options(("train",))["--method"]
     assert all(name in help_text for name in METHODS)

@@ -5,7 +5,11 @@ Layout of a run directory::
     adapter/        only what was trained, safetensors (a standard peft adapter for LoRA/QLoRA)
     mcqtune.json    manifest: method, options, objective/scoring, prompt, base model id + config hash
     config.yaml     the fully resolved training config
-    metrics.json    validation metrics and training history
+    metrics.json    validation metrics and training history (written last: it marks the run finished)
+    checkpoints/    while training: the newest checkpoints, to resume from (removed when finished)
+    .mcqtune.lock   held by the process training into the directory
+
+Every module reads these names from the constants below.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from mcqtune.prompt import PromptConfig
 
 MANIFEST = "mcqtune.json"
 ADAPTER_DIR = "adapter"
+CONFIG_FILE = "config.yaml"
+METRICS = "metrics.json"  # also the metrics file of an `eval --report` directory
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".mcqtune.lock"
+EXPORT_MANIFEST = "mcqtune_export.json"  # written by `mcqtune export` into a model directory
 MANIFEST_VERSION = 1
-
-
-EXPORT_MANIFEST = "mcqtune_export.json"  # written by `mcqtune export` (mcqtune.export)
 
 
 @dataclass

@@ -263,9 +263,11 @@ def field_type(key: str) -> type:
 
 
 def format_value(value: Any) -> str:
-    """A default as ``--help`` shows it: on/off for switches, plain numbers and names."""
+    """A default as ``--help`` shows it: on/off for switches, plain numbers and names, lists as a,b,c."""
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
     return str(value)
 
 

@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mcqtune.quiet import quiet_libraries
+
 EXIT_USER_ERROR = 2
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*legacy.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -113,7 +102,11 @@ def add_method_option_flags(group: argparse._ArgumentGroup) -> None:
             if len(values) == 1
             else ", ".join(f"{m} {format_value(v)}" for m, v in readers.items())
         )
-        kind = type(next(iter(readers.values())))
+        kinds = {type(v) for v in readers.values()}
+        # A list of names is typed as "a,b,c"; numbers keep the YAML's type (an int default: int).
+        kind = next(
+            (k for k in (bool, int, float) if kinds <= {k} or (k is float and kinds <= {int, float})), str
+        )
         kwargs: dict[str, Any] = (
             {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
         )
@@ -244,8 +237,9 @@ def _scoring(args: argparse.Namespace, loaded) -> str:
 def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_size: int = 16):
     """Score (under option permutations when asked) and debias (when asked): see evaluation.analysis."""
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.analysis import LetterPrior, parse_permutations, run_analyses
+    from mcqtune.evaluation.analysis import parse_permutations, run_analyses
     from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.evaluation.metrics import LetterPrior
     from mcqtune.prompt import PromptEncoder
 
     device = _device()
@@ -287,12 +281,13 @@ def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_si
 def cmd_eval(args: argparse.Namespace) -> int:
     from mcqtune.atomic import atomic_write_json
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.analysis import (
+    from mcqtune.evaluation.format import (
         format_confusion,
         format_debias_summary,
+        format_metrics,
         format_permutation_summary,
     )
-    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
+    from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.progress import task
 
     _check_eval_args(args)
@@ -703,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--methods",
         help="comma-separated methods; a zero-shot row is always added "
-        "(default: every registered method, as listed by train --help)",
+        "(default: every registered method, in the methods' own order)",
     )
     cmp.add_argument("--output", required=True, help="directory for results, reports and runs/<method>/")
     cmp.add_argument("--config", help="YAML with TrainConfig keys applied to every method")
@@ -738,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args)
     except _user_errors() as exc:

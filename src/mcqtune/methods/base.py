@@ -19,8 +19,6 @@ from transformers import PreTrainedModel
 
 from mcqtune.models import ResolvedModel, load_model
 
-ARTIFACT_SUBDIR = "artifact"
-
 
 @dataclass
 class ParameterReport:
@@ -199,6 +197,16 @@ class Method(ABC):
     # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
     # bf16 (prepare_base). Methods that train base weights (full, subset) set False: fp32 master weights.
     frozen_base: ClassVar[bool] = True
+    # Place in `compare` with no --methods (ascending, then by name): most trained parameters first.
+    compare_order: ClassVar[int] = 1000
+    # Measured cost under `compare`'s default budget (idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy
+    # cloze, batch 4, bf16; mcqtune/compare/runner.py says how): seconds per optimizer step and per
+    # scored question. `compare` prints its time estimate from them; the defaults are the base model's
+    # own scoring rate and a guess for an unmeasured method.
+    step_seconds: ClassVar[float] = 1.0
+    eval_seconds_per_question: ClassVar[float] = 0.054
+    # Largest option-score difference (nats) `export` accepts between the merged and the unmerged model.
+    export_tolerance: ClassVar[float] = 1e-4
 
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
@@ -247,6 +255,21 @@ class Method(ABC):
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         """Fold the trained parameters into a plain HF model (only methods that can)."""
         raise NotImplementedError(f"method '{self.name}' cannot be merged into the base model")
+
+
+class PeftMethod(Method):
+    """A method whose artifact is a standard peft adapter directory (``adapter_model.safetensors`` +
+    ``adapter_config.json``), loadable with ``peft.PeftModel.from_pretrained`` outside mcqtune too."""
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+        check_peft_artifact(model, directory)
+        return model
 
 
 METHODS: dict[str, Method] = {}
