@@ -76,8 +76,8 @@ def _settings(tmp: Path, model_dir: Path, **kwargs) -> CompareSettings:
     base = {
         "output": tmp / "cmp",
         "methods": list(METHODS_UNDER_TEST),
-        "model": str(model_dir),
         "overrides": {
+            "model": str(model_dir),
             "max_steps": 3,
             "batch_size": 2,
             "eval_steps": 2,
@@ -243,7 +243,7 @@ def test_resume_skips_finished_methods_and_retries_failed_ones(compared, capsys)
     lora_weights = sorted((runs / "lora" / "adapter").glob("*.safetensors"))
     weights_before = {p: p.stat().st_mtime_ns for p in lora_weights}
     capsys.readouterr()
-    again = run_compare(_settings(settings.output.parent, Path(settings.model), resume=True))
+    again = run_compare(_settings(settings.output.parent, Path(settings.overrides["model"]), resume=True))
     out = capsys.readouterr().out
     for name in (ZERO_SHOT, "full"):
         assert f"{name}: already finished" in out
@@ -379,7 +379,8 @@ def test_plan_gives_every_method_the_same_budget(tmp_path):
     full, lora = plan["configs"]["full"], plan["configs"]["lora"]
     for key in ("max_steps", "batch_size", "seed", "eval_limit", "final_eval_limit", "train", "validation"):
         assert getattr(full, key) == getattr(lora, key) == getattr(plan["zero_shot"], key)
-    assert full.max_steps == QUICK_BUDGET.max_steps and full.final_eval_limit == QUICK_BUDGET.final_eval_limit
+    assert full.max_steps == QUICK_BUDGET["max_steps"]
+    assert full.final_eval_limit == QUICK_BUDGET["final_eval_limit"]
     assert full.objective == "ranking" and full.train == "arc_easy"
     assert full.lr != lora.lr  # per-method defaults survive
     assert full.save_steps is None
@@ -403,7 +404,7 @@ def test_plan_rejects_unknown_methods_and_unlabelled_data(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text("{}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="--validation"):
-        plan_configs(CompareSettings(output=tmp_path, methods=["lora"], data=str(data)))
+        plan_configs(CompareSettings(output=tmp_path, methods=["lora"], overrides={"train": str(data)}))
 
 
 def test_cli_compare_help_and_user_errors(tmp_path, capsys):

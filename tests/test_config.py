@@ -41,9 +41,55 @@ def test_wrong_types_and_values_are_reported(tmp_path, text, key):
         build_config({}, str(user))
 
 
-def test_flags_are_validated_too():
-    with pytest.raises(ConfigError, match="batch_size"):
+def test_flags_are_validated_too_and_named_as_typed(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--batch-size must be a positive integer, got 0$"):
         build_config({"batch_size": 0})
+    with pytest.raises(ConfigError, match=r"^--scheduler must be one of linear, cosine, constant"):
+        build_config({"scheduler": "cosin"})
+    user = tmp_path / "run.yaml"
+    user.write_text("max_steps: 0\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: 'max_steps' must be a positive integer"):
+        build_config({"batch_size": 2}, str(user))  # a YAML value keeps the file:key form
+
+
+def test_validation_follows_the_training_data(tmp_path):
+    """Issue 13 item 1: a bundled name validates on its own split, a user's file on nothing unless given."""
+    assert build_config({"train": "arc_easy"}).validation == "arc_easy"
+    assert build_config({}).validation == "medmcqa"
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("{}\n")
+    assert build_config({"train": str(mine)}).validation is None
+    assert build_config({"train": str(mine), "validation": "arc_easy"}).validation == "arc_easy"
+    user = tmp_path / "run.yaml"
+    user.write_text("train: arc-easy\n")
+    assert build_config({}, str(user)).validation == "arc_easy"
+
+
+def test_epochs_replace_the_default_step_count():
+    config = build_config({"epochs": 2.0})
+    assert (config.max_steps, config.epochs) == (None, 2.0)
+    assert build_config({"epochs": 2.0, "max_steps": 5}).max_steps == 5
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("adapter", {"bottleneck": "abc"}, "adapter option 'bottleneck' must be an integer, got 'abc'"),
+        ("lora", {"dropout": "x"}, "lora option 'dropout' must be a number, got 'x'"),
+        ("lora", {"use_dora": 1}, "lora option 'use_dora' must be true or false, got 1"),
+        ("subset", {"top_k": 2.5}, "subset option 'top_k' must be an integer, got 2.5"),
+    ],
+)
+def test_method_option_values_must_have_the_yaml_defaults_type(method, options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({"method": method, "method_options": options})
+
+
+def test_method_option_values_of_the_right_type_pass():
+    config = build_config(
+        {"method": "lora", "method_options": {"alpha": 16, "dropout": 0, "target_modules": ["q_proj"]}}
+    )
+    assert config.method_options["dropout"] == 0 and config.method_options["target_modules"] == ["q_proj"]
 
 
 def test_auto_objective_follows_model_size():

@@ -357,12 +357,13 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
 
 def test_prefix_text_init_equals_prepending_the_text(tiny_model_dir, tokenizer):
     """init: text makes the untrained prefix behave exactly like the text written before the input."""
-    from mcqtune.methods.prefix import DEFAULT_INIT_TEXT
+    from mcqtune.config import method_option_defaults
 
     method = get_method("prefix")
     base = load_model(resolve_model(str(tiny_model_dir)))
-    model = method.apply(base, {"num_virtual_tokens": 5})
-    text_ids = tokenizer(DEFAULT_INIT_TEXT, add_special_tokens=False)["input_ids"][:5]
+    options = {**method_option_defaults("prefix"), "num_virtual_tokens": 5}
+    model = method.apply(base, options)
+    text_ids = tokenizer(options["init_text"], add_special_tokens=False)["input_ids"][:5]
     ids = torch.tensor(
         [tokenizer("Question: what is 2 + 2?\nAnswer: 4", add_special_tokens=False)["input_ids"]]
     )

@@ -1,13 +1,16 @@
 """Training configuration: defaults < per-method YAML < user YAML (``--config``) < command-line flags.
 
-Unknown keys and wrong types are user errors with a message naming the file and key; a typo in a
-config must never be silently ignored.
+Every :class:`TrainConfig` field carries its own help text, choices, checks and default (:func:`setting`);
+the ``train`` and ``compare`` flags, their ``--help`` defaults and every list of config keys elsewhere are
+derived from these fields. Unknown keys and wrong types are user errors naming the file and key (or the
+flag, when the value came from the command line); a typo in a config must never be silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -25,96 +28,200 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("auto", "letter", "ranking")
 SCORINGS = ("auto", "letter", "cloze")
+PRECISIONS = ("auto", "bf16", "fp32")
+SCHEDULERS = ("linear", "cosine", "constant")
+ON_BAD_ROWS = ("error", "skip")
 OBJECTIVE_TO_SCORING = {"letter": "letter", "ranking": "cloze"}
 # Below this many parameters the letter formulation only learns the letter prior (measured, README).
 LETTER_FORMULATION_MIN_PARAMS = 1_000_000_000
+# ``validation: auto``: the training set's own validation split when it is a bundled name, else none.
+AUTO = "auto"
+COMMAND_LINE = "command line"
+
+# Tags on a field: where else the key is used.
+TAG_SHARED = "shared"  # compare: must be identical for every method (the fair-comparison budget)
+TAG_ZERO_SHOT = "zero_shot"  # compare: a zero-shot row depends on it (a change re-runs it on --resume)
+TAG_COMPARE = "compare_flag"  # compare has a flag for it
+
+
+def data_formats() -> tuple[str, ...]:
+    from mcqtune.data import FORMATS
+
+    return (AUTO, *FORMATS)
+
+
+def setting(
+    default: Any = None,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+    check: str | None = None,
+    none_means: str | None = None,
+    tags: Iterable[str] = (),
+    flag: bool = True,
+    required: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A config field with its facts: ``check`` is 'positive', 'non_negative' or 'ratio'; ``none_means``
+    says what an unset (None) value does, for ``--help``; ``flag=False``: no command-line flag;
+    ``required``: no default (given as a flag or in the YAML; train checks it before any work)."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "check": check,
+        "none_means": none_means,
+        "tags": frozenset(tags),
+        "flag": flag,
+        "required": required,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _registered_methods() -> tuple[str, ...]:
+    from mcqtune.methods import METHODS
+
+    return tuple(sorted(METHODS))
+
+
+_RUN = (TAG_SHARED, TAG_ZERO_SHOT, TAG_COMPARE)  # the data, model and evaluation every compare row shares
+_SHARED_FLAG = (TAG_SHARED, TAG_COMPARE)  # the same for every compare row, and a compare flag
+_ROW_LIMIT = {"check": "positive", "none_means": "all"}
+PER_METHOD = "per method (configs/methods/*.yaml)"
 
 
 @dataclass
 class TrainConfig:
-    method: str = "lora"
-    objective: str = "auto"
-    model: str = DEFAULT_MODEL
-    train: str = "medmcqa"
-    validation: str | None = "medmcqa"
-    format: str = "auto"
-    # The user's own column names (mcqtune.data.FieldMap): applied to the train and validation files.
-    fields: dict[str, Any] = field(default_factory=dict)
-    answer_base: int | None = None
-    strip_query_prefix: bool = False
-    output: str | None = None
-    max_steps: int | None = 200
-    epochs: float | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_ratio: float = 0.1
-    scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    eval_steps: int = 50
-    eval_limit: int | None = 200
-    final_eval_limit: int | None = None
-    train_limit: int | None = None
-    eval_batch_size: int = 16
-    precision: str = "auto"
-    packing: bool = True
-    # Permute each training example's options per epoch, answer remapped (letter objective only; measured
-    # better than off on held-out letter bias and order-averaged accuracy: docs/EVALUATION.md).
-    shuffle_options: bool = True
-    on_bad_rows: str = "error"
-    save_steps: int | None = 20  # checkpoint every N optimizer steps (and at the last); None: only on Ctrl-C
-    keep_checkpoints: int = 2
-    method_options: dict[str, Any] = field(default_factory=dict)
-    prompt: dict[str, Any] = field(default_factory=dict)
+    method: str = setting("lora", "training method", choices=_registered_methods)
+    objective: str = setting(
+        "auto",
+        "letter: LM loss on the answer letter; ranking: cross-entropy over cloze option scores; "
+        "auto: ranking below 1B parameters, letter from 1B",
+        choices=OBJECTIVES,
+        tags=_RUN,
+    )
+    model: str = setting(DEFAULT_MODEL, "bundled name, local HF dir, .gguf file or hub id", tags=_RUN)
+    train: str = setting(
+        "medmcqa",
+        "training data: a file or a bundled name (medmcqa, arc_easy)",
+        tags=_SHARED_FLAG,
+    )
+    validation: str | None = setting(
+        AUTO,
+        "validation data: a file or a bundled name; auto: the training data's own validation split "
+        "when it is a bundled name, none for a file",
+        tags=_RUN,
+    )
+    format: str = setting(AUTO, "data format", choices=data_formats, tags=(TAG_SHARED, TAG_ZERO_SHOT))
+    # The user's own column names (mcqtune.data.FieldMap), applied to the train and validation files;
+    # their flags (--field, --answer-base, --strip-query-prefix) live in cli/data_args.py.
+    fields: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))  # noqa: RUF009
+    answer_base: int | None = setting(None, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
+    strip_query_prefix: bool = setting(False, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
+    output: str | None = setting(None, "run directory for the artifact, config and metrics", required=True)
+    max_steps: int | None = setting(
+        200, "optimizer steps", check="positive", none_means="unset: --epochs decides", tags=_SHARED_FLAG
+    )
+    epochs: float | None = setting(
+        None,
+        "epochs to train instead of --max-steps",
+        check="positive",
+        none_means="unset",
+        tags=(TAG_SHARED,),
+    )
+    batch_size: int = setting(4, "questions per micro-batch", check="positive", tags=_SHARED_FLAG)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", check="positive", tags=(TAG_SHARED,))
+    lr: float | None = setting(None, "peak learning rate", check="positive", none_means=PER_METHOD)
+    weight_decay: float | None = setting(
+        None, "AdamW weight decay", check="non_negative", none_means=PER_METHOD
+    )
+    warmup_ratio: float = setting(0.1, "share of the steps that warm the learning rate up", check="ratio")
+    scheduler: str = setting("linear", "learning-rate schedule after warm-up", choices=SCHEDULERS)
+    max_grad_norm: float = setting(
+        1.0, "clip the gradient norm to this (0: no clipping)", check="non_negative"
+    )
+    seed: int = setting(42, "seed for initialisation, data order and sampling", tags=_RUN)
+    eval_steps: int = setting(
+        50, "validate every N steps and keep the best", check="positive", tags=_SHARED_FLAG
+    )
+    eval_limit: int | None = setting(
+        200, "validation rows used during training", **_ROW_LIMIT, tags=_SHARED_FLAG
+    )
+    final_eval_limit: int | None = setting(None, "rows for the final validation", **_ROW_LIMIT, tags=_RUN)
+    train_limit: int | None = setting(
+        None, "use only the first N training rows", **_ROW_LIMIT, tags=_SHARED_FLAG
+    )
+    eval_batch_size: int = setting(
+        16, "questions per evaluation batch", check="positive", tags=(TAG_SHARED, TAG_ZERO_SHOT)
+    )
+    precision: str = setting(
+        "auto", "auto: bf16 autocast where supported, else fp32", choices=PRECISIONS, tags=_RUN
+    )
+    packing: bool = setting(
+        True,
+        "cloze: score all options of a question in one packed row (methods that support it)",
+        tags=(TAG_ZERO_SHOT,),
+    )
+    # Measured better than off on held-out letter bias and order-averaged accuracy: docs/EVALUATION.md.
+    shuffle_options: bool = setting(
+        True,
+        "permute each training example's options every epoch (answer letter remapped) so the model cannot "
+        "learn the data's letter skew; letter objective only",
+    )
+    on_bad_rows: str = setting(
+        "error",
+        "error: stop at the first bad row; skip: drop and count bad rows",
+        choices=ON_BAD_ROWS,
+        tags=(TAG_SHARED, TAG_ZERO_SHOT),
+    )
+    save_steps: int | None = setting(
+        20,
+        "checkpoint every N steps for --resume (Ctrl-C saves too)",
+        check="positive",
+        none_means="only on Ctrl-C",
+    )
+    keep_checkpoints: int = setting(2, "checkpoints kept while training", check="positive")
+    method_options: dict[str, Any] = setting(factory=dict, flag=False)  # noqa: RUF009 (a field())
+    prompt: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))  # noqa: RUF009
 
-    def validate(self, source: str = "config") -> None:
+    def validate(self, source: str = "config", from_flags: Iterable[str] = ()) -> None:
+        """Check every field's choices and range; ``from_flags``: keys whose value the user typed as a
+        flag, named as that flag (``--max-steps``) instead of ``source: 'max_steps'``."""
+        typed = set(from_flags)
+
         def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"{source}: '{key}' {why}")
+            # prompt.max_length typed as --max-length: the flag is named after the last part
+            where = (
+                flag_name(key.rpartition(".")[2]) if key.partition(".")[0] in typed else f"{source}: '{key}'"
+            )
+            return ConfigError(f"{where} {why}")
 
-        from mcqtune.data import FORMATS, DataError
+        from mcqtune.data import DataError
 
-        self.validate_method(source)
-        if self.format != "auto" and self.format not in FORMATS:
-            raise bad("format", f"must be auto or one of {', '.join(FORMATS)}, got '{self.format}'")
+        self.validate_method(COMMAND_LINE if "method" in typed else source)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = field_choices(f)
+            if choices and value not in choices:
+                raise bad(f.name, f"must be one of {', '.join(choices)}, got '{value}'")
+            check = f.metadata.get("check")
+            if check is None or value is None:
+                continue
+            finite = math.isfinite(value)
+            if check == "positive" and not (finite and value > 0):
+                kind = "integer" if isinstance(value, int) else "number"
+                raise bad(f.name, f"must be a positive {kind}, got {value}")
+            if check == "non_negative" and not (finite and value >= 0):
+                raise bad(f.name, f"must be a number >= 0, got {value}")
+            if check == "ratio" and not (finite and 0 <= value < 1):
+                raise bad(f.name, f"must be in [0, 1), got {value}")
         try:
             self.field_map()
         except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
             raise ConfigError(f"{source}: {exc}") from None
-        if self.objective not in OBJECTIVES:
-            raise bad("objective", f"must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
         if self.max_steps is None and self.epochs is None:
             raise bad("max_steps", "or 'epochs' must be set")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise bad("max_steps", f"must be a positive integer, got {self.max_steps}")
-        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
-            raise bad("epochs", f"must be a positive number, got {self.epochs}")
-        for key in ("batch_size", "grad_accum", "eval_batch_size", "eval_steps", "keep_checkpoints"):
-            if getattr(self, key) <= 0:
-                raise bad(key, f"must be a positive integer, got {getattr(self, key)}")
-        for key in ("eval_limit", "final_eval_limit", "train_limit", "save_steps"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise bad(key, f"must be a positive integer, got {value}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise bad("lr", f"must be a positive number, got {self.lr}")
-        if self.weight_decay is not None and not (
-            math.isfinite(self.weight_decay) and self.weight_decay >= 0
-        ):
-            raise bad("weight_decay", f"must be a number >= 0, got {self.weight_decay}")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
-            raise bad(
-                "max_grad_norm", f"must be a number >= 0 (0 disables clipping), got {self.max_grad_norm}"
-            )
-        if not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        if self.scheduler not in ("linear", "cosine", "constant"):
-            raise bad("scheduler", f"must be linear, cosine or constant, got '{self.scheduler}'")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise bad("precision", f"must be auto, bf16 or fp32, got '{self.precision}'")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise bad("on_bad_rows", f"must be error or skip, got '{self.on_bad_rows}'")
         unknown = set(self.prompt) - set(PromptConfig.__dataclass_fields__)
         if unknown:
             raise bad("prompt", f"has unknown keys: {', '.join(sorted(unknown))}")
@@ -129,16 +236,9 @@ class TrainConfig:
 
         if self.method not in METHODS:
             known = ", ".join(sorted(METHODS))
-            raise ConfigError(f"{source}: 'method' unknown method '{self.method}'; choose one of: {known}")
-        # The method's defaults file lists every option it reads: a typo (``rank`` for ``r``) must not
-        # silently train with the default instead.
-        allowed = set(method_defaults(self.method).get("method_options") or {})
-        unknown = set(self.method_options) - allowed
-        if unknown:
-            raise ConfigError(
-                f"{source}: method_options: unknown option(s) for '{self.method}': "
-                f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed)) or 'none'}"
-            )
+            where = flag_name("method") if source == COMMAND_LINE else f"{source}: 'method'"
+            raise ConfigError(f"{where}: unknown method '{self.method}'; choose one of: {known}")
+        check_method_options(self.method, self.method_options, source)
 
     def field_map(self) -> FieldMap:
         """Where the train and validation files keep each part of a question."""
@@ -151,6 +251,61 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def keys_tagged(tag: str) -> tuple[str, ...]:
+    """Config keys carrying ``tag`` (TAG_SHARED, TAG_ZERO_SHOT, TAG_COMPARE), in field order."""
+    return tuple(name for name, f in CONFIG_FIELDS.items() if tag in f.metadata["tags"])
+
+
+def flag_keys() -> tuple[str, ...]:
+    """Config keys with a command-line flag of their own."""
+    return tuple(name for name, f in CONFIG_FIELDS.items() if f.metadata["flag"])
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def field_type(key: str) -> type:
+    """The scalar type of a field (``int | None`` -> int)."""
+    annotation = get_type_hints(TrainConfig)[key]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def format_value(value: Any) -> str:
+    """A default as ``--help`` shows it: on/off for switches, plain numbers and names, lists as a,b,c."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def describe_default(key: str, value: Any = dataclasses.MISSING) -> str:
+    """What ``--help`` says a config key defaults to: the value, or what an unset value means."""
+    f = CONFIG_FIELDS[key]
+    if value is dataclasses.MISSING:
+        value = f.default
+    if f.metadata["required"]:
+        return "required"
+    if value is None:
+        return f"default: {f.metadata['none_means']}"
+    return f"default: {format_value(value)}"
+
+
+def flag_help(key: str, value: Any = dataclasses.MISSING) -> str:
+    """A config key's help text ending with its default, e.g. ``optimizer steps (default: 200)``."""
+    return f"{CONFIG_FIELDS[key].metadata['help']} ({describe_default(key, value)})"
 
 
 def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
@@ -205,17 +360,20 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
-    """Return a copy with ``overrides`` applied; the mappings (method_options, prompt, fields) are merged."""
-    known = {f.name for f in fields(TrainConfig)}
+    """Return a copy with ``overrides`` applied; the mappings (method_options, prompt, fields) are
+    merged, not replaced. A layer that sets ``epochs`` but not ``max_steps`` trains for those epochs."""
     hints = get_type_hints(TrainConfig)
     updates: dict[str, Any] = {}
     for key, value in overrides.items():
-        if key not in known:
-            raise ConfigError(f"{source}: unknown key '{key}'; known keys: {', '.join(sorted(known))}")
+        if key not in CONFIG_FIELDS:
+            known = ", ".join(sorted(CONFIG_FIELDS))
+            raise ConfigError(f"{source}: unknown key '{key}'; known keys: {known}")
         value = _check_type(key, value, hints[key], source)
         if key in ("method_options", "prompt", "fields"):
             value = {**getattr(config, key), **value}
         updates[key] = value
+    if updates.get("epochs") is not None and "max_steps" not in updates:
+        updates["max_steps"] = None
     return dataclasses.replace(config, **updates)
 
 
@@ -226,26 +384,93 @@ def method_defaults(method: str) -> dict[str, Any]:
         return {}
     data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
     if "options" in data:
-        data["method_options"] = data.pop("options")
+        data["method_options"] = data.pop("options") or {}
     return data
 
 
+def method_option_defaults(method: str) -> dict[str, Any]:
+    """Every option a method reads, with its default: the only place these defaults are written."""
+    return method_defaults(method).get("method_options") or {}
+
+
+def method_names_with_defaults() -> dict[str, dict[str, Any]]:
+    """Every method's option defaults, read from configs/methods/*.yaml without importing the methods."""
+    directory = resources.files("mcqtune") / "configs" / "methods"
+    names = sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
+    return {name: method_option_defaults(name) for name in names}
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether an option value has its YAML default's type (an unset default takes anything; a number
+    default takes an integer; a name or a list of names may be given either way)."""
+    if default is None or value is None:
+        return True
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if isinstance(default, str | list):
+        return isinstance(value, str | list)
+    return isinstance(value, type(default))
+
+
+def check_method_options(method: str, options: dict[str, Any], source: str) -> None:
+    """Unknown options and values of another type than the option's YAML default are config errors."""
+    defaults = method_option_defaults(method)
+    # The defaults file lists every option the method reads: a typo (``rank`` for ``r``) must not
+    # silently train with the default instead.
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ConfigError(
+            f"{source}: method_options: unknown option(s) for '{method}': "
+            f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(defaults)) or 'none'}"
+        )
+    for key, value in options.items():
+        if not _same_kind(value, defaults[key]):
+            expected = type(defaults[key])
+            raise ConfigError(
+                f"{source}: {method} option '{key}' must be {_TYPE_NAMES.get(expected, expected.__name__)}, "
+                f"got {value!r}"
+            )
+
+
+def own_validation(train: str) -> str | None:
+    """The validation set that goes with ``train``: a bundled name's own validation split; none for a
+    user's file (an existing file wins over a bundled name, as in ``resolve_data``)."""
+    from mcqtune.data.loading import _bundled_key
+
+    if Path(train).expanduser().is_file():
+        return None
+    return _bundled_key(train)
+
+
 def build_config(
-    flags: dict[str, Any], config_file: str | None = None, base: TrainConfig | None = None
+    flags: dict[str, Any],
+    config_file: str | None = None,
+    base: TrainConfig | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Resolve the layers; flags whose value is None were not given and do not override."""
+    """Resolve the layers: field defaults (or ``base``) < the method's YAML < ``defaults`` (compare's
+    budget) < the user's YAML < ``flags``; flags whose value is None were not given."""
     user = read_yaml(config_file) if config_file else {}
-    method = flags.get("method") or user.get("method") or (base.method if base else "lora")
+    method = flags.get("method") or user.get("method") or (base.method if base else TrainConfig.method)
     config = base or TrainConfig()
     config = apply_overrides(config, {"method": method}, "flags")
     # A registered name only: the name also picks a file under configs/methods/ (no path tricks).
-    config.validate_method("command line" if flags.get("method") else str(config_file or "config"))
+    config.validate_method(COMMAND_LINE if flags.get("method") else str(config_file or "config"))
     config = apply_overrides(config, method_defaults(method), f"configs/methods/{method}.yaml")
+    if defaults:
+        config = apply_overrides(config, defaults, "defaults")
     if user:
         config = apply_overrides(config, user, str(config_file))
     given = {k: v for k, v in flags.items() if v is not None}
-    config = apply_overrides(config, given, "command line")
-    config.validate(str(config_file) if config_file else "command line")
+    config = apply_overrides(config, given, COMMAND_LINE)
+    if config.validation == AUTO:
+        config = dataclasses.replace(config, validation=own_validation(config.train))
+    config.validate(str(config_file) if config_file else COMMAND_LINE, from_flags=given)
     return config
 
 

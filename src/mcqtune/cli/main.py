@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
-from mcqtune.data.formats import FORMATS
 from mcqtune.quiet import quiet_libraries
 
 EXIT_USER_ERROR = 2
@@ -48,35 +48,6 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- train
-TRAIN_FLAGS = (
-    "method",
-    "objective",
-    "model",
-    "train",
-    "validation",
-    "format",
-    "output",
-    "max_steps",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "lr",
-    "weight_decay",
-    "warmup_ratio",
-    "scheduler",
-    "seed",
-    "eval_steps",
-    "eval_limit",
-    "final_eval_limit",
-    "train_limit",
-    "precision",
-    "on_bad_rows",
-    "shuffle_options",
-    "save_steps",
-    "keep_checkpoints",
-)
-
-
 def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
     """``--option r=8 --option target_modules=attention`` -> typed dict (YAML scalar rules)."""
     import yaml
@@ -92,85 +63,86 @@ def parse_option_pairs(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-# Method options with their own flags (every option also works as --option KEY=VALUE and in YAML).
-# A flag a method does not read is an error naming the method (config.validate_method).
-METHOD_OPTION_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--top-k", "top_k", {"type": int, "help": "subset: train the last K decoder layers (default 10)"}),
-    (
-        "--train-head",
-        "train_head",
-        {"action": argparse.BooleanOptionalAction, "help": "subset: train the LM head"},
-    ),
-    ("--lora-r", "r", {"type": int, "help": "lora/qlora: rank (default 16)"}),
-    ("--lora-alpha", "alpha", {"type": float, "help": "lora/qlora: alpha (default 32)"}),
-    ("--lora-dropout", "dropout", {"type": float, "help": "lora/qlora: dropout (default 0.05)"}),
-    (
-        "--target-modules",
-        "target_modules",
-        {"help": "lora/qlora: all-linear (default), attention, mlp or a comma-separated list"},
-    ),
-    (
-        "--rslora",
-        "use_rslora",
-        {"action": argparse.BooleanOptionalAction, "help": "lora/qlora: rsLoRA scaling"},
-    ),
-    ("--dora", "use_dora", {"action": argparse.BooleanOptionalAction, "help": "lora/qlora: DoRA"}),
-    ("--quant-type", "quant_type", {"choices": ("nf4", "fp4"), "help": "qlora: 4-bit type (default nf4)"}),
-    (
-        "--double-quant",
-        "double_quant",
-        {"action": argparse.BooleanOptionalAction, "help": "qlora: quantize the scales too (default on)"},
-    ),
-    (
-        "--compute-dtype",
-        "compute_dtype",
-        {"choices": ("bf16", "fp16", "fp32"), "help": "qlora: matmul dtype"},
-    ),
+# Method options with their own flags (every option also works as --option KEY=VALUE and in YAML):
+# flag, option key, what it does. Which methods read it, its type and its default come from
+# configs/methods/*.yaml; a flag a method does not read is an error naming the method.
+METHOD_OPTION_FLAGS: list[tuple[str, str, str]] = [
+    ("--top-k", "top_k", "train the last K decoder layers"),
+    ("--train-head", "train_head", "train the LM head (tied to the input embedding)"),
+    ("--lora-r", "r", "rank"),
+    ("--lora-alpha", "alpha", "alpha"),
+    ("--lora-dropout", "dropout", "dropout"),
+    ("--target-modules", "target_modules", "all-linear, attention, mlp or a comma-separated list"),
+    ("--rslora", "use_rslora", "rsLoRA scaling"),
+    ("--dora", "use_dora", "DoRA"),
+    ("--quant-type", "quant_type", "4-bit type: nf4 or fp4"),
+    ("--double-quant", "double_quant", "quantize the scales too"),
+    ("--compute-dtype", "compute_dtype", "matmul dtype: bf16, fp16 or fp32"),
     (
         "--optimizer",
         "optimizer",
-        {
-            "choices": ("paged_adamw_32bit", "paged_adamw_8bit", "adamw"),
-            "help": "qlora: optimizer (paged ones need CUDA; CPU uses AdamW)",
-        },
+        "paged_adamw_32bit, paged_adamw_8bit or adamw (paged ones need CUDA; CPU uses AdamW)",
     ),
-    (
-        "--adapter-config",
-        "config",
-        {"choices": ("pfeiffer", "houlsby"), "help": "adapter: where adapters sit"},
-    ),
-    ("--bottleneck", "bottleneck", {"type": int, "help": "adapter: bottleneck width (default 16)"}),
-    ("--non-linearity", "non_linearity", {"help": "adapter: relu (default), swish, gelu"}),
-    (
-        "--num-virtual-tokens",
-        "num_virtual_tokens",
-        {"type": int, "help": "prefix: prefix length (default 20)"},
-    ),
-    (
-        "--prefix-projection",
-        "prefix_projection",
-        {"action": argparse.BooleanOptionalAction, "help": "prefix: learn it through an MLP"},
-    ),
+    ("--adapter-config", "config", "where adapters sit: pfeiffer or houlsby"),
+    ("--bottleneck", "bottleneck", "bottleneck width"),
+    ("--non-linearity", "non_linearity", "relu, swish or gelu"),
+    ("--num-virtual-tokens", "num_virtual_tokens", "prefix length"),
+    ("--prefix-projection", "prefix_projection", "learn the prefix through an MLP"),
 ]
+
+
+def _option_dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_method_option_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per METHOD_OPTION_FLAGS row; help, type and default read from the methods' YAML."""
+    from mcqtune.config import format_value, method_names_with_defaults
+
+    defaults = method_names_with_defaults()
+    for flag, key, text in METHOD_OPTION_FLAGS:
+        readers = {m: options[key] for m, options in defaults.items() if key in options}
+        values = set(map(format_value, readers.values()))
+        shown = (
+            values.pop()
+            if len(values) == 1
+            else ", ".join(f"{m} {format_value(v)}" for m, v in readers.items())
+        )
+        kinds = {type(v) for v in readers.values()}
+        # A list of names is typed as "a,b,c"; numbers keep the YAML's type (an int default: int).
+        kind = next(
+            (k for k in (bool, int, float) if kinds <= {k} or (k is float and kinds <= {int, float})), str
+        )
+        kwargs: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        )
+        group.add_argument(
+            flag, dest=_option_dest(flag), help=f"{'/'.join(readers)}: {text} (default: {shown})", **kwargs
+        )
 
 
 def method_option_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given as their own flags (None: not given)."""
     options = {}
     for flag, key, _ in METHOD_OPTION_FLAGS:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        value = getattr(args, _option_dest(flag), None)
         if value is not None:
             options[key] = value
     return options
 
 
+def config_flags(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The TrainConfig keys given on the command line (None: not given)."""
+    return {key: getattr(args, key) for key in keys}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from mcqtune.config import build_config
+    import dataclasses
+
+    from mcqtune.config import build_config, flag_keys
     from mcqtune.training.recipe import TrainingInterrupted, train
 
-    flags = {name: getattr(args, name) for name in TRAIN_FLAGS} | field_config_from_args(args)
-    if args.no_validation:
-        flags["validation"] = None
+    flags = config_flags(args, flag_keys()) | field_config_from_args(args)
     options = {**method_option_flags(args), **parse_option_pairs(args.option)}
     if options:
         flags["method_options"] = options
@@ -178,11 +150,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         flags["prompt"] = {"train_on_prompt": True}
     if args.max_length is not None:
         flags["prompt"] = {**flags.get("prompt", {}), "max_length": args.max_length}
-    if args.train and args.validation is None and not args.no_validation and not _is_bundled(args.train):
-        flags["validation"] = None  # a user file has no implicit validation split
     config = build_config(flags, args.config)
     if args.no_validation:
-        config.validation = None
+        config = dataclasses.replace(config, validation=None)
     _warn_unsafe_loading(args)
     try:
         train(
@@ -214,12 +184,6 @@ def _warn_unsafe_loading(args: argparse.Namespace) -> None:
             "warning: --trust-remote-code: the model's own Python code will run on this machine",
             file=sys.stderr,
         )
-
-
-def _is_bundled(spec: str) -> bool:
-    from mcqtune.data import BUNDLED_DATASETS
-
-    return spec.lower().replace("-", "_") in BUNDLED_DATASETS
 
 
 # ---------------------------------------------------------------- eval / predict
@@ -332,6 +296,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         format_permutation_summary,
     )
     from mcqtune.evaluation.metrics import compute_metrics
+    from mcqtune.progress import task
 
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")
@@ -340,7 +305,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     loaded = _load(args)
     scoring = _scoring(args, loaded)
-    result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
+    with task(f"eval ({args.data})"):
+        result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
     metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
     metrics["model"] = loaded.resolved.model_id
@@ -454,24 +420,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
     from mcqtune.compare.runner import CompareSettings, parse_methods, run_compare
+    from mcqtune.config import TAG_COMPARE, keys_tagged
 
-    overrides = {
-        key: getattr(args, key)
-        for key in ("max_steps", "batch_size", "seed", "eval_steps", "eval_limit", "final_eval_limit")
-    } | {"train_limit": args.train_limit}
     settings = CompareSettings(
         output=Path(args.output),
         methods=parse_methods(args.methods),
-        data=args.data,
-        validation=args.validation,
-        objective=args.objective,
-        model=args.model,
         config_file=args.config,
         quick=args.quick,
         resume=args.resume,
-        overrides=overrides,
-        data_fields=field_config_from_args(args),
-        precision=args.precision,
+        overrides=config_flags(args, keys_tagged(TAG_COMPARE)) | field_config_from_args(args),
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
         echo=not args.quiet,
@@ -508,13 +465,104 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default or "(required)": a newcomer should not have to guess."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default == argparse.SUPPRESS:
+            return text
+        if "(default" in text or "(required" in text:
+            return text
+        if action.required:
+            return text if "(required" in text else f"{text} (required)"
+        if isinstance(action.default, bool):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: {'%(default)s' if action.default is not None else 'none'})"
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line and a pointer to ``--help``, not the whole usage first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message}\nsee: {self.prog} --help")
+
+
+class UsageError(Exception):
+    """A command line argparse cannot parse; ``main`` prints it and returns EXIT_USER_ERROR."""
+
+
+class Listed:
+    """Names joined for a help text only when the help is shown, so building the parser does not
+    import every method plug-in; the values are checked by the config, with its own message."""
+
+    def __init__(self, load: Callable[[], tuple[str, ...]]):
+        self.load = load
+
+    def __str__(self) -> str:
+        return ", ".join(self.load())
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    keys: tuple[str, ...],
+    defaults: dict[str, Any] | None = None,
+    quick: dict[str, Any] | None = None,
+    names: dict[str, str] | None = None,
+) -> None:
+    """One flag per TrainConfig key, typed, with its choices and help from the field. The argparse
+    default is None ("not given", so --config and the method's YAML still apply); the help shows the
+    value actually used: ``defaults`` (compare's budget) or the field's own, and ``quick``'s if different."""
+    from mcqtune.config import CONFIG_FIELDS, describe_default, field_type, flag_name, format_value
+
+    defaults, quick, names = defaults or {}, quick or {}, names or {}
+    for key in keys:
+        f = CONFIG_FIELDS[key]
+        kind = field_type(key)
+        kwargs: dict[str, Any] = {"dest": key, "default": None}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+        flag = names.get(key, flag_name(key))
+        text = f.metadata["help"]
+        choices = f.metadata["choices"]
+        if callable(choices):  # e.g. the registered methods: listed in the help, checked by the config
+            text += "; one of: %(listed)s"
+        elif choices is not None:
+            kwargs["choices"] = choices
+        shown = describe_default(key, defaults.get(key, f.default))
+        if key in quick and quick[key] != defaults.get(key, f.default):
+            shown += f"; --quick: {format_value(quick[key])}"
+        action = parser.add_argument(flag, help=f"{text} ({shown})", **kwargs)
+        action.listed = Listed(choices) if callable(choices) else None  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from mcqtune import __version__
+    from mcqtune.config import (
+        ON_BAD_ROWS,
+        PRECISIONS,
+        SCORINGS,
+        TAG_COMPARE,
+        data_formats,
+        flag_keys,
+        keys_tagged,
+    )
+    from mcqtune.prompt import PromptConfig
+
+    parser = Parser(
         prog="mcqtune",
         description="Fine-tune causal LMs for multiple-choice QA with PEFT methods; evaluate them honestly.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    formats = data_formats()
 
     data = sub.add_parser("data", help="inspect and validate MCQA data files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -524,10 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a data file and summarise it. Exits 1 if any row has a problem.",
     )
     check.add_argument("file", help="data file, or a bundled name (medmcqa, arc_easy)")
-    check.add_argument("--split", default="train", help="split of a bundled dataset: train|validation")
     check.add_argument(
-        "--format", default="auto", help=f"auto (default: detected) or one of {', '.join(FORMATS)}"
+        "--split", default="train", choices=("train", "validation"), help="split of a bundled dataset"
     )
+    check.add_argument("--format", default="auto", choices=formats, help="data format")
     check.add_argument(
         "--model", default=None, help="tokenizer for token-length percentiles (default: bundled)"
     )
@@ -543,56 +591,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a method on MCQA data. Precedence: method defaults < --config YAML < flags.",
     )
     tr.add_argument("--config", help="YAML file with any TrainConfig keys (see configs/)")
-    tr.add_argument("--method", help="lora (default) or any registered method")
-    tr.add_argument(
-        "--objective",
-        choices=("auto", "letter", "ranking"),
-        help="letter: LM loss on the answer "
-        "letter; ranking: cross-entropy over cloze option scores; auto: ranking below 1B params",
-    )
-    tr.add_argument(
-        "--model", help="bundled name, local HF dir, .gguf file or hub id (default: bundled SmolLM2)"
-    )
-    tr.add_argument("--train", help="training data file or bundled name (default: medmcqa)")
-    tr.add_argument("--validation", help="validation file or bundled name (default: the bundled split)")
+    add_config_flags(tr, flag_keys())
     tr.add_argument("--no-validation", action="store_true", help="train without validation")
-    tr.add_argument("--format", help="data format (default auto)")
-    tr.add_argument("--output", help="run directory for the artifact, config and metrics")
-    tr.add_argument("--max-steps", type=int, help="optimizer steps (default 200)")
-    tr.add_argument("--epochs", type=float, help="epochs instead of --max-steps")
-    tr.add_argument("--batch-size", type=int, help="questions per micro-batch (default 4)")
-    tr.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    tr.add_argument("--lr", type=float, help="peak learning rate (default: per method)")
-    tr.add_argument("--weight-decay", type=float)
-    tr.add_argument("--warmup-ratio", type=float)
-    tr.add_argument("--scheduler", choices=("linear", "cosine", "constant"))
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--eval-steps", type=int, help="validate every N steps, keep the best")
-    tr.add_argument("--eval-limit", type=int, help="validation rows used during training (default 200)")
-    tr.add_argument("--final-eval-limit", type=int, help="rows for the final validation (default all)")
-    tr.add_argument("--train-limit", type=int, help="use only the first N training rows")
     tr.add_argument(
-        "--precision", choices=("auto", "bf16", "fp32"), help="auto: bf16 autocast where supported"
+        "--max-length",
+        type=int,
+        help=f"max tokens per sequence; the question is shortened first (default: {PromptConfig.max_length})",
     )
-    tr.add_argument("--on-bad-rows", choices=("error", "skip"))
-    tr.add_argument(
-        "--shuffle-options",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="permute each training example's options every epoch (answer letter remapped) so the "
-        "model cannot learn the data's letter skew; letter objective only (default: on; docs/EVALUATION.md)",
-    )
-    tr.add_argument("--max-length", type=int, help="max tokens per sequence (question is shortened first)")
     tr.add_argument("--train-on-prompt", action="store_true", help="letter objective: loss on prompt too")
     tr.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
-    group = tr.add_argument_group("method options", "shortcuts for --option (docs/METHODS.md)")
-    for flag, _, kwargs in METHOD_OPTION_FLAGS:
-        group.add_argument(flag, **kwargs)
-    tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.add_argument(
-        "--save-steps", type=int, help="checkpoint every N steps (default 20) for --resume; Ctrl-C saves too"
+    add_method_option_flags(
+        tr.add_argument_group("method options", "shortcuts for --option (docs/METHODS.md)")
     )
-    tr.add_argument("--keep-checkpoints", type=int, help="checkpoints kept while training (default 2)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument(
         "--resume",
         action="store_true",
@@ -608,15 +619,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="base model (default: the adapter's base, else bundled SmolLM2)")
-        p.add_argument("--adapter", help="a mcqtune run directory (from train)")
+        p.add_argument(
+            "--adapter", help="a mcqtune run directory (from train) (default: none, the base model alone)"
+        )
         p.add_argument(
             "--scoring",
             default="auto",
-            choices=("auto", "letter", "cloze"),
-            help="default: the adapter's formulation; cloze for small base models, else letter",
+            choices=SCORINGS,
+            help="auto: the adapter's formulation; cloze for small base models, else letter",
         )
-        p.add_argument("--format", default="auto")
-        p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+        p.add_argument("--format", default="auto", choices=formats, help="data format")
+        p.add_argument(
+            "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 autocast where supported"
+        )
         p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .bin weights")
         p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
 
@@ -631,12 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(
             "--calibration-data",
             metavar="FILE",
-            help="questions to estimate the prior on (bundled name: its train split); "
-            "default: a sample of the evaluated/predicted questions",
+            help="questions to estimate the prior on (bundled name: its train split) "
+            "(default: a sample of the evaluated/predicted questions)",
         )
-        g.add_argument(
-            "--calibration-size", type=int, default=100, help="calibration questions (default 100)"
-        )
+        g.add_argument("--calibration-size", type=int, default=100, help="calibration questions")
         g.add_argument("--prior", metavar="FILE", help="use a saved letter prior (implies --debias)")
         g.add_argument("--save-prior", metavar="FILE", help="write the estimated prior as JSON")
         g.add_argument("--seed", type=int, default=0, help="seed for samples and random orders")
@@ -648,10 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(ev)
     ev.add_argument("--data", required=True, help="data file or bundled name (validation split)")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--on-bad-rows", default="error", choices=("error", "skip"))
-    ev.add_argument("--output", help="write metrics JSON here")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
+    ev.add_argument("--batch-size", type=int, default=16, help="questions per scoring batch")
+    ev.add_argument(
+        "--on-bad-rows",
+        default="error",
+        choices=ON_BAD_ROWS,
+        help="error: stop at the first bad row; skip: drop and count bad rows",
+    )
+    ev.add_argument("--output", help="write metrics JSON here (default: not written)")
     ev.add_argument(
         "--permutations",
         metavar="cyclic|all|K",
@@ -669,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict for one question (--question/--choice) or a JSONL file (--data).",
     )
     add_model_args(pr)
-    pr.add_argument("--question")
+    pr.add_argument("--question", help="one question to answer (with two or more --choice)")
     pr.add_argument("--choice", action="append", help="an option (repeat, in order)")
     pr.add_argument("--data", help="file of questions (answers optional)")
     pr.add_argument("--json", action="store_true", help="one JSON object per question")
@@ -687,11 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--adapter", required=True, help="a mcqtune run directory (from train)")
     ex.add_argument("--output", required=True, help="the model directory to write")
-    ex.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights dtype (default fp32)")
+    ex.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights dtype")
     ex.add_argument(
         "--check-questions", type=int, default=8, help="validation questions to compare on (0: no check)"
     )
-    ex.add_argument("--tolerance", type=float, help="largest allowed option-score difference (nats)")
+    ex.add_argument(
+        "--tolerance", type=float, help="largest allowed option-score difference, nats (default: per method)"
+    )
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     ex.set_defaults(func=cmd_export)
 
@@ -700,9 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="zero-shot vs LoRA on bundled MedMCQA and ARC-Easy, one table",
         description="The end-to-end demo `make demo` runs.",
     )
-    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--output", default="runs/demo", help="directory for the runs and the table")
     demo.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
     demo.set_defaults(func=cmd_demo)
+
+    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET
 
     cmp = sub.add_parser(
         "compare",
@@ -710,52 +732,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train each method (and evaluate zero-shot) with the same data, seed, examples seen "
         "and evaluation set, each in its own process, then write results.json/.csv, PNG plots, "
         "report.html and report.md into --output. A failed method is recorded, not fatal. Default "
-        "budget: <= 60 min on 2 CPU cores; --quick: <= 10 min.",
+        "budget: <= 60 min on 2 CPU cores; --quick: <= 10 min. Precedence: budget < --config < flags.",
     )
     cmp.add_argument(
         "--methods",
-        help="comma-separated methods (default: every registered method, in the methods' own order); "
-        "a zero-shot row is always added",
+        help="comma-separated methods; a zero-shot row is always added "
+        "(default: every registered method, in the methods' own order)",
     )
     cmp.add_argument("--output", required=True, help="directory for results, reports and runs/<method>/")
     cmp.add_argument("--config", help="YAML with TrainConfig keys applied to every method")
-    cmp.add_argument(
-        "--data", default="arc_easy", help="training data, bundled name or file (default: arc_easy)"
-    )
-    cmp.add_argument("--validation", help="evaluation data (default: the bundled validation split)")
-    cmp.add_argument(
-        "--objective",
-        default="ranking",
-        choices=("auto", "letter", "ranking"),
-        help="training objective for every method (default: ranking)",
-    )
-    cmp.add_argument("--model", help="base model (default: bundled SmolLM2-135M)")
+    add_config_flags(cmp, keys_tagged(TAG_COMPARE), DEFAULT_BUDGET, QUICK_BUDGET, names={"train": "--data"})
     cmp.add_argument("--quick", action="store_true", help="small budget (<= 10 min): checks the pipeline")
     cmp.add_argument("--resume", action="store_true", help="skip methods already finished in --output")
-    cmp.add_argument("--max-steps", type=int, help="optimizer steps per method (default 150; quick 20)")
-    cmp.add_argument("--batch-size", type=int, help="questions per step (default 4)")
-    cmp.add_argument("--seed", type=int, help="seed shared by every method (default 42)")
-    cmp.add_argument("--eval-steps", type=int, help="learning-curve point every N steps (default 30)")
-    cmp.add_argument("--eval-limit", type=int, help="validation questions per curve point (default 100)")
-    cmp.add_argument(
-        "--final-eval-limit", type=int, help="questions in the final evaluation (default all; quick 100)"
-    )
-    cmp.add_argument("--train-limit", type=int, help="use only the first N training rows")
-    cmp.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     cmp.add_argument(
         "--permutations",
-        metavar="cyclic|all|K",
+        metavar="cyclic|all|K|none",
         help="also report permutation-averaged accuracy on the final evaluation set (costs K x its "
-        "time; default: cyclic with --objective letter, none otherwise: cloze ignores option order)",
+        "time) (default: cyclic with --objective letter, none otherwise: cloze ignores option order)",
     )
     cmp.add_argument(
-        "--method-timeout", type=float, metavar="SECONDS", help="stop a method after this long (failure)"
+        "--method-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop a method after this long (failure) (default: no limit)",
     )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
     add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 
-    from mcqtune.estimate import PRECISIONS, SHARDINGS
+    from mcqtune.config import OBJECTIVES, TrainConfig
+    from mcqtune.estimate import PRECISIONS as ESTIMATE_PRECISIONS
+    from mcqtune.estimate import SHARDINGS
+
+    train_defaults = TrainConfig()
 
     est = sub.add_parser(
         "estimate",
@@ -766,17 +775,19 @@ def build_parser() -> argparse.ArgumentParser:
         "qwen2.5-1.5b, qwen2.5-7b), a config.json, a directory holding one, or any train --model.",
     )
     est.add_argument("--model", help="model (default: the bundled SmolLM2-135M)")
-    est.add_argument("--method", default="lora", help="lora (default) or any registered method")
-    est.add_argument("--batch-size", type=int, default=4, help="questions per micro-batch (default 4)")
-    est.add_argument("--max-length", type=int, default=512, help="tokens per sequence (default 512)")
-    est.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16", help="default bf16")
+    est.add_argument("--method", default=train_defaults.method, help="any registered method")
+    est.add_argument(
+        "--batch-size", type=int, default=train_defaults.batch_size, help="questions per micro-batch"
+    )
+    est.add_argument("--max-length", type=int, default=PromptConfig().max_length, help="tokens per sequence")
+    est.add_argument("--precision", choices=tuple(ESTIMATE_PRECISIONS), default="bf16", help="weights dtype")
     est.add_argument(
         "--objective",
-        choices=("auto", "letter", "ranking"),
-        default="auto",
+        choices=OBJECTIVES,
+        default=train_defaults.objective,
         help="decides how many positions reach the LM head (auto: as train decides)",
     )
-    est.add_argument("--num-processes", type=int, default=1, help="data-parallel processes (default 1)")
+    est.add_argument("--num-processes", type=int, default=1, help="data-parallel processes")
     est.add_argument(
         "--sharding",
         choices=SHARDINGS,
@@ -793,7 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USER_ERROR
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"

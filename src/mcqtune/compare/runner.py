@@ -60,7 +60,8 @@ from typing import Any
 
 from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
-from mcqtune.data.fields import FIELD_CONFIG_KEYS
+from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
+from mcqtune.progress import task
 
 log = logging.getLogger(__name__)
 
@@ -74,75 +75,42 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-DEFAULT_DATA = "arc_easy"
-DEFAULT_OBJECTIVE = "ranking"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What every method shares: steps x batch = examples seen, and the evaluation sizes."""
-
-    max_steps: int
-    batch_size: int
-    eval_steps: int
-    eval_limit: int
-    final_eval_limit: int | None
-
-
-DEFAULT_BUDGET = Budget(max_steps=150, batch_size=4, eval_steps=50, eval_limit=64, final_eval_limit=None)
-QUICK_BUDGET = Budget(max_steps=16, batch_size=4, eval_steps=8, eval_limit=24, final_eval_limit=64)
+# What compare gives every method unless --config or a flag says otherwise (TrainConfig keys; the
+# ``compare --help`` defaults are read from here). No periodic checkpoints (they cost full fine-tuning
+# ~1.5 GB and seconds each); Ctrl-C still saves one, which `compare --resume` continues from.
+COMPARE_DEFAULTS: dict[str, Any] = {"train": "arc_easy", "objective": "ranking", "save_steps": None}
+# The budget: steps x batch = examples seen, and the evaluation sizes (final_eval_limit None: all rows).
+DEFAULT_BUDGET: dict[str, Any] = {
+    **COMPARE_DEFAULTS,
+    "max_steps": 150,
+    "batch_size": 4,
+    "eval_steps": 50,
+    "eval_limit": 64,
+    "final_eval_limit": None,
+}
+QUICK_BUDGET: dict[str, Any] = {
+    **DEFAULT_BUDGET,
+    "max_steps": 16,
+    "eval_steps": 8,
+    "eval_limit": 24,
+    "final_eval_limit": 64,
+}
 
 WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
 
 # Keys that must be identical across methods for the comparison to be fair (checked after resolving).
-SHARED_KEYS = (
-    "model",
-    "objective",
-    "train",
-    "validation",
-    "format",
-    *FIELD_CONFIG_KEYS,
-    "max_steps",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "seed",
-    "eval_steps",
-    "eval_limit",
-    "final_eval_limit",
-    "train_limit",
-    "eval_batch_size",
-    "precision",
-    "on_bad_rows",
-    "prompt",
-)
-# Settings a user may override on the command line (else --config, else the budget).
-OVERRIDABLE = (
-    "max_steps",
-    "batch_size",
-    "seed",
-    "eval_steps",
-    "eval_limit",
-    "final_eval_limit",
-    "train_limit",
-)
+SHARED_KEYS = keys_tagged(TAG_SHARED)
 
 
 @dataclass
 class CompareSettings:
     output: Path
     methods: list[str] | None = None  # None: every registered method
-    data: str = DEFAULT_DATA
-    validation: str | None = None  # None: the bundled validation split of ``data``
-    objective: str = DEFAULT_OBJECTIVE
-    model: str | None = None
     config_file: str | None = None
     quick: bool = False
     resume: bool = False
+    # TrainConfig keys given on the command line (None: not given): over --config, over the budget.
     overrides: dict[str, Any] = field(default_factory=dict)
-    # --field/--answer-base/--strip-query-prefix as TrainConfig keys (None: not given).
-    data_fields: dict[str, Any] = field(default_factory=dict)
-    precision: str | None = None
     method_timeout: float | None = None
     permutations: str | None = (
         None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
@@ -189,82 +157,26 @@ def _check_methods(methods: list[str]) -> None:
         raise ConfigError("--methods: no method to compare")
 
 
-def _is_bundled(spec: str) -> bool:
-    from mcqtune.data import BUNDLED_DATASETS
-
-    return spec.lower().replace("-", "_") in BUNDLED_DATASETS
-
-
-def shared_flags(settings: CompareSettings) -> dict[str, Any]:
-    """The flags given to every method: the budget, unless --config or the command line says otherwise."""
-    from mcqtune.config import ConfigError, read_yaml
-
-    user = read_yaml(settings.config_file) if settings.config_file else {}
-    budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
-    validation = settings.validation
-    if validation is None:
-        if not _is_bundled(settings.data):
-            raise ConfigError(
-                f"--data {settings.data}: a data file has no implicit validation split; pass --validation"
-            )
-        validation = settings.data
-    flags: dict[str, Any] = {
-        "train": settings.data,
-        "validation": validation,
-        "objective": settings.objective,
-    }
-    if settings.model:
-        flags["model"] = settings.model
-    if settings.precision:
-        flags["precision"] = settings.precision
-    flags |= {key: value for key, value in settings.data_fields.items() if value is not None}
-    for key in OVERRIDABLE:
-        if settings.overrides.get(key) is not None:
-            flags[key] = settings.overrides[key]
-        elif key in user:
-            flags[key] = user[key]
-        elif hasattr(budget, key):
-            flags[key] = getattr(budget, key)
-    if flags.get("final_eval_limit") is None:
-        flags.pop("final_eval_limit", None)
-    return flags
-
-
-def _after_build(config, settings: CompareSettings):
-    """Compare-specific settings build_config cannot express (a flag of None means "not given")."""
-    import dataclasses
-
-    from mcqtune.config import read_yaml
-
-    user = read_yaml(settings.config_file) if settings.config_file else {}
-    updates: dict[str, Any] = {}
-    if settings.overrides.get("final_eval_limit") is None and "final_eval_limit" not in user:
-        budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
-        updates["final_eval_limit"] = budget.final_eval_limit  # None: the whole validation split
-    if hasattr(config, "save_steps") and "save_steps" not in user:
-        # No periodic checkpoints (they cost full fine-tuning ~1.5 GB and seconds each); Ctrl-C still
-        # saves one, which `compare --resume` continues from.
-        updates["save_steps"] = None
-    return dataclasses.replace(config, **updates) if updates else config
-
-
 def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     """Resolve every method's TrainConfig (user errors surface here, before an hour of training)."""
     from mcqtune.config import ConfigError, build_config
 
     methods = settings.methods or default_methods()
     _check_methods(methods)
-    flags = shared_flags(settings)
+    budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
     runs = settings.output / RUNS_DIR
-    configs = {}
-    for method in methods:
-        config = build_config({**flags, "method": method, "output": str(runs / method)}, settings.config_file)
-        configs[method] = _after_build(config, settings)
+
+    def resolve(method: str, name: str):
+        flags = {**settings.overrides, "method": method, "output": str(runs / name)}
+        return build_config(flags, settings.config_file, defaults=budget)
+
+    configs = {method: resolve(method, method) for method in methods}
     # Zero-shot: the same evaluation keys; the method only picks which defaults file is read.
-    zero = build_config(
-        {**flags, "method": methods[0], "output": str(runs / ZERO_SHOT)}, settings.config_file
-    )
-    zero = _after_build(zero, settings)
+    zero = resolve(methods[0], ZERO_SHOT)
+    if zero.validation is None:
+        raise ConfigError(
+            f"--data {zero.train}: a data file has no implicit validation split; pass --validation"
+        )
     reference = zero.to_dict()
     for method, config in configs.items():
         data = config.to_dict()
@@ -274,7 +186,7 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
                 f"method '{method}' resolves {', '.join(different)} differently from the others; "
                 "set them in --config or on the command line so every method gets the same budget"
             )
-    return {"methods": methods, "flags": flags, "configs": configs, "zero_shot": zero}
+    return {"methods": methods, "configs": configs, "zero_shot": zero}
 
 
 def curve_points(max_steps: int, eval_steps: int) -> int:
@@ -313,20 +225,7 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
 
 
 # What a zero-shot row depends on (its config also carries training keys it never uses).
-ZERO_SHOT_KEYS = (
-    "model",
-    "objective",
-    "validation",
-    "format",
-    *FIELD_CONFIG_KEYS,
-    "final_eval_limit",
-    "eval_batch_size",
-    "precision",
-    "packing",
-    "on_bad_rows",
-    "prompt",
-    "seed",
-)
+ZERO_SHOT_KEYS = keys_tagged(TAG_ZERO_SHOT)
 
 
 def fingerprint(config_dict: dict[str, Any], kind: str, permutations: str | None = None) -> str:
@@ -420,9 +319,11 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
     model = load_model(resolved, torch.float32).to(context.device)
     objective = resolve_objective(config.objective, model.num_parameters())
     scoring = OBJECTIVE_TO_SCORING[objective]
-    scored = score_examples(model, context.encoder, context.rows, scoring, **context.score_kwargs(config))
+    name = Path(config.validation).name
+    with task(f"zero-shot validation ({name})"):
+        scored = score_examples(model, context.encoder, context.rows, scoring, **context.score_kwargs(config))
     metrics = compute_metrics(scored)
-    print(format_metrics(metrics, f"validation (zero-shot, {scoring} scoring):"), flush=True)
+    print(format_metrics(metrics, f"validation ({name}, zero-shot, {scoring} scoring):"), flush=True)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     metrics_file = {
         "method": ZERO_SHOT,
@@ -445,9 +346,9 @@ def _permutation_accuracy(
     from mcqtune.evaluation.metrics import permutation_summary as summarise
 
     context = context or _eval_context(config)
-    result = score_permutations(
-        model, context.encoder, context.rows, scoring, mode, seed=config.seed, **context.score_kwargs(config)
-    )
+    with task(f"permutations ({mode}, {Path(config.validation).name})"):
+        kwargs = context.score_kwargs(config) | {"seed": config.seed}
+        result = score_permutations(model, context.encoder, context.rows, scoring, mode, **kwargs)
     summary = summarise(result)
     print(
         f"permutation-averaged accuracy ({mode}): {summary.get('accuracy_mean', float('nan')) * 100:.1f}%",
@@ -458,7 +359,8 @@ def _permutation_accuracy(
 
 
 def _train_one(config, resume: bool):
-    """train() in this process; with --resume, continue from the run's own checkpoint when it has one."""
+    """train() in this process; with --resume, continue from the run's own checkpoint when it has one.
+    Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal)."""
     from mcqtune.training.recipe import train
 
     if resume:
@@ -466,10 +368,10 @@ def _train_one(config, resume: bool):
         if finished is not None:
             return finished
         try:
-            return train(config, show_progress=False, keep_model=True, overwrite=False)
+            return train(config, keep_model=True, overwrite=False)
         except ValueError as exc:  # CheckpointError: finished with another config, or nothing to resume
             print(f"not continuing the earlier run ({exc}); starting {config.method} over", flush=True)
-    return train(config, show_progress=False, keep_model=True, overwrite=True)
+    return train(config, keep_model=True, overwrite=True)
 
 
 def _reuse_finished_run(config):

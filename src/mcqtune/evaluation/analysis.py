@@ -37,6 +37,7 @@ from mcqtune.evaluation.metrics import (
     estimate_prior,
     permutation_summary,
 )
+from mcqtune.progress import task
 
 MAX_ALL_PERMUTATIONS = 720  # 6 options; "all" beyond that is a typo, not a plan
 
@@ -270,12 +271,14 @@ def run_analyses(
                 calibration = result.permuted.subset(calibration_rows)
             else:
                 rows = [result.scored.examples[r] for r in calibration_rows]
-                calibration = score_permutations(model, encoder, rows, scoring, "cyclic", **score_kwargs)
+                with task("debias calibration"):
+                    calibration = score_permutations(model, encoder, rows, scoring, "cyclic", **score_kwargs)
             source = calibration_source or f"{len(calibration_rows)} of the evaluated rows, seed {seed}"
         else:
             picked = calibration_sample(len(calibration_examples), calibration_size, seed)
             rows = [calibration_examples[r] for r in picked]
-            calibration = score_permutations(model, encoder, rows, scoring, "cyclic", **score_kwargs)
+            with task("debias calibration"):
+                calibration = score_permutations(model, encoder, rows, scoring, "cyclic", **score_kwargs)
             source = calibration_source or "calibration data"
         prior = estimate_prior(calibration, model=model_id, adapter=adapter, source=source)
     else:

@@ -16,6 +16,7 @@ import torch
 
 from mcqtune.data import MCQExample
 from mcqtune.evaluation.metrics import ScoredExamples
+from mcqtune.progress import steps
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward
 
@@ -75,7 +76,7 @@ def score_examples(
         batches = _length_sorted_batches(encoded.features, lambda f: f.length, batch_size)
     else:
         raise ValueError(f"unknown scoring '{scoring}'")
-    for group in batches:
+    for group in steps(batches, "batch"):
         with autocast():
             if scoring == "letter":
                 batch = collate_letter(group, pad_id).to(device)

@@ -42,13 +42,13 @@ CONFIGS = {"pfeiffer": SeqBnConfig, "houlsby": DoubleSeqBnConfig}
 
 
 def adapter_config(options: dict[str, Any], hidden_size: int) -> SeqBnConfig:
-    kind = str(options.get("config", "pfeiffer")).lower()
+    kind = str(options["config"]).lower()
     if kind not in CONFIGS:
         raise ValueError(f"adapter: config must be one of {', '.join(CONFIGS)}, got '{kind}'")
-    if options.get("reduction_factor") is not None:
+    if options["reduction_factor"] is not None:
         reduction = float(options["reduction_factor"])
     else:
-        bottleneck = int(options.get("bottleneck", 16))
+        bottleneck = int(options["bottleneck"])
         if not 1 <= bottleneck <= hidden_size:
             raise ValueError(f"adapter: bottleneck must be between 1 and {hidden_size}, got {bottleneck}")
         # AdapterHub sizes the bottleneck as int(hidden // reduction_factor); +0.5 keeps a non-divisor exact.
@@ -58,8 +58,8 @@ def adapter_config(options: dict[str, Any], hidden_size: int) -> SeqBnConfig:
             reduction = hidden_size / (bottleneck + 0.5)
     return CONFIGS[kind](
         reduction_factor=reduction,
-        non_linearity=str(options.get("non_linearity", "relu")),
-        init_weights=str(options.get("init_weights", "mam_adapter")),
+        non_linearity=str(options["non_linearity"]),
+        init_weights=str(options["init_weights"]),
     )
 
 

@@ -22,17 +22,17 @@ TARGET_PRESETS = {
 
 
 def lora_config(options: dict[str, Any]) -> LoraConfig:
-    targets = options.get("target_modules", "all-linear")
+    targets = options["target_modules"]
     if isinstance(targets, str):
         targets = TARGET_PRESETS.get(targets, [t.strip() for t in targets.split(",") if t.strip()])
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
-        r=int(options.get("r", 16)),
-        lora_alpha=float(options.get("alpha", 32)),
-        lora_dropout=float(options.get("dropout", 0.05)),
+        r=int(options["r"]),
+        lora_alpha=float(options["alpha"]),
+        lora_dropout=float(options["dropout"]),
         target_modules=targets,
-        use_rslora=bool(options.get("use_rslora", False)),
-        use_dora=bool(options.get("use_dora", False)),
+        use_rslora=bool(options["use_rslora"]),
+        use_dora=bool(options["use_dora"]),
         bias="none",
     )
 

@@ -36,22 +36,21 @@ from mcqtune.methods.base import PeftMethod, register
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INIT_TEXT = "Read the question, think about each option, and answer with the correct one."
 INITS = ("text", "random", "zero")
 
 
 def prefix_config(options: dict[str, Any]) -> PrefixTuningConfig:
-    n_tokens = int(options.get("num_virtual_tokens", 20))
+    n_tokens = int(options["num_virtual_tokens"])
     if n_tokens < 1:
         raise ValueError(f"prefix: num_virtual_tokens must be positive, got {n_tokens}")
-    init = str(options.get("init", "text")).lower()
+    init = str(options["init"]).lower()
     if init not in INITS:
         raise ValueError(f"prefix: init must be one of {', '.join(INITS)}, got '{init}'")
-    encoder_hidden_size = options.get("encoder_hidden_size")
+    encoder_hidden_size = options["encoder_hidden_size"]
     return PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=n_tokens,
-        prefix_projection=bool(options.get("prefix_projection", False)),
+        prefix_projection=bool(options["prefix_projection"]),
         encoder_hidden_size=int(encoder_hidden_size) if encoder_hidden_size else None,
         init_weights="zero" if init == "zero" else None,
     )
@@ -96,13 +95,13 @@ class PrefixMethod(PeftMethod):
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         config = prefix_config(options)
         peft_model = get_peft_model(model, config)
-        if str(options.get("init", "text")).lower() == "text":
+        if str(options["init"]).lower() == "text":
             if config.prefix_projection:
                 log.warning(
                     "prefix: init 'text' does not apply with prefix_projection; the MLP starts random"
                 )
             else:
-                init_prefix_from_text(peft_model, str(options.get("init_text") or DEFAULT_INIT_TEXT))
+                init_prefix_from_text(peft_model, str(options["init_text"]))
         return peft_model
 
     def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:

@@ -65,26 +65,26 @@ OPTIMIZER_STATE_BYTES = {"paged_adamw_8bit": 2 * (1 + 4 / 256), "paged_adamw_32b
 
 
 def quantization_config(options: dict[str, Any]) -> BitsAndBytesConfig:
-    quant_type = str(options.get("quant_type", "nf4")).lower()
+    quant_type = str(options["quant_type"]).lower()
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"qlora: quant_type must be nf4 or fp4, got '{quant_type}'")
-    compute = str(options.get("compute_dtype", "bf16")).lower()
+    compute = str(options["compute_dtype"]).lower()
     if compute not in COMPUTE_DTYPES:
         raise ValueError(f"qlora: compute_dtype must be bf16, fp16 or fp32, got '{compute}'")
-    storage = str(options.get("quant_storage", "uint8")).lower()
+    storage = str(options["quant_storage"]).lower()
     if storage not in QUANT_STORAGE_DTYPES:
         raise ValueError(f"qlora: quant_storage must be uint8, bf16, fp16 or fp32, got '{storage}'")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
-        bnb_4bit_use_double_quant=bool(options.get("double_quant", True)),
+        bnb_4bit_use_double_quant=bool(options["double_quant"]),
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute],
         bnb_4bit_quant_storage=QUANT_STORAGE_DTYPES[storage],
     )
 
 
 def optimizer_choice(options: dict[str, Any]) -> str:
-    choice = str(options.get("optimizer", "paged_adamw_32bit")).lower()
+    choice = str(options["optimizer"]).lower()
     if choice not in OPTIMIZERS:
         raise ValueError(f"qlora: optimizer must be one of {', '.join(OPTIMIZERS)}, got '{choice}'")
     return choice
@@ -144,7 +144,7 @@ class QLoraMethod(PeftMethod):
         return OPTIMIZER_STATE_BYTES[optimizer_choice(options)]
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
-        checkpointing = bool(options.get("gradient_checkpointing", False))
+        checkpointing = bool(options["gradient_checkpointing"])
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         return get_peft_model(model, lora_config(options))
 

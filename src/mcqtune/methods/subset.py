@@ -51,7 +51,7 @@ def final_norm_prefix(model: PreTrainedModel) -> str | None:
 def selected_names(model: PreTrainedModel, options: dict[str, Any]) -> set[str]:
     """Names (as ``named_parameters`` lists them) of the parameters to train."""
     layers_name, layers = decoder_layers(model)
-    top_k = int(options.get("top_k", 4))
+    top_k = int(options["top_k"])
     if not 1 <= top_k <= len(layers):
         raise ValueError(f"subset: top_k must be between 1 and {len(layers)}, got {top_k}")
     indices = list(range(len(layers) - top_k, len(layers)))
@@ -59,11 +59,11 @@ def selected_names(model: PreTrainedModel, options: dict[str, Any]) -> set[str]:
     norm = final_norm_prefix(model)
     if norm:
         prefixes.append(norm + ".")
-    extra = options.get("extra_trainable") or []
+    extra = options["extra_trainable"] or []
     if isinstance(extra, str):
         extra = [extra]
     head_ids = set()
-    if options.get("train_head", False):
+    if options["train_head"]:
         head_ids = {id(p) for p in model.get_output_embeddings().parameters()}
     return {
         name

@@ -36,7 +36,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from mcqtune.artifacts import (
@@ -70,6 +69,7 @@ from mcqtune.preflight import (
     mib,
     model_dir_summary,
 )
+from mcqtune.progress import bar, task
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward, ranking_loss
 from mcqtune.training.checkpoint import (
@@ -421,6 +421,7 @@ def _train(
 
     train_path = resolve_data(config.train, "train")
     val_path = resolve_data(config.validation, "validation") if config.validation else None
+    val_name = Path(config.validation).name if config.validation else None
     train_examples, train_skipped = load_split(train_path, config, config.train_limit)
     val_examples, val_skipped = load_split(val_path, config, None)
 
@@ -529,9 +530,11 @@ def _train(
         nonlocal best
         if not eval_rows:
             return
-        m = _evaluate(unwrapped, encoder, eval_rows, objective.scoring, config, precision, device, packed)
+        with task(f"step {step}: validation ({val_name})" if show_progress else None):
+            m = _evaluate(unwrapped, encoder, eval_rows, objective.scoring, config, precision, device, packed)
         history.append({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
-        accelerator.print(f"step {step}: validation accuracy {m['accuracy'] * 100:.1f}% on {m['n']} rows")
+        accuracy = f"{m['accuracy'] * 100:.1f}% on {m['n']} rows"
+        accelerator.print(f"step {step}: validation ({val_name}): {accuracy}")
         if step > 0 and (best is None or m["accuracy"] > best[0]):
             best = (m["accuracy"], step, trainable_state(unwrapped))
 
@@ -581,13 +584,7 @@ def _train(
         validate(0)
 
     model.train()
-    progress = tqdm(
-        total=total_steps,
-        initial=start_step - 1,
-        disable=not show_progress,
-        desc=f"train {method.name}",
-        unit="step",
-    )
+    progress = bar(total_steps, f"train {method.name}", "step", start_step - 1, enabled=show_progress)
     # Option order only matters to letter scoring; cloze options never see each other.
     shuffling = config.shuffle_options and objective.scoring == "letter"
     with _StopRequest() as stop:
@@ -639,10 +636,12 @@ def _train(
     final = None
     if val_examples:
         final_rows = val_examples[: config.final_eval_limit] if config.final_eval_limit else val_examples
-        final = _evaluate(
-            unwrapped, encoder, final_rows, objective.scoring, config, precision, device, packed
-        )
-        accelerator.print(format_metrics(final, f"validation ({method.name}, {objective.scoring} scoring):"))
+        with task(f"final validation ({val_name})" if show_progress else None):
+            final = _evaluate(
+                unwrapped, encoder, final_rows, objective.scoring, config, precision, device, packed
+            )
+        title = f"validation ({val_name}, {method.name}, {objective.scoring} scoring):"
+        accelerator.print(format_metrics(final, title))
 
     manifest = {
         "method": method.name,
@@ -674,8 +673,10 @@ def _train(
                 "seconds": round(train_seconds, 2),
                 "real_tokens": real_tokens,
                 "tokens_per_second": round(real_tokens / max(train_seconds, 1e-9), 1),
-                "final_loss": round(float(np.mean(losses[-10:])), 5),
+                "final_loss": round(losses[-1], 5),
+                "mean_loss_last_10": round(float(np.mean(losses[-10:])), 5),
             },
+            "data": {"train": config.train, "validation": config.validation},
             "history": history,
         }
         if train_skipped or val_skipped:
