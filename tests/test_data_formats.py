@@ -297,9 +297,12 @@ def test_compare_passes_the_field_map_to_every_method(tmp_path: Path) -> None:
     settings = CompareSettings(
         output=tmp_path / "out",
         methods=["lora", "subset"],
-        data=str(data),
-        validation=str(data),
-        data_fields={"fields": {"answer": "label"}, "answer_base": 1, "strip_query_prefix": None},
+        overrides={
+            "train": str(data),
+            "validation": str(data),
+            "fields": {"answer": "label"},
+            "answer_base": 1,
+        },
     )
     plan = plan_configs(settings)
     for config in [*plan["configs"].values(), plan["zero_shot"]]:
