@@ -845,7 +845,18 @@ def test_detect_format_table(tmp_path: Path) -> None:
     assert detect_format(write(tmp_path, "c.jsonl", _lines("{oops", GOOD_GEN))) == "jsonl"
     assert detect_format(write(tmp_path, "d.csv", "id,question,opa,opb,opc,opd,cop\n")) == "medmcqa"
     assert detect_format(FIXTURES / "anatomy_val.csv") == "mmlu-csv"
-    assert set(FORMATS) == {"medmcqa", "medmcqa-raw", "arc", "mmlu-csv", "jsonl", "csv", "parquet"}
+    assert set(FORMATS) == {
+        "medmcqa",
+        "medmcqa-raw",
+        "arc",
+        "openbookqa",
+        "medqa",
+        "lm-eval",
+        "mmlu-csv",
+        "jsonl",
+        "csv",
+        "parquet",
+    }
 
 
 def test_detect_ambiguous_and_unknown(tmp_path: Path) -> None:

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from mcqtune.errors import ConfigError
 from mcqtune.models import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
+
+if TYPE_CHECKING:
+    from mcqtune.data import FieldMap
 
 OBJECTIVES = ("auto", "letter", "ranking")
 SCORINGS = ("auto", "letter", "cloze")
@@ -111,6 +114,11 @@ class TrainConfig:
         tags=_RUN,
     )
     format: str = setting(AUTO, "data format", choices=data_formats, tags=(TAG_SHARED, TAG_ZERO_SHOT))
+    # The user's own column names (mcqtune.data.FieldMap): applied to the train and validation files;
+    # given as --field/--answer-base/--strip-query-prefix (cli/data_args.py) or in the YAML.
+    fields: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))  # noqa: RUF009
+    answer_base: int | None = setting(None, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
+    strip_query_prefix: bool = setting(False, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     output: str | None = setting(None, "run directory for the artifact, config and metrics", required=True)
     max_steps: int | None = setting(
         200, "optimizer steps", check="positive", none_means="unset: --epochs decides", tags=_SHARED_FLAG
@@ -189,7 +197,13 @@ class TrainConfig:
             )
             return ConfigError(f"{where} {why}")
 
+        from mcqtune.data import DataError
+
         self.validate_method(COMMAND_LINE if "method" in typed else source)
+        try:
+            self.field_map()
+        except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
+            raise ConfigError(f"{source}: {exc}") from None
         for f in fields(self):
             value = getattr(self, f.name)
             choices = field_choices(f)
@@ -225,6 +239,12 @@ class TrainConfig:
             where = flag_name("method") if source == COMMAND_LINE else f"{source}: 'method'"
             raise ConfigError(f"{where}: unknown method '{self.method}'; choose one of: {known}")
         check_method_options(self.method, self.method_options, source)
+
+    def field_map(self) -> FieldMap:
+        """Where the train and validation files keep each part of a question."""
+        from mcqtune.data import FieldMap
+
+        return FieldMap.from_config(self.to_dict())
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig.from_dict(self.prompt)
@@ -340,7 +360,7 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
-    """Return a copy with ``overrides`` applied; method_options and prompt are merged, not replaced.
+    """Return a copy with ``overrides`` applied; the mappings (method_options, prompt, fields) are merged.
     A layer that sets ``epochs`` but not ``max_steps`` trains for those epochs (unsets max_steps)."""
     hints = get_type_hints(TrainConfig)
     updates: dict[str, Any] = {}
@@ -349,7 +369,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
             known = ", ".join(sorted(CONFIG_FIELDS))
             raise ConfigError(f"{source}: unknown key '{key}'; known keys: {known}")
         value = _check_type(key, value, hints[key], source)
-        if key in ("method_options", "prompt"):
+        if key in ("method_options", "prompt", "fields"):
             value = {**getattr(config, key), **value}
         updates[key] = value
     if updates.get("epochs") is not None and "max_steps" not in updates:

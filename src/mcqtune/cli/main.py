@@ -1,4 +1,4 @@
-"""The ``mcqtune`` command line: data check, train, eval, predict, export, demo.
+"""The ``mcqtune`` command line: data check, train, eval, predict, export, demo, compare, estimate.
 
 User errors (bad data, bad config, missing model, wrong artifact) print one clear line and exit 2;
 tracebacks are for bugs.
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
 from mcqtune.quiet import quiet_libraries
 
 EXIT_USER_ERROR = 2
@@ -36,7 +37,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
         encoder = PromptEncoder(load_tokenizer(resolve_model(args.model)))
         token_length = encoder.letter_prompt_length
-    report = check_file(resolve_data(args.file, args.split), args.format, token_length=token_length)
+    report = check_file(
+        resolve_data(args.file, args.split),
+        args.format,
+        field_map=field_map_from_args(args),
+        token_length=token_length,
+    )
     print(report.format_text())
     return 1 if report.problems else 0
 
@@ -136,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mcqtune.config import build_config, flag_keys
     from mcqtune.training.recipe import TrainingInterrupted, train
 
-    flags = config_flags(args, flag_keys())
+    flags = config_flags(args, flag_keys()) | field_config_from_args(args)
     options = {**method_option_flags(args), **parse_option_pairs(args.option)}
     if options:
         flags["method_options"] = options
@@ -249,7 +255,9 @@ def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_si
     calibration_source = None
     if (args.debias or prior is not None) and prior is None and args.calibration_data:
         path = resolve_data(args.calibration_data, "train")
-        calibration_examples = load_examples(path, args.format, require_answer=False).examples
+        calibration_examples = load_examples(
+            path, args.format, field_map=field_map_from_args(args), require_answer=False
+        ).examples
         calibration_source = str(path)
     result = run_analyses(
         loaded.model,
@@ -292,7 +300,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")
-    data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
+    data = load_examples(
+        path, args.format, on_bad_rows=args.on_bad_rows, field_map=field_map_from_args(args), limit=args.limit
+    )
     loaded = _load(args)
     scoring = _scoring(args, loaded)
     with task(f"eval ({args.data})"):
@@ -328,7 +338,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mcqtune.data import LETTERS, DataError, MCQExample, load_examples
 
     if args.data:
-        examples = load_examples(args.data, args.format, require_answer=False).examples
+        examples = load_examples(
+            args.data, args.format, field_map=field_map_from_args(args), require_answer=False
+        ).examples
     else:
         if not args.question or not args.choice or len(args.choice) < 2:
             raise DataError("predict needs --data FILE, or --question and at least two --choice")
@@ -417,6 +429,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         quick=args.quick,
         resume=args.resume,
         overrides=config_flags(args, keys_tagged(TAG_COMPARE)),
+        data_fields=field_config_from_args(args),
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
         echo=not args.quiet,
@@ -426,6 +439,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failed = [r["method"] for r in result.rows if r["status"] != "ok"]
     if failed:
         print(f"failed (recorded in the table): {', '.join(failed)}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- estimate
+ESTIMATE_FLAGS = (
+    "batch_size",
+    "max_length",
+    "precision",
+    "objective",
+    "num_processes",
+    "sharding",
+    "gradient_checkpointing",
+)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from mcqtune.estimate import estimate_memory
+
+    settings = {name: getattr(args, name) for name in ESTIMATE_FLAGS}
+    estimate = estimate_memory(args.model, args.method, options=parse_option_pairs(args.option), **settings)
+    print(json.dumps(estimate.to_dict(), indent=2) if args.json else estimate.format_text())
     return 0
 
 
@@ -510,6 +546,7 @@ def add_config_flags(
 def build_parser() -> argparse.ArgumentParser:
     from mcqtune import __version__
     from mcqtune.config import (
+        OBJECTIVES,
         ON_BAD_ROWS,
         PRECISIONS,
         SCORINGS,
@@ -547,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--no-tokens", action="store_true", help="skip token-length percentiles (no model load)"
     )
+    add_data_args(check)
     check.set_defaults(func=cmd_data_check)
 
     tr = sub.add_parser(
@@ -578,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .bin weights")
     tr.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    add_data_args(tr)
     tr.set_defaults(func=cmd_train)
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -641,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--report", metavar="DIR", help="write metrics.json, summary.md and PNG charts here")
     add_debias_args(ev)
+    add_data_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser(
@@ -654,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", help="file of questions (answers optional)")
     pr.add_argument("--json", action="store_true", help="one JSON object per question")
     add_debias_args(pr)
+    add_data_args(pr)
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser(
@@ -718,7 +759,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop a method after this long (failure) (default: no limit)",
     )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
+    add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
+
+    from mcqtune.estimate import PRECISIONS as WEIGHT_PRECISIONS
+    from mcqtune.estimate import SHARDINGS
+
+    est = sub.add_parser(
+        "estimate",
+        help="per-device training memory of a method on a model, from its config.json alone",
+        description="Split one training process's memory into frozen weights, trainable parameters, "
+        "gradients, optimizer state, activations and overhead, without loading weights "
+        "(docs/SCALING.md). --model: a shipped name (llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, "
+        "qwen2.5-1.5b, qwen2.5-7b), a config.json, a directory holding one, or any train --model.",
+    )
+    est.add_argument("--model", help="model (default: the bundled SmolLM2-135M)")
+    est.add_argument("--method", default="lora", help="any registered method")
+    est.add_argument("--batch-size", type=int, default=4, help="questions per micro-batch")
+    est.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
+    est.add_argument("--precision", choices=tuple(WEIGHT_PRECISIONS), default="bf16", help="weights dtype")
+    est.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="auto",
+        help="decides how many positions reach the LM head (auto: as train decides)",
+    )
+    est.add_argument("--num-processes", type=int, default=1, help="data-parallel processes")
+    est.add_argument(
+        "--sharding",
+        choices=SHARDINGS,
+        default="none",
+        help="none: DDP (a full copy per process); zero2: optimizer state and gradients split; "
+        "zero3/fsdp: the weights too",
+    )
+    est.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs")
+    est.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
+    est.add_argument("--json", action="store_true", help="the same figures in bytes, as JSON")
+    est.set_defaults(func=cmd_estimate)
     return parser
 
 

@@ -111,6 +111,8 @@ class CompareSettings:
     resume: bool = False
     # TrainConfig keys given on the command line (None: not given): over --config, over the budget.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # --field/--answer-base/--strip-query-prefix as TrainConfig keys (None: not given).
+    data_fields: dict[str, Any] = field(default_factory=dict)
     method_timeout: float | None = None
     permutations: str | None = (
         None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
@@ -167,7 +169,8 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     runs = settings.output / RUNS_DIR
 
     def resolve(method: str, name: str):
-        flags = {**settings.overrides, "method": method, "output": str(runs / name)}
+        given = {**settings.overrides, **settings.data_fields}
+        flags = {**given, "method": method, "output": str(runs / name)}
         return build_config(flags, settings.config_file, defaults=budget)
 
     configs = {method: resolve(method, method) for method in methods}
@@ -206,7 +209,8 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
     if torch.cuda.is_available() or MODEL_ALIASES.get(zero.model, zero.model) != DEFAULT_MODEL:
         return None
     try:
-        n_val = len(load_examples(resolve_data(zero.validation, "validation"), zero.format).examples)
+        path = resolve_data(zero.validation, "validation")
+        n_val = len(load_examples(path, zero.format, field_map=zero.field_map()).examples)
     except Exception:  # the real run reports data problems properly
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
@@ -286,7 +290,10 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
         tokenizer = load_tokenizer(resolve_model(config.model))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_examples(
-        resolve_data(config.validation, "validation"), config.format, on_bad_rows=config.on_bad_rows
+        resolve_data(config.validation, "validation"),
+        config.format,
+        on_bad_rows=config.on_bad_rows,
+        field_map=config.field_map(),
     )
     rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
     if packed is None:

@@ -1,34 +1,38 @@
 """The ``data`` stage: load multiple-choice files in any supported layout into validated examples.
 
-Later stages import from here; :mod:`mcqtune.data.loading` holds the readers and row checks.
+``examples`` holds the one schema every layout becomes, ``readers`` the JSONL/CSV/parquet row readers,
+``formats`` the registry of layouts (detect / fields / convert, one entry each), ``fields`` the user's
+field map, ``loading`` the load itself and the bundled datasets, ``check`` ``mcqtune data check``.
 """
 
-from mcqtune.data.loading import (
-    BUNDLED_DATASETS,
-    FORMATS,
+from mcqtune.data.check import DataReport, check_file
+from mcqtune.data.examples import (
     LETTERS,
-    MAX_LISTED_PROBLEMS,
     MAX_OPTIONS,
     MIN_OPTIONS,
-    SPLITS,
-    DataError,
-    DataReport,
-    FieldMap,
     LoadResult,
     MCQExample,
-    Problem,
     answer_distribution,
+    majority_baseline,
+)
+from mcqtune.data.fields import ANSWER_FIELDS, FIELD_KEYS, FieldMap
+from mcqtune.data.formats import FORMATS, LAYOUTS
+from mcqtune.data.loading import (
+    BUNDLED_DATASETS,
+    SPLITS,
     bundled_path,
-    check_file,
     detect_format,
     load_examples,
-    majority_baseline,
     resolve_data,
 )
+from mcqtune.errors import MAX_LISTED_PROBLEMS, DataError, Problem
 
 __all__ = [
+    "ANSWER_FIELDS",
     "BUNDLED_DATASETS",
+    "FIELD_KEYS",
     "FORMATS",
+    "LAYOUTS",
     "LETTERS",
     "MAX_LISTED_PROBLEMS",
     "MAX_OPTIONS",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
+from mcqtune.errors import ConfigError, UserError
 from mcqtune.models import ResolvedModel, load_model
 
 
@@ -228,6 +231,15 @@ class Method(ABC):
             release_mapped_weights(base)
         return base
 
+    def quantized_weight_bytes(self, options: dict[str, Any]) -> float | None:
+        """Bytes per weight of the base's quantized linear layers, None when the base is not quantized
+        (``mcqtune estimate`` sizes the frozen base from it, without loading weights)."""
+        return None
+
+    def optimizer_state_bytes(self, options: dict[str, Any]) -> float:
+        """Bytes of optimizer state per trainable parameter (AdamW: two fp32 moments), for the estimator."""
+        return 8.0
+
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
     ) -> torch.optim.Optimizer:
@@ -270,6 +282,17 @@ class PeftMethod(Method):
         model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
         check_peft_artifact(model, directory)
         return model
+
+
+@contextmanager
+def option_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
+    """Methods report bad options with ValueError; to the user that is a config error."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
 
 
 METHODS: dict[str, Method] = {}

@@ -8,7 +8,10 @@ Options, besides LoRA's ``r``, ``alpha``, ``dropout``, ``target_modules``, ``use
   for each matmul;
 - ``optimizer``: ``paged_adamw_32bit`` (default), ``paged_adamw_8bit`` or ``adamw``. Paged optimizers need
   CUDA; on CPU plain torch AdamW is used whatever is asked;
-- ``gradient_checkpointing`` (default false): passed to ``peft.prepare_model_for_kbit_training``.
+- ``gradient_checkpointing`` (default false): passed to ``peft.prepare_model_for_kbit_training``;
+- ``quant_storage``: ``uint8`` (default), ``bf16``, ``fp16`` or ``fp32``: the dtype the packed 4-bit
+  values are stored in (same bytes either way). FSDP shards only floating tensors of one dtype, so a
+  sharded QLoRA run sets it to the compute dtype (``--option quant_storage=bf16``, docs/SCALING.md).
 
 Only the decoder's linear layers are quantized: embeddings, norms and the LM head stay fp32
 (transformers keeps the output embedding, and with it a tied input embedding, out of 4-bit).
@@ -53,6 +56,12 @@ COMPUTE_DTYPES = {
     "float32": torch.float32,
 }
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
+QUANT_STORAGE_DTYPES = {"uint8": torch.uint8, **COMPUTE_DTYPES}
+# bitsandbytes' 4-bit layout: one absmax scale per block of 64 weights (fp32, or with double quantization
+# an 8-bit code plus one fp32 scale per 256 of those blocks); 8-bit Adam keeps one fp32 scale per 256 values.
+BLOCK_SIZE = 64
+DOUBLE_QUANT_GROUP = 256
+OPTIMIZER_STATE_BYTES = {"paged_adamw_8bit": 2 * (1 + 4 / 256), "paged_adamw_32bit": 8.0, "adamw": 8.0}
 
 
 def quantization_config(options: dict[str, Any]) -> BitsAndBytesConfig:
@@ -62,12 +71,23 @@ def quantization_config(options: dict[str, Any]) -> BitsAndBytesConfig:
     compute = str(options["compute_dtype"]).lower()
     if compute not in COMPUTE_DTYPES:
         raise ValueError(f"qlora: compute_dtype must be bf16, fp16 or fp32, got '{compute}'")
+    storage = str(options["quant_storage"]).lower()
+    if storage not in QUANT_STORAGE_DTYPES:
+        raise ValueError(f"qlora: quant_storage must be uint8, bf16, fp16 or fp32, got '{storage}'")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
         bnb_4bit_use_double_quant=bool(options["double_quant"]),
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute],
+        bnb_4bit_quant_storage=QUANT_STORAGE_DTYPES[storage],
     )
+
+
+def optimizer_choice(options: dict[str, Any]) -> str:
+    choice = str(options["optimizer"]).lower()
+    if choice not in OPTIMIZERS:
+        raise ValueError(f"qlora: optimizer must be one of {', '.join(OPTIMIZERS)}, got '{choice}'")
+    return choice
 
 
 def keep_trainable_layout(model: torch.nn.Module) -> None:
@@ -103,9 +123,7 @@ class QLoraMethod(PeftMethod):
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
     ) -> torch.optim.Optimizer:
-        choice = str(config.method_options["optimizer"]).lower()
-        if choice not in OPTIMIZERS:
-            raise ValueError(f"qlora: optimizer must be one of {', '.join(OPTIMIZERS)}, got '{choice}'")
+        choice = optimizer_choice(config.method_options)
         if choice == "adamw" or device.type != "cuda":
             if choice != "adamw":
                 log.info("qlora: %s needs CUDA; using torch AdamW on %s", choice, device.type)
@@ -114,6 +132,16 @@ class QLoraMethod(PeftMethod):
         return paged(
             params, lr=config.lr if config.lr is not None else 2e-4, weight_decay=config.weight_decay or 0.0
         )
+
+    def quantized_weight_bytes(self, options: dict[str, Any]) -> float | None:
+        """4 bits per weight plus the per-block scales (quantization_config decides both)."""
+        quant = quantization_config(options)
+        scales = (1 + 4 / DOUBLE_QUANT_GROUP) if quant.bnb_4bit_use_double_quant else 4
+        return 0.5 + scales / BLOCK_SIZE
+
+    def optimizer_state_bytes(self, options: dict[str, Any]) -> float:
+        """The paged optimizers' state on CUDA (on CPU every choice is AdamW: 8 bytes)."""
+        return OPTIMIZER_STATE_BYTES[optimizer_choice(options)]
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         checkpointing = bool(options["gradient_checkpointing"])

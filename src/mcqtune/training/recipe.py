@@ -110,7 +110,9 @@ def load_split(path: Path | None, config: TrainConfig, limit: int | None) -> tup
     """Validated examples of one data file and how many bad rows ``--on-bad-rows skip`` dropped."""
     if path is None:
         return [], 0
-    result = load_examples(path, config.format, on_bad_rows=config.on_bad_rows, limit=limit)
+    result = load_examples(
+        path, config.format, on_bad_rows=config.on_bad_rows, field_map=config.field_map(), limit=limit
+    )
     if result.skipped:
         log.warning("%s: skipped %d bad rows (--on-bad-rows skip)", path, result.skipped)
     if not result.examples:
