@@ -114,8 +114,8 @@ class TrainConfig:
         tags=_RUN,
     )
     format: str = setting(AUTO, "data format", choices=data_formats, tags=(TAG_SHARED, TAG_ZERO_SHOT))
-    # The user's own column names (mcqtune.data.FieldMap), applied to the train and validation files;
-    # their flags (--field, --answer-base, --strip-query-prefix) live in cli/data_args.py.
+    # The user's own column names (mcqtune.data.FieldMap): applied to the train and validation files;
+    # given as --field/--answer-base/--strip-query-prefix (cli/data_args.py) or in the YAML.
     fields: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))  # noqa: RUF009
     answer_base: int | None = setting(None, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     strip_query_prefix: bool = setting(False, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
@@ -200,6 +200,10 @@ class TrainConfig:
         from mcqtune.data import DataError
 
         self.validate_method(COMMAND_LINE if "method" in typed else source)
+        try:
+            self.field_map()
+        except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
+            raise ConfigError(f"{source}: {exc}") from None
         for f in fields(self):
             value = getattr(self, f.name)
             choices = field_choices(f)
@@ -216,10 +220,6 @@ class TrainConfig:
                 raise bad(f.name, f"must be a number >= 0, got {value}")
             if check == "ratio" and not (finite and 0 <= value < 1):
                 raise bad(f.name, f"must be in [0, 1), got {value}")
-        try:
-            self.field_map()
-        except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
-            raise ConfigError(f"{source}: {exc}") from None
         if self.max_steps is None and self.epochs is None:
             raise bad("max_steps", "or 'epochs' must be set")
         unknown = set(self.prompt) - set(PromptConfig.__dataclass_fields__)
@@ -360,8 +360,8 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
-    """Return a copy with ``overrides`` applied; the mappings (method_options, prompt, fields) are
-    merged, not replaced. A layer that sets ``epochs`` but not ``max_steps`` trains for those epochs."""
+    """Return a copy with ``overrides`` applied; the mappings (method_options, prompt, fields) are merged.
+    A layer that sets ``epochs`` but not ``max_steps`` trains for those epochs (unsets max_steps)."""
     hints = get_type_hints(TrainConfig)
     updates: dict[str, Any] = {}
     for key, value in overrides.items():

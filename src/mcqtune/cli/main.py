@@ -428,7 +428,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config_file=args.config,
         quick=args.quick,
         resume=args.resume,
-        overrides=config_flags(args, keys_tagged(TAG_COMPARE)) | field_config_from_args(args),
+        overrides=config_flags(args, keys_tagged(TAG_COMPARE)),
+        data_fields=field_config_from_args(args),
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
         echo=not args.quiet,
@@ -545,6 +546,7 @@ def add_config_flags(
 def build_parser() -> argparse.ArgumentParser:
     from mcqtune import __version__
     from mcqtune.config import (
+        OBJECTIVES,
         ON_BAD_ROWS,
         PRECISIONS,
         SCORINGS,
@@ -760,11 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 
-    from mcqtune.config import OBJECTIVES, TrainConfig
-    from mcqtune.estimate import PRECISIONS as ESTIMATE_PRECISIONS
+    from mcqtune.estimate import PRECISIONS as WEIGHT_PRECISIONS
     from mcqtune.estimate import SHARDINGS
-
-    train_defaults = TrainConfig()
 
     est = sub.add_parser(
         "estimate",
@@ -775,16 +774,14 @@ def build_parser() -> argparse.ArgumentParser:
         "qwen2.5-1.5b, qwen2.5-7b), a config.json, a directory holding one, or any train --model.",
     )
     est.add_argument("--model", help="model (default: the bundled SmolLM2-135M)")
-    est.add_argument("--method", default=train_defaults.method, help="any registered method")
-    est.add_argument(
-        "--batch-size", type=int, default=train_defaults.batch_size, help="questions per micro-batch"
-    )
-    est.add_argument("--max-length", type=int, default=PromptConfig().max_length, help="tokens per sequence")
-    est.add_argument("--precision", choices=tuple(ESTIMATE_PRECISIONS), default="bf16", help="weights dtype")
+    est.add_argument("--method", default="lora", help="any registered method")
+    est.add_argument("--batch-size", type=int, default=4, help="questions per micro-batch")
+    est.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
+    est.add_argument("--precision", choices=tuple(WEIGHT_PRECISIONS), default="bf16", help="weights dtype")
     est.add_argument(
         "--objective",
         choices=OBJECTIVES,
-        default=train_defaults.objective,
+        default="auto",
         help="decides how many positions reach the LM head (auto: as train decides)",
     )
     est.add_argument("--num-processes", type=int, default=1, help="data-parallel processes")

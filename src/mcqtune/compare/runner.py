@@ -111,6 +111,8 @@ class CompareSettings:
     resume: bool = False
     # TrainConfig keys given on the command line (None: not given): over --config, over the budget.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # --field/--answer-base/--strip-query-prefix as TrainConfig keys (None: not given).
+    data_fields: dict[str, Any] = field(default_factory=dict)
     method_timeout: float | None = None
     permutations: str | None = (
         None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
@@ -167,7 +169,8 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     runs = settings.output / RUNS_DIR
 
     def resolve(method: str, name: str):
-        flags = {**settings.overrides, "method": method, "output": str(runs / name)}
+        given = {**settings.overrides, **settings.data_fields}
+        flags = {**given, "method": method, "output": str(runs / name)}
         return build_config(flags, settings.config_file, defaults=budget)
 
     configs = {method: resolve(method, method) for method in methods}
