@@ -551,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         PRECISIONS,
         SCORINGS,
         TAG_COMPARE,
+        TrainConfig,
         data_formats,
         flag_keys,
         keys_tagged,
@@ -765,6 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     from mcqtune.estimate import PRECISIONS as WEIGHT_PRECISIONS
     from mcqtune.estimate import SHARDINGS
 
+    train_defaults = TrainConfig()
+
     est = sub.add_parser(
         "estimate",
         help="per-device training memory of a method on a model, from its config.json alone",
@@ -774,14 +777,16 @@ def build_parser() -> argparse.ArgumentParser:
         "qwen2.5-1.5b, qwen2.5-7b), a config.json, a directory holding one, or any train --model.",
     )
     est.add_argument("--model", help="model (default: the bundled SmolLM2-135M)")
-    est.add_argument("--method", default="lora", help="any registered method")
-    est.add_argument("--batch-size", type=int, default=4, help="questions per micro-batch")
-    est.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
+    est.add_argument("--method", default=train_defaults.method, help="any registered method")
+    est.add_argument(
+        "--batch-size", type=int, default=train_defaults.batch_size, help="questions per micro-batch"
+    )
+    est.add_argument("--max-length", type=int, default=PromptConfig().max_length, help="tokens per sequence")
     est.add_argument("--precision", choices=tuple(WEIGHT_PRECISIONS), default="bf16", help="weights dtype")
     est.add_argument(
         "--objective",
         choices=OBJECTIVES,
-        default="auto",
+        default=train_defaults.objective,
         help="decides how many positions reach the LM head (auto: as train decides)",
     )
     est.add_argument("--num-processes", type=int, default=1, help="data-parallel processes")
