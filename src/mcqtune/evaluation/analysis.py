@@ -16,8 +16,6 @@ Accuracy alone hides *how* a model answers. This module measures the rest:
   file, so ``eval`` can estimate it once and ``predict`` (or a server) can reuse it.
 - :func:`calibration`: expected calibration error (10 equal-width confidence bins), the reliability
   bins behind a reliability diagram, and the multi-class Brier score.
-- :func:`shuffle_options` / :func:`shuffled_features`: the ``--shuffle-options`` training
-  augmentation (a fresh option order per example and epoch, answer remapped).
 """
 
 from __future__ import annotations
@@ -771,38 +769,6 @@ def format_debias_summary(summary: dict[str, Any]) -> str:
             lines.append(f"  predicted letters before {dist_b}  after {dist_a}")
     lines.append(f"  predictions changed on {summary['changed_predictions_share'] * 100:.1f}% of questions")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------ training augmentation
-
-
-def shuffle_options(example: MCQExample, seed: int, epoch: int, index: int) -> MCQExample:
-    """A deterministic random order of ``example``'s options for (seed, epoch, row), answer remapped."""
-    perm = list(range(len(example.choices)))
-    random.Random(f"mcqtune-shuffle-{seed}-{epoch}-{index}").shuffle(perm)
-    return permute_example(example, perm)
-
-
-def shuffled_features(
-    objective: Any, examples: Sequence[MCQExample], features: list[Any], seed: int, epoch: int
-):
-    """Re-encode one training batch with each example's options in this epoch's order.
-
-    ``features[i].index`` points into ``examples`` (as ``Objective.encode`` made it). A row whose
-    shuffled prompt no longer fits ``max_length`` keeps its original order.
-    """
-    shuffled = [shuffle_options(examples[f.index], seed, epoch, f.index) for f in features]
-    encoded = (
-        objective.encoder.encode_letter(shuffled, with_answer=True) if objective.name == "letter" else None
-    )
-    if encoded is None:
-        encoded = objective.encoder.encode_cloze(shuffled)
-    by_position = {f.index: f for f in encoded.features}
-    out = []
-    for position, original in enumerate(features):
-        new = by_position.get(position)
-        out.append(original if new is None else dataclasses.replace(new, index=original.index))
-    return out
 
 
 # ------------------------------------------------------------------------------------ one entry point
