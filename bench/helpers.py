@@ -46,6 +46,16 @@ def current_rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
+def rss_growth(curve: list[float], early_step: int) -> dict[str, float]:
+    """RSS at the last step over RSS at ``early_step`` (1-based): 1.0 is flat, the target is <= 1.1."""
+    early = curve[min(early_step, len(curve)) - 1]
+    return {
+        "early_step": min(early_step, len(curve)),
+        "late_step": len(curve),
+        "late_over_early": round(curve[-1] / early, 3),
+    }
+
+
 # ----------------------------------------------------------------------------------------- matmul peak
 def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
     """Sustained GFLOP/s of one n x n @ n x n matmul, repeated for about ``seconds``."""

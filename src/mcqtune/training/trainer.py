@@ -34,7 +34,6 @@ from mcqtune.models import ModelError, ResolvedModel
 from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_summary
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import Checkpoint, tensor_bytes
-from mcqtune.training.memory import release_freed_memory
 from mcqtune.training.objectives import make_objective
 from mcqtune.training.stream import BatchStream
 
@@ -187,13 +186,11 @@ class Trainer:
             loss_sum += loss.item() / accumulate
             real_tokens += batch.real_tokens
             questions += len(group)
-            del loss, batch  # nothing from this micro-batch outlives it (see memory.py)
         if self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        release_freed_memory()
         return StepResult(loss_sum, real_tokens, questions, time.perf_counter() - start)
 
     @property
