@@ -1,6 +1,6 @@
 """Training memory must not grow with steps (issue 12): RSS late in a run over RSS early in it.
 
-Each run is a fresh process (the cache that grew is process-wide and read once at start-up, see
+Each run is a fresh process (the caches that grew are process-wide and read once at start-up, see
 mcqtune/training/memory.py), trains the tiny Llama with bf16 autocast on length-grouped MedMCQA
 batches (a new sequence length almost every step) and prints its RSS after every step.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcqtune.training.memory import PRIMITIVE_CACHE_VARIABLE
+from mcqtune.training.memory import PRIMITIVE_CACHE_VARIABLES
 
 STEPS = 40
 EARLY_STEP = 8
@@ -68,7 +68,7 @@ bf16_cpu = pytest.mark.skipif(
 @pytest.mark.slow
 @bf16_cpu
 def test_training_rss_does_not_grow_with_steps(tiny_model_dir):
-    env = {k: v for k, v in os.environ.items() if k != PRIMITIVE_CACHE_VARIABLE}  # mcqtune's default
+    env = {k: v for k, v in os.environ.items() if k not in PRIMITIVE_CACHE_VARIABLES}  # mcqtune's default
     curve = _rss_curve(tiny_model_dir, env)
     assert curve[-1] / curve[EARLY_STEP - 1] < 1.10, curve
 
@@ -76,6 +76,6 @@ def test_training_rss_does_not_grow_with_steps(tiny_model_dir):
 @pytest.mark.slow
 @bf16_cpu
 def test_the_unbounded_cache_is_what_grew(tiny_model_dir):
-    """The guard above can fail: with the cache at torch's default size the same run grows."""
-    curve = _rss_curve(tiny_model_dir, {**os.environ, PRIMITIVE_CACHE_VARIABLE: "1024"})
+    """The guard above can fail: with the caches at their default size the same run grows."""
+    curve = _rss_curve(tiny_model_dir, {**os.environ, **dict.fromkeys(PRIMITIVE_CACHE_VARIABLES, "1024")})
     assert curve[-1] / curve[EARLY_STEP - 1] > 1.10, curve
