@@ -12,7 +12,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcqtune.config import TrainConfig
-from mcqtune.data import MCQExample
 from mcqtune.evaluation.evaluate import autocast_context
-from mcqtune.models import ResolvedModel
-from mcqtune.prompt import ClozeFeatures, PromptEncoder
+from mcqtune.prompt import ClozeFeatures
 from mcqtune.scoring import cloze_forward, collate_cloze
 from mcqtune.training.trainer import Trainer
 
@@ -168,21 +165,11 @@ class McqtuneStepper:
 
     The trainer is the one ``train()`` runs (build, objective, length-grouped stream, optimizer,
     scheduler, clipping, bf16 autocast); this wrapper only records what the benchmark compares.
-    ``prepare_base`` and ``model_hook`` are the lever A/Bs' changes to the base or the model.
+    Its arguments are the Trainer's (the lever A/Bs pass ``prepare_base`` or ``model_hook``).
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        resolved: ResolvedModel,
-        encoder: PromptEncoder,
-        examples: list[MCQExample],
-        model_hook: Callable[[torch.nn.Module], None] | None = None,
-        prepare_base: Callable[[torch.nn.Module], Any] | None = None,
-    ):
-        self.trainer = Trainer(
-            config, resolved, encoder, examples, prepare_base=prepare_base, model_hook=model_hook
-        )
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.trainer = Trainer(*args, **kwargs)
         self.timings = Timings()
         self.losses: list[float] = []
 
