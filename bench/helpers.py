@@ -12,7 +12,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcqtune.config import TrainConfig
-from mcqtune.data import MCQExample
-from mcqtune.evaluation.analysis import shuffled_features
-from mcqtune.evaluation.evaluate import autocast_context, resolve_precision
-from mcqtune.methods import get_method
-from mcqtune.methods.base import Method, check_master_weights
-from mcqtune.models import ResolvedModel
-from mcqtune.prompt import ClozeFeatures, PromptEncoder
+from mcqtune.evaluation.evaluate import autocast_context
+from mcqtune.prompt import ClozeFeatures
 from mcqtune.scoring import cloze_forward, collate_cloze
+from mcqtune.training.trainer import Trainer
 
 MIB = 2**20
 
@@ -46,6 +41,16 @@ def current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def rss_growth(curve: list[float], early_step: int) -> dict[str, float]:
+    """RSS at the last step over RSS at ``early_step`` (1-based): 1.0 is flat, the target is <= 1.1."""
+    early = curve[min(early_step, len(curve)) - 1]
+    return {
+        "early_step": min(early_step, len(curve)),
+        "late_step": len(curve),
+        "late_over_early": round(curve[-1] / early, 3),
+    }
 
 
 # ----------------------------------------------------------------------------------------- matmul peak
@@ -156,91 +161,37 @@ def abba(n_rounds: int) -> Iterable[tuple[int, tuple[str, str]]]:
 
 # ----------------------------------------------------------------------------------------- mcqtune step
 class McqtuneStepper:
-    """mcqtune's training step, built and run exactly as ``train._train`` does, one step per call.
+    """mcqtune's own :class:`~mcqtune.training.trainer.Trainer`, one step per call, with timings.
 
-    Same method plug-in (``load_base`` -> ``prepare_base`` -> ``apply``), objective, length-grouped
-    ``BatchStream``, optimizer, scheduler, gradient clipping and bf16 autocast. The only difference: no
-    ``accelerate.Accelerator`` wrapper, because its process-wide state cannot hold mcqtune's bf16 and the
-    naive Trainer's fp32 settings at once in the same process; on one CPU process that wrapper adds no
-    operation besides the same ``torch.autocast``.
+    The trainer is the one ``train()`` runs (build, objective, length-grouped stream, optimizer,
+    scheduler, clipping, bf16 autocast); this wrapper only records what the benchmark compares.
+    Its arguments are the Trainer's (the lever A/Bs pass ``prepare_base`` or ``model_hook``).
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        resolved: ResolvedModel,
-        encoder: PromptEncoder,
-        examples: list[MCQExample],
-        device: torch.device | None = None,
-        model_hook: Callable[[torch.nn.Module], None] | None = None,
-        prepare_base: Callable[[torch.nn.Module], Any] | None = None,
-    ):
-        from transformers import get_scheduler
-
-        from mcqtune.training.recipe import BatchStream, Objective
-
-        self.device = device or torch.device("cpu")
-        self.config = config
-        self.method: Method = get_method(config.method)
-        self.precision = resolve_precision(config.precision, self.device)
-        base = self.method.load_base(resolved, config.method_options, self.device)
-        if prepare_base is None:  # what train.py does; the lever A/Bs pass their own
-            self.method.prepare_base(base, self.precision)
-        else:
-            base = prepare_base(base) or base
-        self.model = self.method.apply(base, config.method_options)
-        check_master_weights(self.model, self.method.name)
-        if model_hook is not None:
-            model_hook(self.model)
-        packed = config.packing and self.method.supports_packing
-        self.objective = Objective(config.objective, encoder, packed)
-        self.examples = examples
-        self.features = self.objective.encode(examples)
-        self.stream = BatchStream(self.features, self.objective.length, config.batch_size, config.seed)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = self.method.make_optimizer(self.trainable, config, self.device)
-        total = config.max_steps or 1
-        self.scheduler = get_scheduler(
-            config.scheduler,
-            self.optimizer,
-            num_warmup_steps=int(config.warmup_ratio * total),
-            num_training_steps=total,
-        )
-        self.autocast = autocast_context(self.device, self.precision)
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.trainer = Trainer(*args, **kwargs)
         self.timings = Timings()
         self.losses: list[float] = []
-        self.model.train()
+
+    # what the sections read, by the names they always used
+    model = property(lambda self: self.trainer.model, lambda self, m: setattr(self.trainer, "model", m))
+    objective = property(lambda self: self.trainer.objective)
+    precision = property(lambda self: self.trainer.precision)
+    features = property(lambda self: self.trainer.features)
+    trainable = property(lambda self: self.trainer.trainable)
 
     def next_features(self) -> list[Any]:
-        return next(self.stream)
+        return self.trainer.next_features()
 
     def step(self, features: list[Any] | None = None, timings: Timings | None = None) -> float:
-        """One optimizer step (one micro-batch per ``grad_accum``) on ``features`` or the stream's next
-        batch; returns its seconds and adds them to ``timings`` (default: ``self.timings``)."""
-        start = time.perf_counter()
-        tokens = questions = 0
-        loss_value = 0.0
-        for _ in range(self.config.grad_accum):
-            group = features if features is not None else next(self.stream)
-            if self.config.shuffle_options and self.objective.scoring == "letter":  # as train.py does
-                epoch = self.stream.epoch
-                group = shuffled_features(self.objective, self.examples, group, self.config.seed, epoch)
-            batch = self.objective.collate(group).to(self.device)
-            with self.autocast():
-                loss = self.objective.loss(self.model, batch) / self.config.grad_accum
-                loss.backward()
-            tokens += batch.real_tokens
-            questions += len(group)
-            loss_value += loss.item()
-        if self.config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - start
-        (timings if timings is not None else self.timings).add(seconds, tokens, questions)
-        self.losses.append(loss_value)
-        return seconds
+        """One optimizer step on ``features`` or the stream's next batch; returns its seconds and adds
+        them to ``timings`` (default: ``self.timings``)."""
+        result = self.trainer.step(features)
+        (timings if timings is not None else self.timings).add(
+            result.seconds, result.real_tokens, result.questions
+        )
+        self.losses.append(result.loss)
+        return result.seconds
 
 
 # ----------------------------------------------------------------------------------------- cloze

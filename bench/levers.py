@@ -157,7 +157,8 @@ def lever_grad_checkpointing(ctx, rows, steps: int, warmup: int) -> dict[str, An
 
 
 def lever_adamw(ctx, reps: int) -> dict[str, Any]:
-    stepper = McqtuneStepper(ctx.lora_config("letter", 1), ctx.resolved, ctx.encoder, [])
+    rows = ctx.rows("medmcqa", "train", ctx.settings.batch_size)  # the trainer needs a batch to plan
+    stepper = McqtuneStepper(ctx.lora_config("letter", 1), ctx.resolved, ctx.encoder, rows)
     params = stepper.trainable
     n = sum(p.numel() for p in params)
     variants = {
@@ -184,7 +185,7 @@ def lever_adamw(ctx, reps: int) -> dict[str, Any]:
 
 
 def lever_length_grouping(ctx, batch_size: int) -> dict[str, Any]:
-    from mcqtune.training.recipe import BatchStream
+    from mcqtune.training.stream import BatchStream
 
     rows = ctx.rows("medmcqa", "train", 3000)
     features = ctx.encoder.encode_letter(rows, with_answer=True).features

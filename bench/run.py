@@ -19,7 +19,9 @@ A-B-B-A order), so machine noise hits both; peak RSS and start-up need their own
 4. ``eval``: letter-logit scoring vs greedy generate-and-parse, questions/s, accuracy, agreement;
 5. ``memory``: peak RSS of ``train()`` for every registered method at the same batch (own process
    each), frozen-base weight bytes;
-6. ``startup``: ``mcqtune eval`` start to first scored batch, cached model vs first GGUF load.
+6. ``memory_curve``: RSS after every step of the Trainer over 200 steps (lora, full, adapter, ranking),
+   each in its own process; RSS at the last step over RSS at step 20 (target <= 1.1);
+7. ``startup``: ``mcqtune eval`` start to first scored batch, cached model vs first GGUF load.
 
 Timings are never asserted (tests/test_bench.py checks only that the compared things are equal).
 """
@@ -47,7 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.spawn import log, run_worker  # noqa: E402  (after ROOT is on sys.path)
 
-SECTIONS = ("peak", "train", "cloze", "eval", "memory", "startup")
+SECTIONS = ("peak", "train", "cloze", "eval", "memory", "memory_curve", "startup")
 TARGETS = {
     "train_ratio": 3.0,
     "accuracy_points": 1.0,
@@ -78,6 +80,9 @@ class Settings:
     memory_steps: int  # section 5: train() steps per method
     naive_memory_steps: int
     memory_methods: tuple[str, ...] | None  # None: every registered method (+ lora at fp32)
+    curve_steps: int  # section memory_curve: Trainer steps per method, RSS after each
+    curve_early_step: int  # ... compared with the last step's RSS
+    curve_runs: tuple[tuple[str, str, int], ...]  # (method, objective, batch size), each its own process
     startup_limit: int  # section 6: rows evaluated
     startup_cached_runs: int  # the cached case is run this many times, best kept
 
@@ -99,6 +104,14 @@ FULL = Settings(
     memory_steps=4,
     naive_memory_steps=2,
     memory_methods=None,
+    curve_steps=200,
+    curve_early_step=20,
+    curve_runs=(
+        ("lora", "letter", 8),
+        ("full", "letter", 4),
+        ("adapter", "letter", 4),
+        ("lora", "ranking", 4),
+    ),
     startup_limit=16,
     startup_cached_runs=2,
 )
@@ -119,6 +132,9 @@ QUICK = Settings(
     memory_steps=1,
     naive_memory_steps=1,
     memory_methods=("lora", "qlora"),
+    curve_steps=25,
+    curve_early_step=5,
+    curve_runs=(("lora", "letter", 8),),
     startup_limit=4,
     startup_cached_runs=1,
 )
@@ -475,6 +491,31 @@ def section_memory(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def section_memory_curve(ctx: Context) -> dict[str, Any]:
+    """RSS after every training step (issue 12: it must not grow): the late/early ratio per method."""
+    s = ctx.settings
+    out: dict[str, Any] = {"steps": s.curve_steps, "early_step": s.curve_early_step, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="mcqtune-bench-curve-") as tmp:
+        for method, objective, batch_size in s.curve_runs:
+            log(f"memory_curve: {method} {objective} batch {batch_size}, {s.curve_steps} steps, own process")
+            spec = {
+                "method": method,
+                "objective": objective,
+                "train": "arc_easy" if objective == "ranking" else "medmcqa",
+                "batch_size": batch_size,
+                "steps": s.curve_steps,
+                "early_step": s.curve_early_step,
+            }
+            record = run_worker("rss_curve", spec, Path(tmp) / "work")
+            out["runs"][f"{method}/{objective}/b{batch_size}"] = record
+            if "late_over_early" in record:
+                log(
+                    f"memory_curve: RSS step {record['late_step']} / step {record['early_step']} = "
+                    f"{record['late_over_early']} (peak {record['peak_rss_mib']:.0f} MiB)"
+                )
+    return out
+
+
 def section_startup(ctx: Context) -> dict[str, Any]:
     """Item 6: `mcqtune eval` start to first scored batch: first GGUF load (empty cache) vs cached."""
     s = ctx.settings
@@ -514,6 +555,7 @@ SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "cloze": section_cloze,
     "eval": section_eval,
     "memory": section_memory,
+    "memory_curve": section_memory_curve,
     "startup": section_startup,
     "levers": section_levers,
 }

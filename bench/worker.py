@@ -5,7 +5,7 @@ start-up) runs here and writes one JSON record.
 
 Tasks: ``train`` (mcqtune's real ``train()`` for a fixed number of steps), ``naive`` (the naive HF
 ``Trainer`` recipe for a fixed number of steps), ``startup`` (``mcqtune eval`` with timestamps at model
-load and at the end of the first scored batch).
+load and at the end of the first scored batch), ``rss_curve`` (RSS after every step of the Trainer).
 """
 
 from __future__ import annotations
@@ -215,7 +215,47 @@ def task_startup(spec: dict) -> dict:
     return {"exit_code": code, "marks": marks, "peak_rss_mib": round(_peak_rss_mib(), 1)}
 
 
-TASKS = {"train": task_train, "naive": task_naive, "startup": task_startup}
+def task_rss_curve(spec: dict) -> dict:
+    """RSS after every step of mcqtune's Trainer (the one ``train()`` runs) for ``steps`` steps."""
+    from mcqtune.cli.main import _quiet_libraries
+
+    _quiet_libraries()
+    from bench.helpers import current_rss_mib, rss_growth
+
+    from mcqtune.config import build_config
+    from mcqtune.data import bundled_path, load_examples
+    from mcqtune.models import load_tokenizer, resolve_model
+    from mcqtune.prompt import PromptEncoder
+    from mcqtune.training.trainer import Trainer
+
+    resolved = resolve_model(None)
+    dataset = spec.get("train", "medmcqa")
+    rows = load_examples(bundled_path(dataset, "train")).examples
+    flags = {
+        "method": spec["method"],
+        "objective": spec.get("objective", "letter"),
+        "max_steps": spec["steps"],
+        "batch_size": spec["batch_size"],
+        "precision": spec.get("precision", "auto"),
+    }
+    trainer = Trainer(build_config(flags), resolved, PromptEncoder(load_tokenizer(resolved)), rows)
+    curve = []
+    start = time.perf_counter()
+    for _ in range(spec["steps"]):
+        trainer.step()
+        curve.append(round(current_rss_mib(), 1))
+    return {
+        **flags,
+        "dataset": dataset,
+        "precision": trainer.precision,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "rss_mib": curve,
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        **rss_growth(curve, spec["early_step"]),
+    }
+
+
+TASKS = {"train": task_train, "naive": task_naive, "startup": task_startup, "rss_curve": task_rss_curve}
 
 
 def main(argv: list[str]) -> int:

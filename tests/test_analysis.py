@@ -19,8 +19,6 @@ from mcqtune.evaluation.analysis import (
     permute_example,
     run_analyses,
     score_permutations,
-    shuffle_options,
-    shuffled_features,
 )
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.metrics import (
@@ -370,103 +368,6 @@ def test_eval_cli_rejects_a_bad_permutation_mode(tiny_model_dir, capsys):
     )
     assert code == 2
     assert "K >= 2" in capsys.readouterr().err
-
-
-# ----------------------------------------------------------------------------- option shuffling in training
-
-
-def test_shuffle_options_is_deterministic_per_epoch_and_keeps_the_answer():
-    ex = _examples([1], k=5)[0]
-    one = shuffle_options(ex, seed=1, epoch=0, index=7)
-    assert one == shuffle_options(ex, seed=1, epoch=0, index=7)
-    assert one.choices[one.answer] == ex.choices[ex.answer]
-    assert sorted(one.choices) == sorted(ex.choices)
-    epochs = {shuffle_options(ex, seed=1, epoch=e, index=7).choices for e in range(10)}
-    assert len(epochs) > 1
-
-
-def test_shuffled_features_label_the_remapped_letter(tokenizer):
-    from mcqtune.training.recipe import Objective
-
-    examples = _examples([0, 0, 0, 0, 0, 0, 0, 0])
-    encoder = PromptEncoder(tokenizer)
-    objective = Objective("letter", encoder, packed=True)
-    features = objective.encode(examples)
-    shuffled = shuffled_features(objective, examples, features, seed=0, epoch=3)
-    assert [f.index for f in shuffled] == [f.index for f in features]
-    letters = encoder.letter_token_ids
-    answers = []
-    for f in shuffled:
-        answer_token = [t for t in f.labels if t != -100]
-        assert answer_token == [letters[f.answer]]
-        answers.append(f.answer)
-        moved = shuffle_options(examples[f.index], 0, 3, f.index)
-        assert moved.answer == f.answer
-    assert len(set(answers)) > 1  # the all-"A" training set is no longer all A
-    cloze = Objective("ranking", encoder, packed=True)
-    cloze_features = shuffled_features(cloze, examples, cloze.encode(examples), seed=0, epoch=1)
-    assert all(
-        sorted(map(tuple, c.option_ids)) == sorted(map(tuple, o.option_ids))
-        for c, o in zip(cloze_features, cloze.encode(examples), strict=True)
-    )
-
-
-@pytest.mark.parametrize("objective", ["letter", "ranking"])
-def test_train_shuffles_options_by_default_for_the_letter_objective_only(
-    objective, tiny_model_dir, tmp_path, monkeypatch
-):
-    import mcqtune.training.recipe as train_module
-    from mcqtune.config import build_config
-
-    calls = []
-    real = train_module.shuffled_features
-    monkeypatch.setattr(
-        train_module, "shuffled_features", lambda *a, **k: calls.append(a[4]) or real(*a, **k)
-    )
-    config = build_config(
-        {
-            "model": str(tiny_model_dir),
-            "objective": objective,
-            "train": "arc_easy",
-            "output": str(tmp_path / "run"),
-            "max_steps": 3,
-            "batch_size": 2,
-            "train_limit": 4,
-            "precision": "fp32",
-        }
-    )
-    config.validation = None
-    assert config.shuffle_options  # the measured default (docs/EVALUATION.md)
-    train_module.train(config, show_progress=False)
-    # letter: every step's batch is re-ordered (epoch 0, then 1 after the 4 rows are used up);
-    # ranking: cloze options never see each other, so nothing is shuffled
-    assert calls == ([0, 0, 1] if objective == "letter" else [])
-
-
-def test_train_with_shuffle_options_runs(tiny_model_dir, tmp_path):
-    from mcqtune.config import build_config
-    from mcqtune.training.recipe import train
-
-    config = build_config(
-        {
-            "model": str(tiny_model_dir),
-            "objective": "letter",
-            "train": "arc_easy",
-            "validation": "arc_easy",
-            "output": str(tmp_path / "run"),
-            "max_steps": 3,
-            "batch_size": 2,
-            "train_limit": 4,
-            "eval_limit": 4,
-            "final_eval_limit": 4,
-            "eval_steps": 3,
-            "shuffle_options": True,
-            "precision": "fp32",
-        }
-    )
-    result = train(config, show_progress=False)
-    assert result.metrics["train"]["steps"] == 3
-    assert "letter_bias" in result.metrics["validation"]
 
 
 # ----------------------------------------------------------------------------- real model

@@ -6,8 +6,6 @@
   :func:`~mcqtune.evaluation.metrics.permutation_summary` turns that into numbers.
 - :func:`run_analyses`: score once, then add the permutation summary and/or content-free debiasing with
   a prior given or estimated here (the math: :mod:`mcqtune.evaluation.metrics`).
-- :func:`shuffle_options` / :func:`shuffled_features`: the ``--shuffle-options`` training
-  augmentation (a fresh option order per example and epoch, answer remapped).
 """
 
 from __future__ import annotations
@@ -178,38 +176,6 @@ def calibration_sample(n_rows: int, size: int | None, seed: int) -> list[int]:
     if size < 1:
         raise ConfigError(f"--calibration-size must be >= 1, got {size}")
     return sorted(random.Random(f"mcqtune-calibration-{seed}").sample(range(n_rows), size))
-
-
-# ------------------------------------------------------------------------------------ training augmentation
-
-
-def shuffle_options(example: MCQExample, seed: int, epoch: int, index: int) -> MCQExample:
-    """A deterministic random order of ``example``'s options for (seed, epoch, row), answer remapped."""
-    perm = list(range(len(example.choices)))
-    random.Random(f"mcqtune-shuffle-{seed}-{epoch}-{index}").shuffle(perm)
-    return permute_example(example, perm)
-
-
-def shuffled_features(
-    objective: Any, examples: Sequence[MCQExample], features: list[Any], seed: int, epoch: int
-):
-    """Re-encode one training batch with each example's options in this epoch's order.
-
-    ``features[i].index`` points into ``examples`` (as ``Objective.encode`` made it). A row whose
-    shuffled prompt no longer fits ``max_length`` keeps its original order.
-    """
-    shuffled = [shuffle_options(examples[f.index], seed, epoch, f.index) for f in features]
-    encoded = (
-        objective.encoder.encode_letter(shuffled, with_answer=True) if objective.name == "letter" else None
-    )
-    if encoded is None:
-        encoded = objective.encoder.encode_cloze(shuffled)
-    by_position = {f.index: f for f in encoded.features}
-    out = []
-    for position, original in enumerate(features):
-        new = by_position.get(position)
-        out.append(original if new is None else dataclasses.replace(new, index=original.index))
-    return out
 
 
 # ------------------------------------------------------------------------------------ one entry point

@@ -1,13 +1,8 @@
-"""The ``train`` stage: one training loop for every method and both objectives.
+"""The ``train`` command: checks, run directory, validation, checkpoints, final eval, artifact, metrics.
 
-The loop only sees a model whose trainable parameters were chosen by a method plug-in, and a loss
-function chosen by the objective:
-
-- ``letter``: LM cross-entropy on the answer letter token(s) after the seed prompt;
-- ``ranking``: cross-entropy over the options' length-normalised log-likelihoods (cloze).
-
-It is built on ``accelerate.Accelerator`` (one process by default) so GPUs and multiple processes need
-no rewrite. Periodic validation keeps the best trainable state, which is what gets saved.
+The model, objective, data stream and optimizer step live in :class:`~mcqtune.training.trainer.Trainer`
+(shared with the benchmark); this module only orchestrates a run around it. Periodic validation keeps
+the best trainable state, which is what gets saved.
 
 Reliability (docs/RELIABILITY.md): everything is validated before the run directory is touched; a
 checkpoint (``checkpoint.py``) is written every ``save_steps`` steps and on Ctrl-C/SIGTERM, and
@@ -20,23 +15,18 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import random
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
-from transformers import get_scheduler
 
 from mcqtune.artifacts import (
     ADAPTER_DIR,
@@ -45,33 +35,19 @@ from mcqtune.artifacts import (
     LOCK_FILE,
     MANIFEST,
     METRICS,
-    base_identity,
     save_artifact,
 )
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
-from mcqtune.config import OBJECTIVE_TO_SCORING, ConfigError, TrainConfig, resolve_objective
+from mcqtune.config import ConfigError, TrainConfig
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
-from mcqtune.errors import UserError
-from mcqtune.evaluation.analysis import shuffled_features
-from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.format import format_metrics
 from mcqtune.evaluation.metrics import compute_metrics
-from mcqtune.methods import get_method, parameter_report
-from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, trainable_state
-from mcqtune.models import ModelError, load_policy, load_tokenizer, resolve_model
-from mcqtune.preflight import (
-    MIB,
-    DiskSpaceError,
-    check_output_dir,
-    check_training_fits,
-    check_weights_fit,
-    ensure_free_space,
-    mib,
-    model_dir_summary,
-)
+from mcqtune.methods.base import load_trainable_state, trainable_state
+from mcqtune.models import load_policy, load_tokenizer, resolve_model
+from mcqtune.preflight import MIB, DiskSpaceError, check_output_dir, ensure_free_space, mib
 from mcqtune.progress import bar, task
 from mcqtune.prompt import PromptEncoder
-from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward, ranking_loss
 from mcqtune.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -85,8 +61,8 @@ from mcqtune.training.checkpoint import (
     restore_rng,
     save_checkpoint,
     step_of,
-    tensor_bytes,
 )
+from mcqtune.training.trainer import StepResult, Trainer
 
 try:
     import fcntl
@@ -94,6 +70,7 @@ except ImportError:  # not POSIX: no run-directory lock
     fcntl = None
 
 log = logging.getLogger(__name__)
+
 
 _RESUME_HINT = "free some space and run the same command again: it resumes from the last checkpoint"
 
@@ -120,118 +97,120 @@ def load_split(path: Path | None, config: TrainConfig, limit: int | None) -> tup
     return result.examples, result.skipped
 
 
-class BatchStream:
-    """Endless stream of length-grouped batches, reshuffled each epoch with a seeded generator.
+@dataclass
+class TrainData:
+    """The validated training and validation rows and where they came from."""
 
-    Grouping by length (sort inside shuffled pools of 50 batches) cuts padding without making batches
-    predictable; ``position`` (epoch, batch) is what a resume needs.
-    """
+    train_path: Path
+    val_path: Path | None
+    train: list[MCQExample]
+    validation: list[MCQExample]
+    skipped: dict[str, int]
 
-    def __init__(self, features: list[Any], length: Callable[[Any], int], batch_size: int, seed: int):
-        self.features = features
-        self.length = length
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self.cursor = 0
-        self._batches = self._plan(0)
+    @classmethod
+    def load(cls, config: TrainConfig) -> TrainData:
+        train_path = resolve_data(config.train, "train")
+        val_path = resolve_data(config.validation, "validation") if config.validation else None
+        train_rows, train_skipped = load_split(train_path, config, config.train_limit)
+        val_rows, val_skipped = load_split(val_path, config, None)
+        skipped = {"train": train_skipped, "validation": val_skipped}
+        return cls(train_path, val_path, train_rows, val_rows, skipped)
 
-    def _plan(self, epoch: int) -> list[list[Any]]:
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        order = list(range(len(self.features)))
-        rng.shuffle(order)
-        pool = self.batch_size * 50
-        batches = []
-        for start in range(0, len(order), pool):
-            chunk = sorted(order[start : start + pool], key=lambda i: self.length(self.features[i]))
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return [[self.features[i] for i in b] for b in batches]
+    def fingerprint(self, trainer: Trainer) -> dict[str, Any]:
+        """What must not change under a checkpoint: the data files, the base and the trainable shapes."""
+        return {
+            "train_sha256": file_fingerprint(self.train_path)["sha256"],
+            "validation_sha256": (file_fingerprint(self.val_path) or {}).get("sha256"),
+            "base_config_hash": trainer.base_identity["base_config_hash"],
+            "trainable": {n: list(p.shape) for n, p in trainer.named_trainable.items()},
+        }
+
+
+@dataclass
+class RunProgress:
+    """What the loop accumulates and a checkpoint carries, besides the trainer's own state."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    real_tokens: int = 0
+    train_seconds: float = 0.0
+    best_accuracy: float | None = None
+    best_step: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
+
+    def checkpoint_state(self, total_steps: int, stream: dict[str, int]) -> dict[str, Any]:
+        return {
+            "total_steps": total_steps,
+            "stream": stream,
+            "history": self.history,
+            "losses": self.losses,
+            "real_tokens": self.real_tokens,
+            "train_seconds": self.train_seconds,
+            "best_accuracy": self.best_accuracy,
+            "best_step": self.best_step,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device) -> RunProgress:
+        state = checkpoint.state
+        best_state = checkpoint.best(device)
+        return cls(
+            history=list(state["history"]),
+            losses=list(state["losses"]),
+            real_tokens=state["real_tokens"],
+            train_seconds=state["train_seconds"],
+            best_accuracy=state["best_accuracy"] if best_state is not None else None,
+            best_step=state["best_step"] if best_state is not None else None,
+            best_state=best_state,
+        )
+
+    def record_step(self, step: int, result: StepResult, learning_rate: float) -> None:
+        self.losses.append(result.loss)
+        self.real_tokens += result.real_tokens
+        self.train_seconds += result.seconds
+        self.history.append({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
 
     @property
-    def batches_per_epoch(self) -> int:
-        return len(self._batches)
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def restore(self, state: dict[str, int]) -> None:
-        """Continue exactly where ``state()`` was taken: same epoch plan, same next batch."""
-        self.epoch = int(state["epoch"])
-        self.cursor = int(state["cursor"])
-        self._batches = self._plan(self.epoch)
-
-    def __iter__(self) -> Iterator[list[Any]]:
-        return self
-
-    def __next__(self) -> list[Any]:
-        if self.cursor >= len(self._batches):
-            self.epoch += 1
-            self.cursor = 0
-            self._batches = self._plan(self.epoch)
-        batch = self._batches[self.cursor]
-        self.cursor += 1
-        return batch
+    def tokens_per_second(self) -> float:
+        return self.real_tokens / max(self.train_seconds, 1e-9)
 
 
-class Objective:
-    """Turns features into batches and batches into a loss; the only objective-specific code."""
-
-    def __init__(self, name: str, encoder: PromptEncoder, packed: bool):
-        self.name = name
-        self.encoder = encoder
-        self.packed = packed
-        self.scoring = OBJECTIVE_TO_SCORING[name]
-        self.pad_id = encoder.tokenizer.pad_token_id
-
-    def encode(self, examples: list[MCQExample]) -> list[Any]:
-        encoded = (
-            self.encoder.encode_letter(examples, with_answer=True)
-            if self.name == "letter"
-            else self.encoder.encode_cloze(examples)
-        )
-        if encoded.skipped:
-            log.warning("skipped %d training rows that do not fit max_length", len(encoded.skipped))
-        return encoded.features
-
-    def length(self, feature: Any) -> int:
-        return len(feature.input_ids) if self.name == "letter" else feature.length
-
-    def collate(self, features: list[Any]):
-        if self.name == "letter":
-            return collate_letter(features, self.pad_id, full_logits=self.encoder.config.train_on_prompt)
-        return collate_cloze(features, self.pad_id, packed=self.packed)
-
-    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
-        if self.name == "letter":
-            loss, _ = letter_forward(model, batch, with_loss=True)
-            return loss
-        return ranking_loss(cloze_forward(model, batch), batch.answers)
+def validation_name(config: TrainConfig) -> str:
+    """How printouts name the validation data: a bundled name as given, a file by its name."""
+    return Path(config.validation).name if config.validation else "none"
 
 
-def _evaluate(model, encoder, examples, scoring, config, precision, device, packed) -> dict[str, Any]:
+def _evaluate(trainer: Trainer, rows: list[MCQExample], config: TrainConfig) -> dict[str, Any]:
     scored = score_examples(
-        model,
-        encoder,
-        examples,
-        scoring,
+        trainer.unwrapped,
+        trainer.objective.encoder,
+        rows,
+        trainer.objective.scoring,
         batch_size=config.eval_batch_size,
-        packed=packed,
-        precision=precision,
-        device=device,
+        packed=trainer.packed,
+        precision=trainer.precision,
+        device=trainer.device,
     )
     return compute_metrics(scored)
 
 
-@contextmanager
-def _method_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
-    """Method plug-ins report bad options with ValueError; to the user that is a config error."""
-    try:
-        yield
-    except UserError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
+def _validate(
+    trainer: Trainer, rows: list[MCQExample], config: TrainConfig, step: int, run: RunProgress
+) -> None:
+    """Periodic validation; the best trainable state after step 0 is kept (and saved at the end)."""
+    if not rows:
+        return
+    name = validation_name(config)
+    with task(f"step {step}: validation ({name})" if trainer.accelerator.is_main_process else None):
+        m = _evaluate(trainer, rows, config)
+    run.history.append({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
+    trainer.accelerator.print(
+        f"step {step}: validation ({name}): {m['accuracy'] * 100:.1f}% on {m['n']} rows"
+    )
+    if step > 0 and (run.best_accuracy is None or m["accuracy"] > run.best_accuracy):
+        run.best_accuracy, run.best_step = m["accuracy"], step
+        run.best_state = None  # drop the old snapshot before taking the new one: one copy at a time
+        run.best_state = trainable_state(trainer.unwrapped)
 
 
 def _prepare_run_dir(
@@ -414,276 +393,183 @@ def _train(
     output = Path(config.output)
     checkpoint = _prepare_run_dir(output, config, resume=resume, overwrite=overwrite)
     set_seed(config.seed)
-    method = get_method(config.method)
     resolved = resolve_model(config.model)
     tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     encoder = PromptEncoder(tokenizer, config.prompt_config())
-
-    train_path = resolve_data(config.train, "train")
-    val_path = resolve_data(config.validation, "validation") if config.validation else None
-    val_name = Path(config.validation).name if config.validation else None
-    train_examples, train_skipped = load_split(train_path, config, config.train_limit)
-    val_examples, val_skipped = load_split(val_path, config, None)
-
-    cpu = not torch.cuda.is_available()
-    device = torch.device("cpu") if cpu else torch.device("cuda")
-    precision = resolve_precision(config.precision, device)
-    # accelerate keeps process-wide singletons: a second train() in one process (tests, the demo) with
-    # another precision or grad_accum must not inherit the first one's state.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        cpu=cpu,
-        mixed_precision="bf16" if precision == "bf16" else "no",
-        gradient_accumulation_steps=config.grad_accum,
-    )
-    device = accelerator.device
-
-    summary = model_dir_summary(resolved.path, ModelError)  # also catches truncated weight files
-    if summary and type(method).load_base is Method.load_base:  # the default loads fp32 weights
-        check_weights_fit(summary["n_params"], 4, device, f"model '{config.model}' (fp32 weights)")
-    with _method_errors(method.name, config.method_options):
-        base = method.load_base(resolved, config.method_options, device)
-        method.prepare_base(base, precision)  # bf16: frozen linear weights stored in bf16 (PERFORMANCE.md)
-        identity = base_identity(resolved, base)
-        objective_name = resolve_objective(config.objective, base.num_parameters())
-        model = method.apply(base, config.method_options)
-        check_master_weights(model, method.name)
-    packed = config.packing and method.supports_packing
-    objective = Objective(objective_name, encoder, packed)
-    params = parameter_report(model)
-
-    features = objective.encode(train_examples)
-    if not features:
-        raise DataError(
-            f"no training row fits max_length={encoder.config.max_length} tokens; raise --max-length",
-            file=str(train_path),
-        )
-    stream = BatchStream(features, objective.length, config.batch_size, config.seed)
-    if config.max_steps is not None:
-        total_steps = config.max_steps
-    else:
-        total_steps = max(1, math.ceil(config.epochs * stream.batches_per_epoch / config.grad_accum))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(f"method '{method.name}' left no trainable parameters")
-    trainable_bytes = tensor_bytes(trainable)
-    check_training_fits(
-        trainable_bytes,
-        (summary or {}).get("config", {}),
-        config.batch_size,
-        encoder.config.max_length,
-        device,
-    )
-    with _method_errors(method.name, config.method_options):
-        optimizer = method.make_optimizer(trainable, config, device)
-    scheduler = get_scheduler(
-        config.scheduler,
-        optimizer,
-        num_warmup_steps=int(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    eval_rows = val_examples[: config.eval_limit] if config.eval_limit else val_examples
-    unwrapped = accelerator.unwrap_model(model)
-    named_trainable = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
-    fingerprint = {
-        "train_sha256": file_fingerprint(train_path)["sha256"],
-        "validation_sha256": (file_fingerprint(val_path) or {}).get("sha256"),
-        "base_config_hash": identity["base_config_hash"],
-        "trainable": {n: list(p.shape) for n, p in named_trainable.items()},
-    }
+    data = TrainData.load(config)
+    trainer = Trainer(config, resolved, encoder, data.train, data_file=data.train_path)
+    fingerprint = data.fingerprint(trainer)
     if checkpoint is not None:
         _check_fingerprint(checkpoint, fingerprint)
-
-    # Disk: while rotating, keep_checkpoints + 1 checkpoints exist at once, plus the final artifact.
-    checkpoint_bytes = estimate_checkpoint_bytes(trainable)
-    saves = math.ceil(total_steps / config.save_steps) if config.save_steps else 1
-    at_once = 1 if checkpoint is not None else min(saves, config.keep_checkpoints + 1)
-    ensure_free_space(
-        output,
-        at_once * checkpoint_bytes + trainable_bytes + MIB,
-        f"this run ({at_once} checkpoint(s) of ~{mib(checkpoint_bytes)}, a ~{mib(trainable_bytes)} artifact)",
-        "free some space, lower --keep-checkpoints, or choose another --output",
-    )
+    _ensure_run_fits_disk(output, config, trainer, resuming=checkpoint is not None)
 
     # Every check passed: from here on the run directory is written.
     held.enter_context(_run_lock(output))
+    _tidy_run_dir(output, overwrite, checkpoint)
+    say = trainer.accelerator.print
+    say(f"method {trainer.method.name}: {trainer.parameters.describe()}")
+    objective = trainer.objective
+    say(f"objective {objective.name} (scoring {objective.scoring}), precision {trainer.precision}")
+    eval_rows = data.validation[: config.eval_limit] if config.eval_limit else data.validation
+    if checkpoint is not None:
+        run = _resume(trainer, checkpoint)
+    else:
+        run = RunProgress()
+        _validate(trainer, eval_rows, config, 0, run)
+    start_step = (checkpoint.step if checkpoint is not None else 0) + 1
+    _run_steps(trainer, config, output, fingerprint, run, start_step, eval_rows, show_progress)
+
+    if run.best_state is not None:
+        load_trainable_state(trainer.unwrapped, run.best_state)
+        best = f"step {run.best_step} ({run.best_accuracy * 100:.1f}% on validation)"
+        say(f"keeping the best checkpoint: {best}")
+    trainer.unwrapped.eval()
+    final = None
+    if data.validation:
+        final_rows = (
+            data.validation[: config.final_eval_limit] if config.final_eval_limit else data.validation
+        )
+        name = validation_name(config)
+        with task(f"final validation ({name})" if show_progress else None):
+            final = _evaluate(trainer, final_rows, config)
+        say(
+            format_metrics(final, f"validation ({name}, {trainer.method.name}, {objective.scoring} scoring):")
+        )
+    metrics = _save_results(output, config, trainer, data, run, final)
+    remove_tree(checkpoint_root(output))  # finished: checkpoints are only for resuming
+    model = trainer.unwrapped if keep_model else None
+    return TrainResult(output=output, metrics=metrics, history=run.history, model=model)
+
+
+def _ensure_run_fits_disk(output: Path, config: TrainConfig, trainer: Trainer, *, resuming: bool) -> None:
+    """While rotating, keep_checkpoints + 1 checkpoints exist at once, plus the final artifact."""
+    checkpoint_bytes = estimate_checkpoint_bytes(trainer.trainable)
+    saves = math.ceil(trainer.total_steps / config.save_steps) if config.save_steps else 1
+    at_once = 1 if resuming else min(saves, config.keep_checkpoints + 1)
+    artifact = mib(trainer.trainable_bytes)
+    ensure_free_space(
+        output,
+        at_once * checkpoint_bytes + trainer.trainable_bytes + MIB,
+        f"this run ({at_once} checkpoint(s) of ~{mib(checkpoint_bytes)}, a ~{artifact} artifact)",
+        "free some space, lower --keep-checkpoints, or choose another --output",
+    )
+
+
+def _tidy_run_dir(output: Path, overwrite: bool, checkpoint: Checkpoint | None) -> None:
+    """Remove an overwritten run, temporaries of killed writers, and checkpoints newer than the resumed
+    one (damaged ones: dead ends)."""
     if overwrite:
         _clear_previous_run(output)
     clean_checkpoint_dir(output)
     remove_stale_temporaries(output)
-    if checkpoint is not None:  # damaged checkpoints newer than the one resumed from are dead ends
+    if checkpoint is not None:
         for path in list_checkpoints(output):
             if (step_of(path) or 0) > checkpoint.step:
                 remove_tree(path)
-    accelerator.print(f"method {method.name}: {params.describe()}")
-    accelerator.print(f"objective {objective_name} (scoring {objective.scoring}), precision {precision}")
 
-    history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    real_tokens = 0
-    train_seconds = 0.0
 
-    def validate(step: int) -> None:
-        nonlocal best
-        if not eval_rows:
-            return
-        with task(f"step {step}: validation ({val_name})" if show_progress else None):
-            m = _evaluate(unwrapped, encoder, eval_rows, objective.scoring, config, precision, device, packed)
-        history.append({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
-        accuracy = f"{m['accuracy'] * 100:.1f}% on {m['n']} rows"
-        accelerator.print(f"step {step}: validation ({val_name}): {accuracy}")
-        if step > 0 and (best is None or m["accuracy"] > best[0]):
-            best = (m["accuracy"], step, trainable_state(unwrapped))
+def _resume(trainer: Trainer, checkpoint: Checkpoint) -> RunProgress:
+    run = RunProgress.from_checkpoint(checkpoint, trainer.device)
+    trainer.restore(checkpoint, checkpoint.state["stream"])
+    restore_rng(checkpoint.meta["rng"], checkpoint.rng_tensors())  # last: nothing may draw after it
+    trainer.accelerator.print(
+        f"resuming from {checkpoint.path} (step {checkpoint.step} of {trainer.total_steps})"
+    )
+    return run
+
+
+def _run_steps(
+    trainer: Trainer,
+    config: TrainConfig,
+    output: Path,
+    fingerprint: dict[str, Any],
+    run: RunProgress,
+    start_step: int,
+    eval_rows: list[MCQExample],
+    show_progress: bool,
+) -> None:
+    """The loop: step, log, validate every ``eval_steps``, checkpoint every ``save_steps`` and on a
+    stop request (then raise :class:`TrainingInterrupted`)."""
+    total = trainer.total_steps
 
     def save(step: int) -> Path:
-        state = {
-            "total_steps": total_steps,
-            "stream": stream.state(),
-            "history": history,
-            "losses": losses,
-            "real_tokens": real_tokens,
-            "train_seconds": train_seconds,
-            "best_accuracy": best[0] if best else None,
-            "best_step": best[1] if best else None,
-        }
         return save_checkpoint(
             output,
             step=step,
-            trainable=named_trainable,
-            best=best[2] if best else None,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state=state,
+            best=run.best_state,
+            state=run.checkpoint_state(total, trainer.stream_state()),
             config=config.to_dict(),
             fingerprint=fingerprint,
             keep=config.keep_checkpoints,
+            **trainer.state_for_checkpoint(),
         )
 
-    start_step = 1
-    if checkpoint is not None:
-        state = checkpoint.state
-        load_trainable_state(unwrapped, checkpoint.trainable(device))
-        optimizer.load_state_dict(checkpoint.torch_state("optimizer.pt", device))
-        scheduler.load_state_dict(checkpoint.torch_state("scheduler.pt"))
-        stream.restore(state["stream"])
-        history.extend(state["history"])
-        losses.extend(state["losses"])
-        real_tokens = state["real_tokens"]
-        train_seconds = state["train_seconds"]
-        best_tensors = checkpoint.best(device)
-        if best_tensors is not None:
-            best = (state["best_accuracy"], state["best_step"], best_tensors)
-        accelerator.step = checkpoint.step * config.grad_accum  # gradient-accumulation phase
-        restore_rng(checkpoint.meta["rng"], checkpoint.rng_tensors())  # last: nothing may draw after it
-        start_step = checkpoint.step + 1
-        accelerator.print(f"resuming from {checkpoint.path} (step {checkpoint.step} of {total_steps})")
-    else:
-        validate(0)
-
-    model.train()
-    progress = bar(total_steps, f"train {method.name}", "step", start_step - 1, enabled=show_progress)
-    # Option order only matters to letter scoring; cloze options never see each other.
-    shuffling = config.shuffle_options and objective.scoring == "letter"
-    with _StopRequest() as stop:
-        for step in range(start_step, total_steps + 1):
-            step_start = time.perf_counter()
-            step_loss = 0.0
-            for _ in range(config.grad_accum):
-                batch_features = next(stream)
-                if shuffling:  # a fresh option order per example and epoch, answer remapped
-                    batch_features = shuffled_features(
-                        objective, train_examples, batch_features, config.seed, stream.epoch
-                    )
-                batch = objective.collate(batch_features).to(device)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss = objective.loss(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.item() / config.grad_accum
-                real_tokens += batch.real_tokens
-            train_seconds += time.perf_counter() - step_start
-            losses.append(step_loss)
-            history.append({"step": step, "loss": round(step_loss, 5), "lr": scheduler.get_last_lr()[0]})
+    progress = bar(total, f"train {trainer.method.name}", "step", start_step - 1, enabled=show_progress)
+    with _StopRequest() as stop, closing(progress):
+        for step in range(start_step, total + 1):
+            run.record_step(step, trainer.step(), trainer.learning_rate)
             progress.update(1)
             progress.set_postfix(
-                loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{real_tokens / max(train_seconds, 1e-9):.0f}"
+                loss=f"{np.mean(run.losses[-10:]):.3f}", tok_s=f"{run.tokens_per_second:.0f}"
             )
-            if step % config.eval_steps == 0 or step == total_steps:
-                model.eval()
-                validate(step)
-                model.train()
-            due = config.save_steps is not None and (step % config.save_steps == 0 or step == total_steps)
+            if step % config.eval_steps == 0 or step == total:
+                _validate(trainer, eval_rows, config, step, run)
+            due = config.save_steps is not None and (step % config.save_steps == 0 or step == total)
             stopping = stop.signal  # read once: a signal may arrive while the checkpoint is written
             if due or stopping:
                 saved = save(step)
             if stopping:
-                progress.close()
-                raise TrainingInterrupted(stopping, step, total_steps, saved)
-    progress.close()
+                raise TrainingInterrupted(stopping, step, total, saved)
 
-    if best is not None:
-        load_trainable_state(unwrapped, best[2])
-        accelerator.print(f"keeping the best checkpoint: step {best[1]} ({best[0] * 100:.1f}% on validation)")
-    unwrapped.eval()
 
-    final = None
-    if val_examples:
-        final_rows = val_examples[: config.final_eval_limit] if config.final_eval_limit else val_examples
-        with task(f"final validation ({val_name})" if show_progress else None):
-            final = _evaluate(
-                unwrapped, encoder, final_rows, objective.scoring, config, precision, device, packed
-            )
-        title = f"validation ({val_name}, {method.name}, {objective.scoring} scoring):"
-        accelerator.print(format_metrics(final, title))
-
+def _save_results(
+    output: Path,
+    config: TrainConfig,
+    trainer: Trainer,
+    data: TrainData,
+    run: RunProgress,
+    final: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The artifact first, metrics.json last: metrics.json is what marks the run finished."""
+    method, objective = trainer.method.name, trainer.objective_name
     manifest = {
-        "method": method.name,
+        "method": method,
         "method_options": config.method_options,
-        "objective": objective_name,
-        "scoring": objective.scoring,
-        **identity,
-        "prompt": encoder.config.to_dict(),
-        "packing": packed,
-        "parameters": params.to_dict(),
-        "best_step": best[1] if best else total_steps,
+        "objective": objective,
+        "scoring": trainer.objective.scoring,
+        **trainer.base_identity,
+        "prompt": trainer.objective.encoder.config.to_dict(),
+        "packing": trainer.packed,
+        "parameters": trainer.parameters.to_dict(),
+        "best_step": run.best_step if run.best_step is not None else trainer.total_steps,
     }
-    # The artifact first, metrics.json last: metrics.json is what marks the run finished.
     try:
-        ensure_free_space(output, trainable_bytes + MIB, "the artifact", _RESUME_HINT)
-        artifact_bytes = save_artifact(unwrapped, output, manifest)
-        accelerator.print(f"saved {method.name} artifact to {output} ({artifact_bytes / 2**20:.2f} MiB)")
-        resolved_config = config.to_dict() | {"objective": objective_name}
-        atomic_write_yaml(output / CONFIG_FILE, resolved_config)
-
+        ensure_free_space(output, trainer.trainable_bytes + MIB, "the artifact", _RESUME_HINT)
+        artifact_bytes = save_artifact(trainer.unwrapped, output, manifest)
+        trainer.accelerator.print(f"saved {method} artifact to {output} ({artifact_bytes / 2**20:.2f} MiB)")
+        atomic_write_yaml(output / CONFIG_FILE, config.to_dict() | {"objective": objective})
         metrics: dict[str, Any] = {
-            "method": method.name,
-            "objective": objective_name,
-            "parameters": params.to_dict(),
+            "method": method,
+            "objective": objective,
+            "parameters": trainer.parameters.to_dict(),
             "artifact_bytes": artifact_bytes,
             "train": {
-                "steps": total_steps,
-                "examples_seen": total_steps * config.batch_size * config.grad_accum,
-                "seconds": round(train_seconds, 2),
-                "real_tokens": real_tokens,
-                "tokens_per_second": round(real_tokens / max(train_seconds, 1e-9), 1),
-                "final_loss": round(losses[-1], 5),
-                "mean_loss_last_10": round(float(np.mean(losses[-10:])), 5),
+                "steps": trainer.total_steps,
+                "examples_seen": trainer.total_steps * config.batch_size * config.grad_accum,
+                "seconds": round(run.train_seconds, 2),
+                "real_tokens": run.real_tokens,
+                "tokens_per_second": round(run.tokens_per_second, 1),
+                "final_loss": round(run.losses[-1], 5),
+                "mean_loss_last_10": round(float(np.mean(run.losses[-10:])), 5),
             },
             "data": {"train": config.train, "validation": config.validation},
-            "history": history,
+            "history": run.history,
         }
-        if train_skipped or val_skipped:
-            metrics["bad_rows_skipped"] = {"train": train_skipped, "validation": val_skipped}
+        if any(data.skipped.values()):
+            metrics["bad_rows_skipped"] = data.skipped
         if final is not None:
             zero_shot = next(
-                (h["val_accuracy"] for h in history if h["step"] == 0 and "val_accuracy" in h), None
+                (h["val_accuracy"] for h in run.history if h["step"] == 0 and "val_accuracy" in h), None
             )
             metrics["validation"] = final
             metrics["zero_shot_val_accuracy_subset"] = zero_shot
@@ -692,7 +578,4 @@ def _train(
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskSpaceError(f"disk full while saving the artifact in {output}; {_RESUME_HINT}") from exc
         raise
-    remove_tree(checkpoint_root(output))  # finished: checkpoints are only for resuming
-    return TrainResult(
-        output=output, metrics=metrics, history=history, model=unwrapped if keep_model else None
-    )
+    return metrics

@@ -1,0 +1,213 @@
+"""The trainer: builds a method's trainable model and runs optimizer steps on it.
+
+``train()`` (``recipe.py``) and the benchmark (``bench/``) both use this class, so what is measured is
+what users run. Building is ``method.load_base -> prepare_base -> apply -> optimizer -> scheduler``
+and ``accelerate.Accelerator.prepare`` (one process by default, so GPUs and several processes need no
+rewrite); :meth:`Trainer.step` is one optimizer step: ``grad_accum`` micro-batches, gradient clipping,
+optimizer and scheduler. :meth:`Trainer.state_for_checkpoint` and :meth:`Trainer.restore` are what the
+checkpoint code saves and loads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from transformers import get_scheduler
+
+from mcqtune.artifacts import base_identity
+from mcqtune.config import ConfigError, TrainConfig, resolve_objective
+from mcqtune.data import DataError, MCQExample
+from mcqtune.errors import UserError
+from mcqtune.evaluation.evaluate import autocast_context, resolve_precision
+from mcqtune.methods import get_method, parameter_report
+from mcqtune.methods.base import Method, check_master_weights, load_trainable_state
+from mcqtune.models import ModelError, ResolvedModel
+from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_summary
+from mcqtune.prompt import PromptEncoder
+from mcqtune.training.checkpoint import Checkpoint, tensor_bytes
+from mcqtune.training.objectives import make_objective
+from mcqtune.training.stream import BatchStream
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step: its mean micro-batch loss and the work it did."""
+
+    loss: float
+    real_tokens: int
+    questions: int
+    seconds: float
+
+
+@contextmanager
+def method_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
+    """Method plug-ins report bad options with ValueError; to the user that is a config error."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
+
+
+def fresh_accelerator(cpu: bool) -> Accelerator:
+    """An ``Accelerator`` that inherits nothing from an earlier one in this process.
+
+    accelerate keeps process-wide singletons; a second trainer in one process (tests, the demo, the
+    benchmark beside transformers' Trainer) must not inherit the first one's settings. accelerate has
+    no public way to drop them, so this is the one place that calls its private ``_reset_state``.
+    Mixed precision is left to :func:`autocast_context` (the same autocast evaluation uses), and
+    gradient accumulation to :meth:`Trainer.step`, so no step depends on that process-wide state.
+    """
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision="no")
+
+
+def planned_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))
+
+
+class Trainer:
+    """One method's model, objective, data stream, optimizer and scheduler, and the step that uses them.
+
+    ``prepare_base`` and ``model_hook`` let the benchmark's lever A/Bs change the base preparation or
+    the model; ``train()`` passes neither. Raises a :class:`~mcqtune.errors.UserError` naming the cause
+    when the weights or the training state cannot fit, no row fits ``max_length`` (``data_file`` is
+    named), or the method leaves nothing to train.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        resolved: ResolvedModel,
+        encoder: PromptEncoder,
+        examples: list[MCQExample],
+        *,
+        data_file: Path | str | None = None,
+        prepare_base: Callable[[torch.nn.Module], torch.nn.Module | None] | None = None,
+        model_hook: Callable[[torch.nn.Module], None] | None = None,
+    ):
+        self.config = config
+        self.examples = examples
+        self.accelerator = fresh_accelerator(cpu=not torch.cuda.is_available())
+        self.device = self.accelerator.device
+        self.precision = resolve_precision(config.precision, self.device)
+        self.method = get_method(config.method)
+        summary = model_dir_summary(resolved.path, ModelError)  # also catches truncated weight files
+        if summary and type(self.method).load_base is Method.load_base:  # the default loads fp32 weights
+            check_weights_fit(summary["n_params"], 4, self.device, f"model '{config.model}' (fp32 weights)")
+
+        options = config.method_options
+        with method_errors(self.method.name, options):
+            base = self.method.load_base(resolved, options, self.device)
+            if prepare_base is None:  # bf16: frozen linear weights stored in bf16 (PERFORMANCE.md)
+                self.method.prepare_base(base, self.precision)
+            else:
+                base = prepare_base(base) or base
+            self.base_identity = base_identity(resolved, base)
+            self.objective_name = resolve_objective(config.objective, base.num_parameters())
+            model = self.method.apply(base, options)
+            check_master_weights(model, self.method.name)
+        if model_hook is not None:
+            model_hook(model)
+        self.packed = config.packing and self.method.supports_packing
+        self.objective = make_objective(self.objective_name, encoder, self.packed)
+        self.parameters = parameter_report(model)
+
+        self.features = self.objective.encode(examples)
+        if not self.features:
+            raise DataError(
+                f"no training row fits max_length={encoder.config.max_length} tokens; raise --max-length",
+                file=str(data_file) if data_file is not None else None,
+            )
+        self.stream = BatchStream(self.features, self.objective.length, config.batch_size, config.seed)
+        self.total_steps = planned_steps(config, self.stream.batches_per_epoch)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise ConfigError(f"method '{self.method.name}' left no trainable parameters")
+        self.trainable_bytes = tensor_bytes(self.trainable)
+        model_config = (summary or {}).get("config", {})
+        max_length = encoder.config.max_length
+        check_training_fits(self.trainable_bytes, model_config, config.batch_size, max_length, self.device)
+        with method_errors(self.method.name, options):
+            optimizer = self.method.make_optimizer(self.trainable, config, self.device)
+        scheduler = get_scheduler(
+            config.scheduler,
+            optimizer,
+            num_warmup_steps=int(config.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.named_trainable = {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        self.autocast = autocast_context(self.device, self.precision)
+        # Option order only matters to an order-sensitive objective (letter); cloze options never meet.
+        self.shuffling = config.shuffle_options and self.objective.order_sensitive
+        self.model.train()
+
+    # ------------------------------------------------------------------------------------------ steps
+    def next_features(self) -> list[Any]:
+        """The stream's next batch, options shuffled for this epoch when the objective trains on order."""
+        features = next(self.stream)
+        if self.shuffling:
+            features = self.objective.shuffled(self.examples, features, self.config.seed, self.stream.epoch)
+        return features
+
+    def step(self, features: list[Any] | None = None) -> StepResult:
+        """One optimizer step over ``grad_accum`` micro-batches (the stream's, or ``features`` each time).
+
+        The loss of each micro-batch is divided by ``grad_accum`` before backward, so the gradient is
+        the mean over the step's micro-batches; the returned loss is that mean too.
+        """
+        start = time.perf_counter()
+        accumulate = self.config.grad_accum
+        loss_sum = 0.0
+        real_tokens = questions = 0
+        for micro in range(accumulate):
+            group = self.next_features() if features is None else features
+            batch = self.objective.collate(group).to(self.device)
+            last = micro == accumulate - 1
+            # DDP: gradients are all-reduced once, on the step's last micro-batch
+            with nullcontext() if last else self.accelerator.no_sync(self.model), self.autocast():
+                loss = self.objective.loss(self.model, batch)
+                self.accelerator.backward(loss / accumulate)
+            loss_sum += loss.item() / accumulate
+            real_tokens += batch.real_tokens
+            questions += len(group)
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_sum, real_tokens, questions, time.perf_counter() - start)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        """The keyword arguments of ``save_checkpoint`` that this trainer owns."""
+        return {"trainable": self.named_trainable, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def stream_state(self) -> dict[str, int]:
+        return self.stream.state()
+
+    def restore(self, checkpoint: Checkpoint, stream_state: dict[str, int]) -> None:
+        """Continue from ``checkpoint``: trainable weights, optimizer, scheduler and data position."""
+        load_trainable_state(self.unwrapped, checkpoint.trainable(self.device))
+        self.optimizer.load_state_dict(checkpoint.torch_state("optimizer.pt", self.device))
+        self.scheduler.load_state_dict(checkpoint.torch_state("scheduler.pt"))
+        self.stream.restore(stream_state)
