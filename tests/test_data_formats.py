@@ -297,8 +297,7 @@ def test_compare_passes_the_field_map_to_every_method(tmp_path: Path) -> None:
     settings = CompareSettings(
         output=tmp_path / "out",
         methods=["lora", "subset"],
-        data=str(data),
-        validation=str(data),
+        overrides={"train": str(data), "validation": str(data)},
         data_fields={"fields": {"answer": "label"}, "answer_base": 1, "strip_query_prefix": None},
     )
     plan = plan_configs(settings)
