@@ -18,8 +18,8 @@ import torch
 
 from mcqtune.training.memory import PRIMITIVE_CACHE_VARIABLES
 
-STEPS = 40
-EARLY_STEP = 8
+STEPS = 24
+EARLY_STEP = 6
 
 _SCRIPT = """
 import json, os, sys
