@@ -191,7 +191,9 @@ class Predictor:
         store_linear_weights(base, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         return base.eval()
 
-    def base(self, key: str = PLAIN_BASE, method: Method | None = None, options: dict | None = None):
+    def base(
+        self, key: str = PLAIN_BASE, method: Method | None = None, options: dict | None = None
+    ) -> PreTrainedModel:
         """The loaded base of kind ``key`` (``Method.base_key``), loaded on first use and then shared."""
         with self._lock:
             if key not in self._bases:
