@@ -254,7 +254,7 @@ def lever_compile(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
 def lever_checkpointing_memory(ctx, steps: int) -> dict[str, Any]:
     import tempfile
 
-    from bench.run import _worker
+    from bench.spawn import run_worker
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="mcqtune-bench-gc-") as tmp:
@@ -266,7 +266,7 @@ def lever_checkpointing_memory(ctx, steps: int) -> dict[str, Any]:
                 "gradient_checkpointing": on,
                 "output": str(Path(tmp) / f"run-{on}"),
             }
-            record = _worker("train", spec, Path(tmp) / "work")
+            record = run_worker("train", spec, Path(tmp) / "work")
             out["on" if on else "off"] = {
                 k: record.get(k) for k in ("peak_rss_mib", "rss_after_imports_mib", "error")
             } | {"tokens_per_second": (record.get("train") or {}).get("tokens_per_second")}
@@ -274,7 +274,7 @@ def lever_checkpointing_memory(ctx, steps: int) -> dict[str, Any]:
 
 
 def run_levers(ctx) -> dict[str, Any]:
-    from bench.run import log
+    from bench.spawn import log
 
     quick = ctx.settings.train_steps < 8
     steps, warmup = (3, 1) if quick else (10, 2)

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench.spawn import log, run_worker  # noqa: E402  (after ROOT is on sys.path)
 
 SECTIONS = ("peak", "train", "cloze", "eval", "memory", "startup")
 TARGETS = {
@@ -123,10 +124,6 @@ QUICK = Settings(
 )
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------------------- context
 class Context:
     """What the in-process sections share: the resolved model, tokenizer, encoder and data rows."""
@@ -198,7 +195,8 @@ def section_train(ctx: Context) -> dict[str, Any]:
     )
     from transformers import TrainerCallback
 
-    from mcqtune.evaluation.evaluate import compute_metrics, score_examples
+    from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.evaluation.metrics import compute_metrics
 
     s = ctx.settings
     n_examples = s.train_steps * s.batch_size
@@ -445,25 +443,6 @@ def _mean(values) -> float | None:
     return round(float(values.mean()), 4) if len(values) else None
 
 
-def _worker(task: str, spec: dict[str, Any], tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run bench/worker.py TASK in a fresh process; its stdout/stderr go to a log beside the JSON."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    name = f"{task}-{spec.get('method', '')}-{spec.get('precision', '')}-{len(list(tmp.iterdir()))}"
-    spec_path, out_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.json", tmp / f"{name}.log"
-    spec_path.write_text(json.dumps(spec))
-    command = [sys.executable, str(ROOT / "bench" / "worker.py"), task, str(spec_path), str(out_path)]
-    with open(log_path, "w") as logfile:
-        start = time.perf_counter()
-        code = subprocess.call(command, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        wall = time.perf_counter() - start
-    if code != 0 or not out_path.exists():
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        return {"error": f"exit {code}", "log_tail": tail, "process_seconds": round(wall, 2)}
-    record = json.loads(out_path.read_text())
-    record["process_seconds"] = round(wall, 2)
-    return record
-
-
 def section_memory(ctx: Context) -> dict[str, Any]:
     """Item 5: every registered method's real train() for a few steps, each in its own process."""
     from mcqtune.methods import METHODS
@@ -482,7 +461,7 @@ def section_memory(ctx: Context) -> dict[str, Any]:
                 "batch_size": s.batch_size,
                 "output": str(Path(tmp) / f"run-{method}-{precision}"),
             }
-            out["runs"][f"{method}/{precision}"] = _worker("train", spec, Path(tmp) / "work")
+            out["runs"][f"{method}/{precision}"] = run_worker("train", spec, Path(tmp) / "work")
         log(f"memory: naive Trainer recipe, {s.naive_memory_steps} steps in its own process")
         config = ctx.lora_config("letter", s.naive_memory_steps)
         spec = {
@@ -492,7 +471,7 @@ def section_memory(ctx: Context) -> dict[str, Any]:
             "lr": config.lr,
             "output": str(Path(tmp) / "naive"),
         }
-        out["naive"] = _worker("naive", spec, Path(tmp) / "work")
+        out["naive"] = run_worker("naive", spec, Path(tmp) / "work")
     return out
 
 
@@ -507,7 +486,7 @@ def section_startup(ctx: Context) -> dict[str, Any]:
             if case == "cold":
                 env["MCQTUNE_CACHE"] = str(Path(tmp) / "empty-cache")
             log(f"startup: {case}")
-            record = _worker("startup", {"argv": argv, "t0": time.time()}, Path(tmp) / "work", env=env)
+            record = run_worker("startup", {"argv": argv, "t0": time.time()}, Path(tmp) / "work", env=env)
             if "marks" in record:
                 m = record["marks"]
                 t0 = m["process_start"]
@@ -846,9 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     json_path = out_dir / f"bench-{mode}.json"
 
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     import datasets
 
     datasets.disable_progress_bars()

@@ -71,9 +71,9 @@ class _Phases:
 
 def task_train(spec: dict) -> dict:
     """mcqtune ``train()`` on MedMCQA for ``steps`` steps, no validation: peak RSS, tokens/s, weight bytes."""
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from bench.helpers import current_rss_mib
 
     from mcqtune.config import build_config
@@ -130,9 +130,9 @@ def task_train(spec: dict) -> dict:
 
 def task_naive(spec: dict) -> dict:
     """The naive Trainer recipe for ``steps`` steps: peak RSS and (not interleaved) real tokens/s."""
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from bench.helpers import current_rss_mib
     from bench.naive import (
         CountingCollator,

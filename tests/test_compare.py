@@ -368,7 +368,9 @@ def test_parse_methods_and_default_order():
     order = default_methods()
     assert set(order) == set(METHODS)
     canonical = [m for m in ("full", "subset", "adapter", "prefix", "lora", "qlora") if m in METHODS]
-    assert order[: len(canonical)] == canonical
+    assert [m for m in order if m in canonical] == canonical
+    ranks = [(METHODS[m].compare_order, m) for m in order]  # the order is the methods' own
+    assert ranks == sorted(ranks)
 
 
 def test_plan_gives_every_method_the_same_budget(tmp_path):

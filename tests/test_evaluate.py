@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 
 from mcqtune.data import MCQExample
-from mcqtune.evaluation.evaluate import (
-    ScoredExamples,
-    compute_metrics,
-    format_metrics,
-    score_examples,
-    wilson_interval,
-)
+from mcqtune.evaluation.evaluate import score_examples
+from mcqtune.evaluation.format import format_metrics
+from mcqtune.evaluation.metrics import ScoredExamples, compute_metrics, wilson_interval
 from mcqtune.prompt import PromptEncoder
 
 

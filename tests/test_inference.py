@@ -18,8 +18,8 @@ from mcqtune import models
 from mcqtune.artifacts import ADAPTER_DIR, base_identity, save_artifact
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.errors import ArtifactError
-from mcqtune.evaluation.analysis import LetterPrior
 from mcqtune.evaluation.evaluate import score_examples
+from mcqtune.evaluation.metrics import LetterPrior
 from mcqtune.inference import Predictor, predictions
 from mcqtune.methods import get_method
 from mcqtune.models import load_model, resolve_model
@@ -223,7 +223,8 @@ def test_real_model_eval_through_the_predictor_equals_the_direct_load(tmp_path):
 
     from mcqtune.cli.main import main
     from mcqtune.config import build_config
-    from mcqtune.evaluation.evaluate import compute_metrics, resolve_precision
+    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.methods.base import store_linear_weights
     from mcqtune.training.recipe import train
 

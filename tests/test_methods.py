@@ -24,9 +24,10 @@ import torch
 from mcqtune.artifacts import ADAPTER_DIR, ArtifactError
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluation.evaluate import compute_metrics, resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.inference import Predictor
-from mcqtune.methods import get_method, parameter_report
+from mcqtune.methods import METHODS, get_method, parameter_report
 from mcqtune.methods.base import tensor_digest
 from mcqtune.models import load_model, resolve_model
 from mcqtune.prompt import PromptEncoder
@@ -35,38 +36,42 @@ from mcqtune.training.recipe import train
 
 CPU = torch.device("cpu")
 
-# (case id, method, options, objectives). Variants run the ranking objective only, to keep this file fast.
-CASES = [
-    ("full", "full", {}, ("letter", "ranking")),
-    ("subset", "subset", {"top_k": 2}, ("letter", "ranking")),
+# Small options for the tiny model; a registered method not named here runs with its YAML defaults.
+TINY_OPTIONS: dict[str, dict[str, Any]] = {
+    "subset": {"top_k": 2},
+    "prefix": {"num_virtual_tokens": 4},
+    "lora": {"r": 4},
+    "qlora": {"r": 4},
+}
+# (case id, method, options, objectives): every registered method with both objectives (found through the
+# registry, so a new method is tested here without being listed), then variants of its options, which
+# run the ranking objective only to keep this file fast.
+CASES = [(name, name, TINY_OPTIONS.get(name, {}), ("letter", "ranking")) for name in sorted(METHODS)] + [
     (
         "subset-head",
         "subset",
         {"top_k": 1, "train_head": True, "extra_trainable": ["layers.0.input_layernorm"]},
         ("ranking",),
     ),
-    ("adapter", "adapter", {}, ("letter", "ranking")),
     (
         "adapter-houlsby",
         "adapter",
         {"config": "houlsby", "bottleneck": 32, "non_linearity": "swish"},
         ("ranking",),
     ),
-    ("prefix", "prefix", {"num_virtual_tokens": 4}, ("letter", "ranking")),
     (
         "prefix-mlp",
         "prefix",
         {"num_virtual_tokens": 4, "prefix_projection": True, "encoder_hidden_size": 32},
         ("ranking",),
     ),
-    ("qlora", "qlora", {"r": 4}, ("letter", "ranking")),
     (
         "qlora-fp32",
         "qlora",
         {"r": 4, "quant_type": "fp4", "double_quant": False, "compute_dtype": "fp32"},
         ("ranking",),
     ),
-    ("lora", "lora", {"r": 4}, ("ranking",)),
+    ("ia3-attention", "ia3", {"target_modules": "q_proj, v_proj", "feedforward_modules": []}, ("ranking",)),
 ]
 RUNS = [
     pytest.param((method, options, objective), id=f"{case}-{objective}")
@@ -111,6 +116,20 @@ def expected_trainable(method: str, options: dict[str, Any], cfg) -> tuple[int, 
     if method in ("lora", "qlora"):
         shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]
         return n_layers * options["r"] * sum(i + o for i, o in shapes), lambda n: "lora_" in n
+    if method == "ia3":  # one scale per output channel, per input channel for feed-forward targets
+        widths = {  # (in, out) of each Llama linear
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, inter),
+            "up_proj": (h, inter),
+            "down_proj": (inter, h),
+        }
+        targets = options["target_modules"]
+        targets = targets.split(",") if isinstance(targets, str) else targets
+        scaled = [widths[t.strip()][0 if t.strip() in options["feedforward_modules"] else 1] for t in targets]
+        return n_layers * sum(scaled), lambda n: ".ia3_l." in n
     raise AssertionError(method)
 
 
@@ -316,7 +335,7 @@ def assert_4bit_base(model: torch.nn.Module, report) -> None:
     assert report.frozen_base_bytes < 4 * (report.total - report.trainable)
 
 
-@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32"])
+@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32", "ia3"])
 def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_rows):
     method_name, options = next((m, o) for c, m, o, _ in CASES if c == case)
     config = build_config(
@@ -329,7 +348,8 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
             "max_steps": 3,
             "batch_size": 2,
             "train_limit": 8,
-            "lr": 1e-2,  # a large update, so that a lost or doubled merge would show
+            # a large update, so that a lost or doubled merge would show (IA3's scales start at one)
+            "lr": 0.5 if method_name == "ia3" else 1e-2,
             "method_options": options,
         }
     )
@@ -340,14 +360,14 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
     kwargs = {"precision": "fp32", "device": CPU}
     unmerged = score_examples(loaded.model, encoder, arc_rows, "cloze", **kwargs).scores
     merged_model = get_method(method_name).merge(loaded.model)
+    base = load_model(resolve_model(str(tiny_model_dir)))
     assert type(merged_model).__name__ == "LlamaForCausalLM"
-    assert not any("lora_" in n for n, _ in merged_model.named_parameters())
+    assert dict(merged_model.named_parameters()).keys() == dict(base.named_parameters()).keys()
     assert all(p.dtype == torch.float32 for p in merged_model.parameters())
     merged = score_examples(merged_model, encoder, arc_rows, "cloze", **kwargs).scores
     # qlora with bf16 compute: the unmerged model rounds its matmul inputs and dequantized weights to bf16
     atol = 5e-2 if case == "qlora" else 1e-4
     np.testing.assert_allclose(merged, unmerged, atol=atol, rtol=0)
-    base = load_model(resolve_model(str(tiny_model_dir)))
     plain = score_examples(base, encoder, arc_rows, "cloze", **kwargs).scores
     assert np.abs(merged - plain).max() > 0.2  # the update is really in the merged weights
 
@@ -377,6 +397,7 @@ REAL_ARTIFACT_MIB = {  # (min, max) artifact size on SmolLM2-135M with the YAML 
     "adapter": (1.5, 3),  # 570,720 params
     "prefix": (0.8, 1.2),  # 20 tokens x 30 layers x 2 x 192
     "qlora": (15, 20),  # LoRA r=16 on all linears, fp32
+    "ia3": (0.2, 0.3),  # 30 layers x (192 + 192 + 1536) scales, fp32
 }
 
 

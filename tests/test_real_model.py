@@ -11,7 +11,8 @@ import torch
 from mcqtune.cli.main import main
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluation.evaluate import compute_metrics, score_examples
+from mcqtune.evaluation.evaluate import score_examples
+from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.inference import Predictor
 from mcqtune.models import load_model
 from mcqtune.prompt import PromptEncoder

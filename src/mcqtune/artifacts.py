@@ -5,10 +5,11 @@ Layout of a run directory::
     adapter/        only what was trained, safetensors (a standard peft adapter for LoRA/QLoRA)
     mcqtune.json    manifest: method, options, objective/scoring, prompt, base model id + config hash
     config.yaml     the fully resolved training config
-    metrics.json    validation metrics and training history
-    .mcqtune.lock   held while train writes the directory
-    checkpoints/    what an unfinished run resumes from (removed when it finishes)
+    metrics.json    validation metrics and training history (written last: it marks the run finished)
+    checkpoints/    while training: the newest checkpoints, to resume from (removed when finished)
+    .mcqtune.lock   held by the process training into the directory
 
+Every module reads these names from the constants below.
 Loading an artifact for inference is :class:`mcqtune.inference.Predictor`'s job.
 """
 
@@ -29,12 +30,12 @@ from mcqtune.models import ResolvedModel, config_hash
 
 MANIFEST = "mcqtune.json"
 ADAPTER_DIR = "adapter"
-LOCK_FILE = ".mcqtune.lock"
+CONFIG_FILE = "config.yaml"
+METRICS = "metrics.json"  # also the metrics file of an `eval --report` directory
 CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".mcqtune.lock"
+EXPORT_MANIFEST = "mcqtune_export.json"  # written by `mcqtune export` into a model directory
 MANIFEST_VERSION = 1
-
-
-EXPORT_MANIFEST = "mcqtune_export.json"  # written by `mcqtune export` (mcqtune.export)
 
 
 def save_artifact(model: torch.nn.Module, output: Path, manifest: dict[str, Any]) -> int:

@@ -17,12 +17,9 @@ import torch
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluation.evaluate import (
-    compute_metrics,
-    format_distribution,
-    resolve_precision,
-    score_examples,
-)
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.format import format_distribution
+from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.models import load_model, load_tokenizer, resolve_model
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.recipe import train

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mcqtune import __version__
-from mcqtune.artifacts import EXPORT_MANIFEST, read_manifest
+from mcqtune.artifacts import CONFIG_FILE, EXPORT_MANIFEST, read_manifest
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
 from mcqtune.data import MCQExample, load_examples, resolve_data
 from mcqtune.errors import ExportError
@@ -44,7 +44,7 @@ def _check_rows(run_dir: Path, limit: int) -> list[MCQExample]:
     """The first ``limit`` questions of the run's validation data (else its training data)."""
     import yaml
 
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / CONFIG_FILE
     if limit <= 0 or not config_path.is_file():
         return []
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
@@ -96,7 +96,7 @@ def export_run(
         after = score_examples(merged, encoder, rows, scoring, device=device).scores
         difference = float(np.nanmax(np.abs(after - before)))
         same = bool((after.argmax(1) == before.argmax(1)).all())
-        limit = tolerance if tolerance is not None else method.merge_tolerance
+        limit = tolerance if tolerance is not None else method.export_tolerance
         if difference > limit:
             raise ExportError(
                 f"{run_dir}: the merged model's option scores differ from the unmerged model's by "

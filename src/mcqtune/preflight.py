@@ -251,7 +251,7 @@ def check_training_fits(
 
 def check_adapter_dir(run_dir: Path | str, *, allow_pickle: bool = False) -> dict[str, Any]:
     """Validate a ``--adapter`` run directory before the base model is loaded for it; returns its manifest."""
-    from mcqtune.artifacts import ADAPTER_DIR, ArtifactError, read_manifest
+    from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, ArtifactError, read_manifest
     from mcqtune.methods import METHODS
 
     run_dir = Path(run_dir)
@@ -261,7 +261,7 @@ def check_adapter_dir(run_dir: Path | str, *, allow_pickle: bool = False) -> dic
     method = manifest["method"]
     if not isinstance(method, str) or method not in METHODS:
         raise ArtifactError(
-            f"{run_dir}/mcqtune.json: field 'method': unknown method {method!r}; "
+            f"{run_dir / MANIFEST}: field 'method': unknown method {method!r}; "
             f"known: {', '.join(sorted(METHODS))}"
         )
     adapter = run_dir / ADAPTER_DIR

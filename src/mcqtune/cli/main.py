@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from mcqtune.quiet import quiet_libraries
+
 EXIT_USER_ERROR = 2
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*legacy.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -247,7 +236,7 @@ def _check_eval_args(args: argparse.Namespace):
     """Numbers, output paths and a given prior are checked before any model is loaded; returns the
     ``--prior`` read (None without one)."""
     from mcqtune.config import ConfigError
-    from mcqtune.evaluation.analysis import LetterPrior
+    from mcqtune.evaluation.metrics import LetterPrior
     from mcqtune.preflight import check_output_dir, check_output_file
 
     for flag in ("limit", "batch_size", "calibration_size"):
@@ -309,12 +298,13 @@ def _data_label(spec: str, split: str, path: Path) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from mcqtune.atomic import atomic_write_json
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.analysis import (
+    from mcqtune.evaluation.format import (
         format_confusion,
         format_debias_summary,
+        format_metrics,
         format_permutation_summary,
     )
-    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
+    from mcqtune.evaluation.metrics import compute_metrics
 
     prior = _check_eval_args(args)
     path = resolve_data(args.data, "validation")
@@ -676,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument(
         "--methods",
-        help="comma-separated methods (default: all registered: full,subset,adapter,prefix,lora,qlora); "
+        help="comma-separated methods (default: every registered method, in the methods' own order); "
         "a zero-shot row is always added",
     )
     cmp.add_argument("--output", required=True, help="directory for results, reports and runs/<method>/")
@@ -725,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args)
     except _user_errors() as exc:

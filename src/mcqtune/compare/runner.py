@@ -18,24 +18,14 @@ Budget: default <= 60 min, ``--quick`` <= 10 min on an idle 2-core CPU (bundled 
 ARC-Easy, ranking objective = cloze scoring, batch 4, bf16 autocast).
 
 Measured with the default run itself (``mcqtune compare --output runs/compare``, 2026-11-28, idle
-2-vCPU AMD EPYC with AVX-512-bf16, 2 threads): 21.1 min in all. Per method, training seconds per
-step (``metrics.json``: ``train.seconds`` / 150) and final-evaluation seconds per question (1 / its
-questions/s), and the whole worker's wall time (start-up, step-0 and curve evaluations, training,
-final evaluation on 500 questions):
+2-vCPU AMD EPYC with AVX-512-bf16, 2 threads): 21.1 min in all. Each method carries its own training
+seconds per step (``metrics.json``: ``train.seconds`` / 150) and final-evaluation seconds per question
+(1 / its questions/s) as ``Method.step_seconds`` and ``Method.eval_seconds_per_question``; the whole
+worker's wall time (start-up, step-0 and curve evaluations, training, final evaluation on 500
+questions) was: zero-shot 29 s, full 191 s, subset 96 s, adapter 155 s, prefix 330 s (unpacked
+scoring), lora 197 s, qlora 231 s.
 
-============  ===========  ===============  =============
-method        s/step       s/question       worker wall
-============  ===========  ===============  =============
-zero-shot     -            0.054            29 s
-full          0.97         0.052            191 s
-subset        0.35         0.052            96 s
-adapter       0.68         0.057            155 s
-prefix        1.35         0.16 (no pack)   330 s
-lora          0.97         0.064            197 s
-qlora         1.12         0.078            231 s
-============  ===========  ===============  =============
-
-:func:`estimate_seconds` applies these numbers and ``compare`` prints the estimate before it starts.
+:func:`estimate_seconds` applies the per-method numbers and ``compare`` prints the estimate before it starts.
 
 Default: 150 steps x batch 4 (600 questions seen, a third of ARC-Easy train); learning curve at steps
 0/50/100/150 on 64 validation questions; final evaluation on all 500 validation questions (95% CI
@@ -68,14 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Order in the table when all methods are compared: most trained parameters first.
-CANONICAL_ORDER = ("full", "subset", "adapter", "prefix", "lora", "qlora")
 ZERO_SHOT = "zero-shot"
-RUN_RECORD = "compare_run.json"
+RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
+RUN_RECORD = "compare_run.json"  # written by the worker into its run directory
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
 PLAN_FILE = "compare_plan.json"
@@ -101,12 +91,7 @@ class Budget:
 DEFAULT_BUDGET = Budget(max_steps=150, batch_size=4, eval_steps=50, eval_limit=64, final_eval_limit=None)
 QUICK_BUDGET = Budget(max_steps=16, batch_size=4, eval_steps=8, eval_limit=24, final_eval_limit=64)
 
-# Idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy cloze, batch 4, bf16 autocast: seconds per optimizer
-# step and per scored question (module docstring: how they were measured). Used to print an estimate.
-STEP_SECONDS = {"full": 0.97, "subset": 0.35, "adapter": 0.68, "prefix": 1.35, "lora": 0.97, "qlora": 1.12}
-EVAL_SECONDS_PER_QUESTION = {"prefix": 0.16, "lora": 0.064, "qlora": 0.078, "adapter": 0.057}
-DEFAULT_EVAL_SECONDS_PER_QUESTION = 0.054
-WORKER_START_SECONDS = 6.0
+WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
 
 # Keys that must be identical across methods for the comparison to be fair (checked after resolving).
 SHARED_KEYS = (
@@ -174,11 +159,10 @@ class CompareResult:
 
 # ------------------------------------------------------------------------------------------- planning
 def default_methods() -> list[str]:
-    """Every registered method: the canonical ones in canonical order, then any others by name."""
+    """Every registered method, in the order the methods give (``Method.compare_order``, then name)."""
     from mcqtune.methods import METHODS
 
-    known = [m for m in CANONICAL_ORDER if m in METHODS]
-    return known + sorted(m for m in METHODS if m not in CANONICAL_ORDER)
+    return sorted(METHODS, key=lambda name: (METHODS[name].compare_order, name))
 
 
 def parse_methods(text: str | None) -> list[str] | None:
@@ -266,7 +250,7 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     methods = settings.methods or default_methods()
     _check_methods(methods)
     flags = shared_flags(settings)
-    runs = settings.output / "runs"
+    runs = settings.output / RUNS_DIR
     configs = {}
     for method in methods:
         config = build_config({**flags, "method": method, "output": str(runs / method)}, settings.config_file)
@@ -298,6 +282,7 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
     import torch
 
     from mcqtune.data import load_examples, resolve_data
+    from mcqtune.methods import Method, get_method
     from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
 
     zero = plan["zero_shot"]
@@ -309,14 +294,15 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
     scored_final = final * (5 if permutations else 1)  # + cyclic orders of 4 options
-    total = WORKER_START_SECONDS + DEFAULT_EVAL_SECONDS_PER_QUESTION * scored_final
-    for method, config in plan["configs"].items():
-        per_q = EVAL_SECONDS_PER_QUESTION.get(method, DEFAULT_EVAL_SECONDS_PER_QUESTION)
+    # zero-shot: the base model alone scores at the rate of a method that adds nothing to it
+    total = WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
+    for name, config in plan["configs"].items():
+        method = get_method(name)
         questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)
         questions += scored_final
         scale = config.batch_size * config.grad_accum / 4
-        total += WORKER_START_SECONDS + STEP_SECONDS.get(method, 1.0) * config.max_steps * scale
-        total += per_q * questions
+        total += WORKER_START_SECONDS + method.step_seconds * config.max_steps * scale
+        total += method.eval_seconds_per_question * questions
     return total
 
 
@@ -410,7 +396,8 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
 def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The base model, untrained, scored exactly like train()'s final evaluation."""
     from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
-    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
+    from mcqtune.evaluation.format import format_metrics
+    from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.inference import Predictor
 
     predictor = Predictor(config.model, precision=config.precision)
@@ -445,8 +432,8 @@ def _permutation_accuracy(
     """Accuracy averaged over option orders on the final evaluation set (optional)."""
     if not mode or model is None or not scoring:
         return None
-    from mcqtune.evaluation.analysis import permutation_summary as summarise
     from mcqtune.evaluation.analysis import score_permutations
+    from mcqtune.evaluation.metrics import permutation_summary as summarise
 
     context = context or _eval_context(config)
     result = score_permutations(
@@ -484,7 +471,7 @@ def _reuse_finished_run(config):
 
     from mcqtune.inference import Predictor
     from mcqtune.training.checkpoint import config_differences
-    from mcqtune.training.recipe import CONFIG_FILE, METRICS, TrainResult
+    from mcqtune.training.recipe import TrainResult
 
     output = Path(config.output)
     try:
@@ -507,10 +494,9 @@ def worker_main(argv: list[str]) -> int:
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     run_dir = Path(spec["run_dir"])
     kind = spec["kind"]
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from mcqtune.config import TrainConfig
 
@@ -522,7 +508,7 @@ def worker_main(argv: list[str]) -> int:
         if kind == ZERO_SHOT:
             metrics, permutation = _evaluate_zero_shot(config, spec.get("permutations"))
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "metrics.json", metrics)
+            atomic_write_json(run_dir / METRICS, metrics)
         else:
             result = _train_one(config, bool(spec.get("resume")))
             scoring = (result.metrics.get("validation") or {}).get("scoring")
@@ -593,7 +579,7 @@ class _MemoryPoller(threading.Thread):
 def _run_worker(
     settings: CompareSettings, method: str, kind: str, config_dict: dict[str, Any], fp: str
 ) -> dict[str, Any]:
-    run_dir = settings.output / "runs" / method
+    run_dir = settings.output / RUNS_DIR / method
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_RECORD).unlink(missing_ok=True)  # never read a stale record after a crash
     spec = {
@@ -686,7 +672,7 @@ def _finished(run_dir: Path, fp: str) -> dict[str, Any] | None:
         return None
     if record.get("status") != "ok" or record.get("fingerprint") != fp:
         return None
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS).is_file():
         return None
     return record
 
@@ -740,7 +726,7 @@ def build_row(
         row["peak_memory_bytes"], row["peak_memory_kind"] = cuda, "cuda_max_allocated"
     elif record.get("peak_rss_bytes"):
         row["peak_memory_bytes"], row["peak_memory_kind"] = record["peak_rss_bytes"], "rss"
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS
     if row["status"] != "ok" or not metrics_path.is_file():
         return row
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -779,7 +765,7 @@ def build_row(
             steps=train.get("steps"),
             examples_seen=train.get("examples_seen"),
         )
-    manifest = run_dir / "mcqtune.json"
+    manifest = run_dir / MANIFEST
     if manifest.is_file():
         with contextlib.suppress(json.JSONDecodeError):
             saved = json.loads(manifest.read_text(encoding="utf-8"))
@@ -928,7 +914,7 @@ def _raise_interrupt(signum, frame) -> None:
 def _run_all(settings, plan, order, meta, rows, files, start) -> None:
     total = len(order)
     for index, (name, kind, config_dict) in enumerate(order, start=1):
-        run_dir = settings.output / "runs" / name
+        run_dir = settings.output / RUNS_DIR / name
         fp = fingerprint(config_dict, kind, settings.permutations)
         record = _finished(run_dir, fp) if settings.resume else None
         if record is not None:

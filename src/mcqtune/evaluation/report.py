@@ -20,6 +20,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from mcqtune.artifacts import METRICS
 from mcqtune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 COLORS = {"gold": "#7f7f7f", "predicted": "#1f77b4", "debiased": "#2ca02c", "orders": "#ff7f0e"}
@@ -305,7 +306,7 @@ def write_report(
     """Write metrics.json, summary.md and the PNGs into ``directory``; returns the files written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    written = [directory / "metrics.json"]
+    written = [directory / METRICS]
     atomic_write_json(written[0], metrics)
     images = []
     for name, plot in (

@@ -1,6 +1,15 @@
-"""Fine-tuning methods, one module each, behind :class:`mcqtune.methods.base.Method`."""
+"""Fine-tuning methods, one module each, behind :class:`mcqtune.methods.base.Method`.
 
-from mcqtune.methods import adapter, full, lora, prefix, qlora, subset  # noqa: F401  (registers)
+Every module of this package is imported here, so a method registers itself by existing: adding one
+is its module, its ``configs/methods/<name>.yaml`` and its tests.
+"""
+
+import importlib
+import pkgutil
+
 from mcqtune.methods.base import METHODS, Method, get_method, parameter_report
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "get_method", "parameter_report"]

@@ -22,7 +22,6 @@ from transformers import PreTrainedModel
 
 from mcqtune.models import ResolvedModel, load_model
 
-ARTIFACT_SUBDIR = "artifact"
 # base_key() of every method whose artifacts attach to the plain (unquantized) base, as zero-shot uses it.
 PLAIN_BASE = "plain"
 # The name load() gives the one artifact it attaches.
@@ -218,12 +217,19 @@ class Method(ABC):
     # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
     # bf16 (prepare_base). Methods that train base weights (full, subset) set False: fp32 master weights.
     frozen_base: ClassVar[bool] = True
+    # Place in `compare` with no --methods (ascending, then by name): most trained parameters first.
+    compare_order: ClassVar[int] = 1000
+    # Measured cost under `compare`'s default budget (idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy
+    # cloze, batch 4, bf16; mcqtune/compare/runner.py says how): seconds per optimizer step and per
+    # scored question. `compare` prints its time estimate from them; the defaults are the base model's
+    # own scoring rate and a guess for an unmeasured method.
+    step_seconds: ClassVar[float] = 1.0
+    eval_seconds_per_question: ClassVar[float] = 0.054
+    # Largest option-score difference (nats) `export` accepts between the merged and the unmerged model.
+    export_tolerance: ClassVar[float] = 1e-4
     # False when an artifact replaces every base weight (full): it cannot share a base with other
     # artifacts, so an inference Predictor loads a model of its own for each one.
     shares_base: ClassVar[bool] = True
-    # Largest option-score difference (nats) `mcqtune export` accepts between the merged model and the
-    # run's own: float noise for an fp32 merge.
-    merge_tolerance: ClassVar[float] = 1e-4
 
     def base_key(self, options: dict[str, Any]) -> str:
         """Which loaded base this method's artifacts attach to: artifacts with equal keys share one base.

@@ -89,6 +89,9 @@ class PrefixMethod(PeftMethod):
     name = "prefix"
     description = "learned key/value prefixes in every attention layer (peft prefix tuning)"
     supports_packing = False
+    compare_order = 40
+    step_seconds = 1.35
+    eval_seconds_per_question = 0.16
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         config = prefix_config(options)

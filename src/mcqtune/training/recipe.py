@@ -39,13 +39,24 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mcqtune.artifacts import ADAPTER_DIR, LOCK_FILE, MANIFEST, base_identity, save_artifact
+from mcqtune.artifacts import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    MANIFEST,
+    METRICS,
+    base_identity,
+    save_artifact,
+)
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
 from mcqtune.config import OBJECTIVE_TO_SCORING, ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
 from mcqtune.errors import UserError
 from mcqtune.evaluation.analysis import shuffled_features
-from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.format import format_metrics
+from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, trainable_state
 from mcqtune.models import ModelError, load_policy, load_tokenizer, resolve_model
@@ -62,7 +73,6 @@ from mcqtune.preflight import (
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward, ranking_loss
 from mcqtune.training.checkpoint import (
-    CHECKPOINTS_DIR,
     Checkpoint,
     CheckpointError,
     checkpoint_root,
@@ -84,9 +94,6 @@ except ImportError:  # not POSIX: no run-directory lock
     fcntl = None
 
 log = logging.getLogger(__name__)
-
-METRICS = "metrics.json"
-CONFIG_FILE = "config.yaml"
 
 _RESUME_HINT = "free some space and run the same command again: it resumes from the last checkpoint"
 
