@@ -440,11 +440,11 @@ def check_method_options(method: str, options: dict[str, Any], source: str) -> N
 def own_validation(train: str) -> str | None:
     """The validation set that goes with ``train``: a bundled name's own validation split; none for a
     user's file (an existing file wins over a bundled name, as in ``resolve_data``)."""
-    from mcqtune.data.loading import _bundled_key
+    from mcqtune.data.loading import bundled_key
 
     if Path(train).expanduser().is_file():
         return None
-    return _bundled_key(train)
+    return bundled_key(train)
 
 
 def build_config(

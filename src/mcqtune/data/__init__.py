@@ -20,6 +20,7 @@ from mcqtune.data.formats import FORMATS, LAYOUTS
 from mcqtune.data.loading import (
     BUNDLED_DATASETS,
     SPLITS,
+    bundled_key,
     bundled_path,
     detect_format,
     load_examples,
@@ -45,6 +46,7 @@ __all__ = [
     "MCQExample",
     "Problem",
     "answer_distribution",
+    "bundled_key",
     "bundled_path",
     "check_file",
     "detect_format",

@@ -497,14 +497,15 @@ def load_examples(
 # ------------------------------------------------------------------------------- bundled datasets
 
 
-def _bundled_key(name: str) -> str | None:
+def bundled_key(name: str) -> str | None:
+    """The bundled dataset a name refers to (case and - vs _ do not matter), else None."""
     key = name.strip().lower().replace("-", "_")
     return key if key in BUNDLED_DATASETS else None
 
 
 def bundled_path(name: str, split: str) -> Path:
     """Path of a dataset shipped in the package, so demos and tests run offline."""
-    key = _bundled_key(name)
+    key = bundled_key(name)
     if key is None:
         raise DataError(f"unknown bundled dataset {name!r}; bundled: {', '.join(BUNDLED_DATASETS)}")
     split_key = _SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
@@ -521,7 +522,7 @@ def resolve_data(spec: str, split: str) -> Path:
     p = Path(spec).expanduser()
     if p.is_file():
         return p
-    if _bundled_key(spec) is not None:
+    if bundled_key(spec) is not None:
         return bundled_path(spec, split)
     if p.is_dir():
         raise DataError(

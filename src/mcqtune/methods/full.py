@@ -29,6 +29,7 @@ class FullMethod(Method):
     compare_order = 10
     step_seconds = 0.97
     eval_seconds_per_question = 0.052
+    shares_base = False  # the artifact is every weight: each one needs a model of its own
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         for param in model.parameters():
@@ -38,7 +39,9 @@ class FullMethod(Method):
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(str(directory), safe_serialization=True)
 
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+    def attach(
+        self, base: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
         files = sorted(Path(directory).glob("*.safetensors"))
         if not files:
             raise ValueError(f"{directory}: no *.safetensors weights")

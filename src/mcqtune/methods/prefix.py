@@ -104,15 +104,13 @@ class PrefixMethod(PeftMethod):
                 init_prefix_from_text(peft_model, str(options["init_text"]))
         return peft_model
 
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+    def check_fits(self, config: Any, directory: Path) -> None:
         # peft sizes the prefix from the saved config, not from the base: check that they agree.
         saved = PeftConfig.from_pretrained(str(directory))
-        cfg = base.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_width = head_dim * getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
-        if (saved.num_layers, saved.token_dim) != (cfg.num_hidden_layers, kv_width):
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_width = head_dim * getattr(config, "num_key_value_heads", config.num_attention_heads)
+        if (saved.num_layers, saved.token_dim) != (config.num_hidden_layers, kv_width):
             raise ValueError(
                 f"prefix for {saved.num_layers} layers of key/value width {saved.token_dim}, "
-                f"but the base has {cfg.num_hidden_layers} layers of width {kv_width}"
+                f"but the base has {config.num_hidden_layers} layers of width {kv_width}"
             )
-        return super().load(base, directory, options)

@@ -120,6 +120,12 @@ class QLoraMethod(PeftMethod):
             release_mapped_weights(model)  # the fp32 file pages read for quantizing (base.py)
         return model
 
+    def base_key(self, options: dict[str, Any]) -> str:
+        """One 4-bit base per quantization layout, shared by every QLoRA artifact that uses it."""
+        q = quantization_config(options)
+        double = "double" if q.bnb_4bit_use_double_quant else "single"
+        return f"4bit-{q.bnb_4bit_quant_type}-{double}-{q.bnb_4bit_compute_dtype}"
+
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
     ) -> torch.optim.Optimizer:
@@ -158,7 +164,7 @@ class QLoraMethod(PeftMethod):
         re-attach LoRA to that fp32 base and merge there. The result equals the unmerged 4-bit model up to
         the rounding of its ``compute_dtype`` matmuls.
         """
-        lora_state = get_peft_model_state_dict(model)
+        lora_state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
         config = copy.deepcopy(model.peft_config[model.active_adapter])
         config.inference_mode = True
         base = model.unload().dequantize().float()
