@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mcqtune import models
 from mcqtune.artifacts import ADAPTER_DIR, base_identity, save_artifact
+from mcqtune.config import method_defaults
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.errors import ArtifactError
 from mcqtune.evaluation.evaluate import score_examples
@@ -57,6 +58,7 @@ def _scores(model, tokenizer, rows, packed: bool = True) -> np.ndarray:
 def make_artifact(output: Path, model_dir: Path, method_name: str, options: dict, seed: int, rows):
     """Save an artifact whose trained tensors were moved at random; returns its in-memory scores."""
     method = get_method(method_name)
+    options = method_defaults(method_name)["method_options"] | options  # as train resolves them
     resolved = resolve_model(str(model_dir))
     base = method.load_base(resolved, options, CPU)
     identity = base_identity(resolved, base)
