@@ -23,7 +23,7 @@ from mcqtune.serving.registry import ArtifactRegistry
 QUESTION = {"question": "Which is a planet?", "choices": ["Mars", "the Sun", "the Moon"]}
 
 
-def _train(model_dir: Path, out: Path, method: str, objective: str) -> Path:
+def _train(model_dir: Path, out: Path, method: str, objective: str, *extra: str) -> Path:
     code = main(
         [
             "train",
@@ -52,6 +52,7 @@ def _train(model_dir: Path, out: Path, method: str, objective: str) -> Path:
             "--eval-steps",
             "2",
             "--quiet",
+            *extra,
         ]
     )
     assert code == 0
@@ -64,7 +65,7 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve-runs")
     return {
         "lora": _train(tiny_model_dir, root / "lora", "lora", "letter"),
-        "subset": _train(tiny_model_dir, root / "subset", "subset", "ranking"),
+        "subset": _train(tiny_model_dir, root / "subset", "subset", "ranking", "--top-k", "2"),
     }
 
 
@@ -165,7 +166,9 @@ def test_bad_requests_say_what_is_wrong_and_the_server_keeps_serving(client, bod
 
 
 def test_invalid_json_and_oversized_bodies(client):
-    response = client.post("/v1/answer", content=b'{"question": ', headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/answer", content=b'{"question": ', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422 and "invalid JSON" in response.json()["error"]
     huge = {"question": "x" * 70_000, "choices": ["a", "b"]}
     response = client.post("/v1/answer", json=huge)

@@ -115,18 +115,31 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await _error(413, too_large)(scope, receive, send)
             return
+        # Read the whole body here (it is small by definition) and hand the app a replay of it.
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive():
-            nonlocal received
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise HTTPException(413, too_large)
-            return message
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.limit:
+                await _error(413, too_large)(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 @cache
