@@ -177,6 +177,11 @@ def _check_weight_format(path: str, allow_pickle: bool) -> bool:
     raise ModelError(f"{p} holds no weights (*.safetensors)")
 
 
+def default_device() -> torch.device:
+    """Where models run unless told otherwise: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token (the EOS if the model has none): batching needs one."""
     trust_remote_code = trust_remote_code or _LOAD_POLICY.get()[1]

@@ -91,13 +91,17 @@ class AdapterMethod(Method):
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         model.save_adapter(str(directory), ADAPTER_NAME, with_head=False, use_safetensors=True)
 
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
-        adapters.init(base)
+    def attach(
+        self, model: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
+        if not isinstance(model, adapters.ModelAdaptersMixin):
+            adapters.init(model)
+            allow_packed_masks(model)
         info: dict[str, list[str]] = {}
-        base.load_adapter(
+        model.load_adapter(
             str(directory),
-            load_as=ADAPTER_NAME,
-            set_active=True,
+            load_as=name,
+            set_active=False,
             with_head=False,
             use_safetensors=True,
             loading_info=info,
@@ -105,6 +109,10 @@ class AdapterMethod(Method):
         # AdapterHub only logs weights it could not place; an artifact for another base must fail instead.
         mismatched = info.get("missing_keys", []) + info.get("unexpected_keys", [])
         if mismatched:
+            model.delete_adapter(name)  # the artifacts attached before stay as they were
             raise ValueError(f"adapter weights do not fit this base model: {', '.join(mismatched[:5])}")
-        allow_packed_masks(base)
-        return base
+        return model
+
+    def activate(self, model: torch.nn.Module, name: str | None) -> torch.nn.Module:
+        model.set_active_adapters(name)
+        return model

@@ -1,8 +1,11 @@
 """The one small interface every fine-tuning method implements, and the registry that finds them.
 
 A method knows how to (1) load the base model it needs (QLoRA quantizes it), (2) turn it into the model
-to train (wrap, insert modules or freeze), (3) save only what it trained and (4) load that artifact
-back onto a freshly loaded base. The training loop, scoring and evaluation never branch on the method.
+to train (wrap, insert modules or freeze), (3) save only what it trained and (4) attach saved artifacts,
+each under a name, to an already loaded base and make one of them the one in effect (``attach`` /
+``activate``: :class:`mcqtune.inference.Predictor` holds one base and many artifacts this way). The
+training loop, scoring and evaluation never branch on the method.
+
 Per-method defaults (learning rate, rank, bottleneck size...) live in ``configs/methods/<name>.yaml``.
 """
 
@@ -20,6 +23,10 @@ from transformers import PreTrainedModel
 from mcqtune.models import ResolvedModel, load_model
 
 ARTIFACT_SUBDIR = "artifact"
+# base_key() of every method whose artifacts attach to the plain (unquantized) base, as zero-shot uses it.
+PLAIN_BASE = "plain"
+# The name load() gives the one artifact it attaches.
+SINGLE_ARTIFACT = "default"
 
 
 @dataclass
@@ -98,17 +105,18 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def check_peft_artifact(model: torch.nn.Module, directory: Path) -> None:
-    """Raise ValueError unless every tensor of a saved peft adapter landed in ``model`` unchanged.
+def check_peft_artifact(model: torch.nn.Module, directory: Path, name: str = SINGLE_ARTIFACT) -> None:
+    """Raise ValueError unless every tensor of a saved peft adapter landed in ``model`` (as adapter
+    ``name``) unchanged.
 
-    ``PeftModel.from_pretrained`` only warns about adapter weights it cannot place (e.g. a LoRA layer the
-    base lacks), which would silently give a different model.
+    ``PeftModel.from_pretrained`` and ``load_adapter`` only warn about adapter weights they cannot place
+    (e.g. a LoRA layer the base lacks), which would silently give a different model.
     """
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
     saved = load_file(str(Path(directory) / "adapter_model.safetensors"))
-    loaded = get_peft_model_state_dict(model)
+    loaded = get_peft_model_state_dict(model, adapter_name=name)
     problems = sorted(set(saved) ^ set(loaded))
     problems += [
         n
@@ -174,6 +182,17 @@ def release_mapped_weights(model: torch.nn.Module) -> None:
                     module._buffers[name] = buffer.clone()
 
 
+def load_plain_base(resolved: ResolvedModel, device: torch.device) -> PreTrainedModel:
+    """The base as zero-shot scoring and every method without a ``load_base`` of its own use it: fp32."""
+    return load_model(resolved, torch.float32).to(device)
+
+
+def store_linear_weights(base: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store a freshly loaded base's linear weights in ``dtype``; drop the file pages left unused."""
+    if cast_frozen_matmul_weights(base, dtype, frozen_only=False):
+        release_mapped_weights(base)
+
+
 def check_master_weights(model: torch.nn.Module, method_name: str) -> None:
     """Trained parameters must be fp32 (the optimizer updates them in place): a method that trains base
     weights must not let :meth:`Method.prepare_base` store them in bf16 (set ``frozen_base = False``)."""
@@ -199,12 +218,20 @@ class Method(ABC):
     # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
     # bf16 (prepare_base). Methods that train base weights (full, subset) set False: fp32 master weights.
     frozen_base: ClassVar[bool] = True
+    # False when an artifact replaces every base weight (full): it cannot share a base with other
+    # artifacts, so an inference Predictor loads a model of its own for each one.
+    shares_base: ClassVar[bool] = True
+
+    def base_key(self, options: dict[str, Any]) -> str:
+        """Which loaded base this method's artifacts attach to: artifacts with equal keys share one base.
+        A method that overrides :meth:`load_base` returns a key of its own (QLoRA: the 4-bit layout)."""
+        return PLAIN_BASE
 
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
     ) -> PreTrainedModel:
         """The base model this method trains on (fp32 master weights by default)."""
-        return load_model(resolved, torch.float32).to(device)
+        return load_plain_base(resolved, device)
 
     def base_dtype(self, precision: str) -> torch.dtype:
         """dtype of the frozen base's matmul weights for training at ``precision`` (bf16 or fp32)."""
@@ -216,8 +243,7 @@ class Method(ABC):
         Bit-identical under bf16 autocast, half the frozen-weight memory, no per-step weight cast
         (:func:`cast_frozen_matmul_weights`); fp32 precision leaves the base untouched.
         """
-        if cast_frozen_matmul_weights(base, self.base_dtype(precision), frozen_only=False):
-            release_mapped_weights(base)
+        store_linear_weights(base, self.base_dtype(precision))
         return base
 
     def make_optimizer(
@@ -241,8 +267,23 @@ class Method(ABC):
         """Write only what was trained, as safetensors, into ``directory`` (which exists)."""
 
     @abstractmethod
+    def attach(
+        self, model: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
+        """Add the artifact saved in ``directory`` to ``model`` under ``name``, without changing what the
+        other attached artifacts compute. ``model`` is the loaded base on the first call for a base and
+        afterwards what the previous call returned; returns the model that now holds them all. Raises
+        ValueError (or the loader's own error) when the artifact does not fit the base."""
+
+    def activate(self, model: torch.nn.Module, name: str | None) -> torch.nn.Module:
+        """Make the artifact ``name`` the one in effect (None: none of this method's, so that the base
+        computes as loaded) and return the module to run. The default suits one artifact per model."""
+        return model
+
     def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
-        """Attach a saved artifact to a freshly loaded base, ready for inference."""
+        """Attach one saved artifact to a freshly loaded base, ready for inference."""
+        model = self.attach(base, directory, options, SINGLE_ARTIFACT)
+        return self.activate(model, SINGLE_ARTIFACT).eval()
 
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         """Fold the trained parameters into a plain HF model (only methods that can)."""
@@ -262,3 +303,38 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}") from None
+
+
+class PeftMethod(Method):
+    """A method whose artifact is a standard peft adapter directory; artifacts attach as named adapters
+    of one ``PeftModel`` and every one is checked to have landed whole (:func:`check_peft_artifact`)."""
+
+    def check_fits(self, config: Any, directory: Path) -> None:
+        """Raise ValueError when the saved adapter cannot fit a base with this HF ``config``."""
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+    def attach(
+        self, model: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
+        from peft import PeftModel
+
+        shared = isinstance(model, PeftModel)
+        self.check_fits((model.get_base_model() if shared else model).config, directory)
+        if not shared:
+            model = PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=False)
+            check_peft_artifact(model, directory, name)
+            return model
+        model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+        try:
+            check_peft_artifact(model, directory, name)
+        except ValueError:
+            model.delete_adapter(name)  # the artifacts attached before stay as they were
+            raise
+        return model
+
+    def activate(self, model: torch.nn.Module, name: str | None) -> torch.nn.Module:
+        if name is not None:
+            model.set_adapter(name)
+        return model

@@ -26,6 +26,7 @@ class FullMethod(Method):
     name = "full"
     description = "every weight trained; the artifact is the whole model (HF safetensors)"
     frozen_base = False  # trains base weights: fp32 master weights under bf16 too
+    shares_base = False  # the artifact is every weight: each one needs a model of its own
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         for param in model.parameters():
@@ -35,7 +36,9 @@ class FullMethod(Method):
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(str(directory), safe_serialization=True)
 
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+    def attach(
+        self, base: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
         files = sorted(Path(directory).glob("*.safetensors"))
         if not files:
             raise ValueError(f"{directory}: no *.safetensors weights")

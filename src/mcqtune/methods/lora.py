@@ -6,14 +6,13 @@ loadable with ``peft.PeftModel.from_pretrained`` outside mcqtune.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
-from mcqtune.methods.base import Method, register
+from mcqtune.methods.base import PeftMethod, register
 
 TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -39,18 +38,12 @@ def lora_config(options: dict[str, Any]) -> LoraConfig:
 
 
 @register
-class LoraMethod(Method):
+class LoraMethod(PeftMethod):
     name = "lora"
     description = "low-rank update B·A on frozen linear layers (peft)"
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         return get_peft_model(model, lora_config(options))
-
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(str(directory), safe_serialization=True)
-
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
-        return PeftModel.from_pretrained(base, str(directory), is_trainable=False)
 
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         return model.merge_and_unload()

@@ -32,7 +32,7 @@ import torch
 from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from transformers import AutoTokenizer, PreTrainedModel
 
-from mcqtune.methods.base import Method, check_peft_artifact, register
+from mcqtune.methods.base import PeftMethod, register
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def init_prefix_from_text(model: PeftModel, text: str) -> None:
 
 
 @register
-class PrefixMethod(Method):
+class PrefixMethod(PeftMethod):
     name = "prefix"
     description = "learned key/value prefixes in every attention layer (peft prefix tuning)"
     supports_packing = False
@@ -102,20 +102,13 @@ class PrefixMethod(Method):
                 init_prefix_from_text(peft_model, str(options.get("init_text") or DEFAULT_INIT_TEXT))
         return peft_model
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(str(directory), safe_serialization=True)
-
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+    def check_fits(self, config: Any, directory: Path) -> None:
         # peft sizes the prefix from the saved config, not from the base: check that they agree.
         saved = PeftConfig.from_pretrained(str(directory))
-        cfg = base.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_width = head_dim * getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
-        if (saved.num_layers, saved.token_dim) != (cfg.num_hidden_layers, kv_width):
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_width = head_dim * getattr(config, "num_key_value_heads", config.num_attention_heads)
+        if (saved.num_layers, saved.token_dim) != (config.num_hidden_layers, kv_width):
             raise ValueError(
                 f"prefix for {saved.num_layers} layers of key/value width {saved.token_dim}, "
-                f"but the base has {cfg.num_hidden_layers} layers of width {kv_width}"
+                f"but the base has {config.num_hidden_layers} layers of width {kv_width}"
             )
-        model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
-        check_peft_artifact(model, directory)
-        return model

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Any
 
 import bitsandbytes as bnb
 import torch
 from peft import (
-    PeftModel,
     get_peft_model,
     get_peft_model_state_dict,
     prepare_model_for_kbit_training,
@@ -40,7 +38,7 @@ from peft import (
 )
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from mcqtune.methods.base import Method, check_peft_artifact, register, release_mapped_weights
+from mcqtune.methods.base import PeftMethod, register, release_mapped_weights
 from mcqtune.methods.lora import lora_config
 from mcqtune.models import ResolvedModel, load_model
 
@@ -80,7 +78,7 @@ def keep_trainable_layout(model: torch.nn.Module) -> None:
 
 
 @register
-class QLoraMethod(Method):
+class QLoraMethod(PeftMethod):
     name = "qlora"
     description = "LoRA on a frozen 4-bit (NF4) base, bitsandbytes + peft"
 
@@ -96,6 +94,12 @@ class QLoraMethod(Method):
         if device.type == "cpu":
             release_mapped_weights(model)  # the fp32 file pages read for quantizing (base.py)
         return model
+
+    def base_key(self, options: dict[str, Any]) -> str:
+        """One 4-bit base per quantization layout, shared by every QLoRA artifact that uses it."""
+        q = quantization_config(options)
+        double = "double" if q.bnb_4bit_use_double_quant else "single"
+        return f"4bit-{q.bnb_4bit_quant_type}-{double}-{q.bnb_4bit_compute_dtype}"
 
     def make_optimizer(
         self, params: list[torch.nn.Parameter], config: Any, device: torch.device
@@ -116,14 +120,6 @@ class QLoraMethod(Method):
         checkpointing = bool(options.get("gradient_checkpointing", False))
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         return get_peft_model(model, lora_config(options))
-
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(str(directory), safe_serialization=True)
-
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
-        model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
-        check_peft_artifact(model, directory)
-        return model
 
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         """A plain fp32 model with the LoRA update folded in (consumes ``model``, like LoRA's merge).

@@ -11,11 +11,14 @@ Options:
 - ``extra_trainable``: parameter-name substrings to train as well (e.g. ``["input_layernorm"]``).
 
 The artifact is one safetensors file holding only the trained tensors under their parameter names, with
-the trained layer indices in its metadata; loading copies them onto a freshly loaded base.
+the trained layer indices in its metadata. Attached artifacts share the base: activating one points the
+base's top-K parameters at its tensors (no copy) and activating none points them back at the base's own
+tensors, which are kept once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +96,42 @@ class SubsetMethod(Method):
         metadata = {"format": "pt", "layers": ",".join(str(i) for i in layers)}
         save_file(tensors, str(Path(directory) / WEIGHTS_FILE), metadata=metadata)
 
-    def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
+    def attach(
+        self, model: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
         path = Path(directory) / WEIGHTS_FILE
         state = load_file(str(path))
-        params = dict(base.named_parameters(remove_duplicate=False))
-        with torch.no_grad():
-            for name, value in state.items():
-                if name not in params:
-                    raise ValueError(f"{path}: '{name}' is not a parameter of the base model")
-                if params[name].shape != value.shape:
-                    have, want = tuple(value.shape), tuple(params[name].shape)
-                    raise ValueError(f"{path}: '{name}' has shape {have}, the base has {want}")
-                params[name].copy_(value)
-        return base
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for param_name, value in state.items():
+            if param_name not in params:
+                raise ValueError(f"{path}: '{param_name}' is not a parameter of the base model")
+            if params[param_name].shape != value.shape:
+                have, want = tuple(value.shape), tuple(params[param_name].shape)
+                raise ValueError(f"{path}: '{param_name}' has shape {have}, the base has {want}")
+        swaps = _swaps(model)
+        for param_name in state:
+            swaps.originals.setdefault(param_name, params[param_name].data)
+        device = next(iter(params.values())).device
+        swaps.artifacts[name] = {n: v.to(device) for n, v in state.items()}
+        return model
+
+    def activate(self, model: torch.nn.Module, name: str | None) -> torch.nn.Module:
+        swaps = _swaps(model)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for param_name, tensor in {**swaps.originals, **swaps.artifacts.get(name, {})}.items():
+            params[param_name].data = tensor
+        return model
+
+
+@dataclass
+class _Swaps:
+    """The trained tensors of each attached artifact, and the base's own tensors they replace."""
+
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+def _swaps(model: torch.nn.Module) -> _Swaps:
+    if not hasattr(model, "mcqtune_subset_swaps"):
+        model.mcqtune_subset_swaps = _Swaps()
+    return model.mcqtune_subset_swaps

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from mcqtune.artifacts import CHECKPOINTS_DIR
 from mcqtune.atomic import atomic_directory, directory_bytes, remove_stale_temporaries, remove_tree
 from mcqtune.errors import CheckpointError
 from mcqtune.preflight import MIB, DiskSpaceError, ensure_free_space
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")

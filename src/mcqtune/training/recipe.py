@@ -39,7 +39,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, base_identity, save_artifact
+from mcqtune.artifacts import ADAPTER_DIR, LOCK_FILE, MANIFEST, base_identity, save_artifact
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
 from mcqtune.config import OBJECTIVE_TO_SCORING, ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
@@ -86,7 +86,6 @@ except ImportError:  # not POSIX: no run-directory lock
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
-LOCK_FILE = ".mcqtune.lock"
 CONFIG_FILE = "config.yaml"
 
 _RESUME_HINT = "free some space and run the same command again: it resumes from the last checkpoint"

@@ -1,0 +1,297 @@
+"""Inference: one base model in memory, trained artifacts attached to it by name, one chosen per call.
+
+A :class:`Predictor` loads each kind of base it needs once (the plain base, which zero-shot scoring also
+uses; a 4-bit base per quantization layout for QLoRA), attaches run directories under names and scores
+questions with one of them or with none (zero-shot). Artifacts of methods that share the base never copy
+its weights: each method keeps its artifacts on its own *view* of the base (:func:`shared_view`: new
+module objects over the same tensors) so that peft's injected layers or AdapterHub's modules never touch
+the base or another method; activating an artifact first deactivates the previous one (subset artifacts
+swap tensors of the shared base in and out). A ``full`` artifact replaces every weight, so it gets a model
+of its own (``Method.shares_base``). ``eval``, ``predict``, ``export`` and ``compare`` load through here.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from mcqtune.artifacts import ADAPTER_DIR, export_info, read_manifest
+from mcqtune.config import resolve_scoring
+from mcqtune.data import LETTERS, MCQExample
+from mcqtune.errors import ArtifactError
+from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
+from mcqtune.evaluation.evaluate import resolve_precision
+from mcqtune.methods import Method, get_method
+from mcqtune.methods.base import PLAIN_BASE, load_plain_base, store_linear_weights
+from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
+from mcqtune.preflight import check_adapter_dir
+from mcqtune.prompt import PromptConfig, PromptEncoder
+
+
+def shared_view(base: torch.nn.Module) -> torch.nn.Module:
+    """New module objects over the base's own parameter and buffer tensors (nothing is copied)."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
+    return copy.deepcopy(base, memo)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An attached run: where it came from, what its manifest says, which held model carries it."""
+
+    name: str
+    source: str  # the run directory as given
+    manifest: dict[str, Any]
+    method: Method
+    holder: tuple[Method, str]  # key of the model that carries it in Predictor._holders
+
+    @property
+    def scoring(self) -> str:
+        return self.manifest["scoring"]
+
+    @property
+    def prompt(self) -> PromptConfig:
+        return PromptConfig.from_dict(self.manifest.get("prompt"))
+
+    @property
+    def packed(self) -> bool:
+        return self.manifest.get("packing", True)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answered question: the chosen option and every option's probability."""
+
+    example: MCQExample
+    index: int
+    probabilities: tuple[float, ...]
+    raw_index: int  # before the letter prior was removed (== index without debiasing)
+    debiased: bool
+
+    @property
+    def letter(self) -> str:
+        return LETTERS[self.index]
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.example.answer is None else self.example.answer == self.index
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": self.example.id,
+            "prediction": self.letter,
+            "probabilities": {LETTERS[i]: round(p, 4) for i, p in enumerate(self.probabilities)},
+        }
+        if self.correct is not None:
+            record["correct"] = self.correct
+        if self.debiased:
+            record.update(debiased=True, raw_prediction=LETTERS[self.raw_index])
+        return record
+
+
+def predictions(result: AnalysisResult) -> list[Prediction]:
+    """Per-question records of a scoring result (debiased when a prior was applied)."""
+    final = result.debiased if result.debiased is not None else result.scored
+    return [
+        Prediction(
+            example=example,
+            index=int(index),
+            probabilities=tuple(float(p) for p in probs[: len(example.choices)]),
+            raw_index=int(raw),
+            debiased=result.debiased is not None,
+        )
+        for example, probs, index, raw in zip(
+            final.examples, final.probabilities, final.predictions, result.scored.predictions, strict=True
+        )
+    ]
+
+
+class Predictor:
+    """A base model loaded once, artifacts attached by name, questions scored with one of them or none.
+
+    Thread-safe: one call at a time holds the model (activation changes shared state).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: torch.device | None = None,
+        precision: str = "auto",
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.resolved = resolve_model(model)
+        self.device = device or default_device()
+        self.precision = resolve_precision(precision, self.device)
+        self.allow_pickle = allow_pickle
+        self.trust_remote_code = trust_remote_code
+        with self._loading():
+            self.tokenizer = load_tokenizer(self.resolved)
+        # mcqtune_export.json of a model directory written by `mcqtune export`: its prompt and scoring.
+        self.exported = export_info(self.resolved)
+        self.artifacts: dict[str, Artifact] = {}
+        self._bases: dict[str, PreTrainedModel] = {}
+        self._holders: dict[tuple[Method, str], torch.nn.Module] = {}
+        self._active: Artifact | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(
+        cls, model: str | None, artifacts: Mapping[str, Path | str] | None = None, **kwargs: Any
+    ) -> Predictor:
+        """A Predictor with ``artifacts`` ({name: run dir}) attached, on ``model`` or else the first
+        artifact's own base; with no artifact, the zero-shot base is loaded."""
+        artifacts = dict(artifacts or {})
+        if model is None and artifacts:
+            model = read_manifest(next(iter(artifacts.values())))["base_model"]
+        predictor = cls(model, **kwargs)
+        for name, run_dir in artifacts.items():
+            predictor.attach(name, run_dir)
+        if not artifacts:
+            predictor.base()
+        return predictor
+
+    @contextmanager
+    def _loading(self) -> Iterator[None]:
+        with load_policy(allow_pickle=self.allow_pickle, trust_remote_code=self.trust_remote_code):
+            yield
+
+    @property
+    def model_id(self) -> str:
+        return self.resolved.model_id
+
+    def _prepared(self, base: PreTrainedModel) -> PreTrainedModel:
+        """Under bf16 scoring, frozen linear weights are stored in bf16: the same scores, half the memory."""
+        store_linear_weights(base, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        return base.eval()
+
+    def base(self, key: str = PLAIN_BASE, method: Method | None = None, options: dict | None = None):
+        """The loaded base of kind ``key`` (``Method.base_key``), loaded on first use and then shared."""
+        with self._lock:
+            if key not in self._bases:
+                with self._loading():
+                    if method is None:
+                        loaded = load_plain_base(self.resolved, self.device)
+                    else:
+                        loaded = method.load_base(self.resolved, options or {}, self.device)
+                self._bases[key] = self._prepared(loaded)
+            return self._bases[key]
+
+    def attach(self, name: str, run_dir: Path | str) -> Artifact:
+        """Attach the artifact in ``run_dir`` under ``name``; the base is loaded only if not yet held."""
+        with self._lock:
+            if name in self.artifacts:
+                raise ArtifactError(f"an artifact named '{name}' is already attached")
+            check_adapter_dir(run_dir, allow_pickle=self.allow_pickle)
+            manifest = read_manifest(run_dir)
+            method = get_method(manifest["method"])
+            options = manifest.get("method_options", {})
+            if method.shares_base:
+                key = (method, method.base_key(options))
+                base = self.base(key[1], method, options)
+                self._check_base(run_dir, manifest, base)
+                holder = self._holders.get(key) or shared_view(base)
+            else:
+                key = (method, f"own:{name}")
+                with self._loading():
+                    holder = method.load_base(self.resolved, options, self.device)
+                self._check_base(run_dir, manifest, holder)
+            self._deactivate()  # a subset artifact records the base's own tensors when it attaches
+            try:
+                holder = method.attach(holder, Path(run_dir) / ADAPTER_DIR, options, name)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise ArtifactError(
+                    f"{run_dir}/{ADAPTER_DIR}: could not load the {manifest['method']} artifact: {exc}"
+                ) from None
+            self._holders[key] = holder.eval() if method.shares_base else self._prepared(holder)
+            self.artifacts[name] = Artifact(name, str(run_dir), manifest, method, key)
+            return self.artifacts[name]
+
+    def _check_base(self, run_dir: Path | str, manifest: dict[str, Any], base: PreTrainedModel) -> None:
+        found = config_hash(base)
+        if found != manifest["base_config_hash"]:
+            raise ArtifactError(
+                f"{run_dir}: trained on base model '{manifest['base_model']}' (config hash "
+                f"{manifest['base_config_hash']}), but '{self.resolved.spec}' has config hash {found}; "
+                "pass the matching --model"
+            )
+
+    def _artifact(self, name: str | None) -> Artifact | None:
+        if name is None:
+            return None
+        if name not in self.artifacts:
+            known = ", ".join(sorted(self.artifacts)) or "none"
+            raise ArtifactError(f"no artifact named '{name}' is attached (attached: {known})")
+        return self.artifacts[name]
+
+    def _deactivate(self) -> None:
+        if self._active is not None:
+            self._active.method.activate(self._holders[self._active.holder], None)
+            self._active = None
+
+    def module(self, adapter: str | None = None) -> torch.nn.Module:
+        """The model that computes as artifact ``adapter`` (None: the base, zero-shot), made active."""
+        with self._lock:
+            artifact = self._artifact(adapter)
+            if artifact is not self._active:
+                self._deactivate()
+            if artifact is None:
+                return self.base()
+            model = artifact.method.activate(self._holders[artifact.holder], artifact.name)
+            self._active = artifact
+            return model
+
+    def scoring(self, adapter: str | None = None) -> str:
+        """The artifact's trained formulation; zero-shot: the exported model's, else the auto rule."""
+        artifact = self._artifact(adapter)
+        if artifact is not None:
+            return artifact.scoring
+        if self.exported and self.exported.get("scoring"):
+            return self.exported["scoring"]
+        return resolve_scoring("auto", self.base().num_parameters())
+
+    def prompt(self, adapter: str | None = None) -> PromptConfig:
+        artifact = self._artifact(adapter)
+        if artifact is not None:
+            return artifact.prompt
+        return PromptConfig.from_dict((self.exported or {}).get("prompt"))
+
+    def score(
+        self,
+        examples: list[MCQExample],
+        adapter: str | None = None,
+        scoring: str | None = None,
+        *,
+        batch_size: int = 16,
+        prompt: PromptConfig | None = None,
+        packed: bool | None = None,
+        **analyses: Any,
+    ) -> AnalysisResult:
+        """Score ``examples`` with artifact ``adapter`` (None: zero-shot). ``scoring``, ``prompt`` and
+        ``packed`` default to the artifact's own; ``analyses`` are :func:`run_analyses`' options
+        (permutations, debias_prior, prior, calibration_examples, calibration_size, seed...)."""
+        with self._lock:
+            artifact = self._artifact(adapter)
+            model = self.module(adapter)
+            return run_analyses(
+                model,
+                PromptEncoder(self.tokenizer, prompt or self.prompt(adapter)),
+                examples,
+                scoring or self.scoring(adapter),
+                model_id=self.model_id,
+                adapter=artifact.source if artifact else None,
+                batch_size=batch_size,
+                packed=packed if packed is not None else (artifact.packed if artifact else True),
+                precision=self.precision,
+                device=self.device,
+                **analyses,
+            )
