@@ -69,8 +69,9 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def engine(tiny_model_dir):
+    """A fresh engine (artifact names are unique per engine); the tiny base loads in well under a second."""
     return open_engine(str(tiny_model_dir), "fp32", batch_size=16)
 
 
@@ -81,8 +82,8 @@ def _client(engine, named=None, adapter_dir=None, max_loaded=4, **settings) -> T
 
 
 @pytest.fixture(scope="module")
-def client(engine, runs):
-    with _client(engine, runs, window_ms=50.0) as test_client:
+def client(tiny_model_dir, runs):
+    with _client(open_engine(str(tiny_model_dir), "fp32", 16), runs, window_ms=50.0) as test_client:
         yield test_client
 
 

@@ -1,9 +1,8 @@
 """The scoring engine the server drives: one base model, named artifacts attached to it, option scores.
 
-This is the server's thin adapter over the inference layer: :class:`Engine` is the interface the
-registry and the batcher use. :func:`open_engine` returns the shared-base ``mcqtune.inference.Predictor``
-when that module is present and otherwise :class:`SeparateCopiesEngine`, which loads each artifact with
-its own copy of the base (same scores, more memory) so the server works either way.
+This is the server's thin adapter over the inference layer (:class:`mcqtune.inference.Predictor`):
+:class:`Engine` is the interface the registry and the batcher use, and :class:`PredictorEngine` maps it
+onto the Predictor (plus an LRU ``detach``, which the Predictor does not have yet).
 """
 
 from __future__ import annotations
@@ -14,12 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from mcqtune.data import MCQExample
-from mcqtune.errors import ArtifactError
-
-METRICS_FILE = "metrics.json"  # written last by `mcqtune train`; holds the validation accuracy
+from mcqtune.inference import Predictor
+from mcqtune.training.recipe import METRICS
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class Engine(Protocol):
 
 def validation_accuracy(run_dir: Path) -> float | None:
     try:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     return (metrics.get("validation") or {}).get("accuracy")
@@ -88,16 +85,6 @@ def artifact_info(name: str, run_dir: Path, manifest: dict[str, Any]) -> Artifac
     )
 
 
-def check_same_base(run_dir: Path, manifest: dict[str, Any], base_id: str, base_hash: str) -> None:
-    """Refuse an artifact trained on another base before any of its weights are read."""
-    if manifest["base_config_hash"] != base_hash:
-        raise ArtifactError(
-            f"{run_dir}: trained on base '{manifest['base_model']}' (config hash "
-            f"{manifest['base_config_hash']}), but the server's base '{base_id}' has config hash "
-            f"{base_hash}; serve it with --model {manifest['base_model']}"
-        )
-
-
 def _rows(scored: Any, n: int) -> list[np.ndarray | None]:
     """Map a ScoredExamples (skipped rows removed) back to one row per input question."""
     skipped = {index for index, _ in scored.skipped}
@@ -113,28 +100,20 @@ def _rows(scored: Any, n: int) -> list[np.ndarray | None]:
     return rows
 
 
-class SeparateCopiesEngine:
-    """Fallback engine: every artifact is loaded by ``load_for_inference`` with its own base copy."""
+class PredictorEngine:
+    """The server's engine over :class:`mcqtune.inference.Predictor` (one base, artifacts by name)."""
 
-    def __init__(self, model_spec: str | None, device: torch.device, precision: str, batch_size: int) -> None:
-        from mcqtune.artifacts import load_for_inference
-        from mcqtune.models import config_hash
-
-        self.device = device
-        self.precision = precision
+    def __init__(self, predictor: Predictor, batch_size: int) -> None:
+        self.predictor = predictor
         self.batch_size = batch_size
-        self.base = load_for_inference(model_spec, None, device, precision=precision)
-        self.base_id = self.base.resolved.model_id
-        self.base_hash = config_hash(self.base.model)
-        self._loaded: dict[str, tuple[Any, ArtifactInfo]] = {}
+        self.base_id = predictor.model_id
+        predictor.base()  # load the base now: the first request should not pay for it
 
     def base_info(self) -> ArtifactInfo:
-        from mcqtune.config import resolve_scoring
-
         return ArtifactInfo(
             name=None,
             method="zero-shot",
-            scoring=resolve_scoring("auto", self.base.model.num_parameters()),
+            scoring=self.predictor.scoring(None),
             trainable_parameters=0,
             base=self.base_id,
             validation_accuracy=None,
@@ -143,40 +122,37 @@ class SeparateCopiesEngine:
         )
 
     def attach(self, name: str, run_dir: Path) -> ArtifactInfo:
-        from mcqtune.artifacts import load_for_inference, read_manifest
-        from mcqtune.preflight import check_adapter_dir
-
-        check_adapter_dir(run_dir)
-        manifest = read_manifest(run_dir)
-        check_same_base(run_dir, manifest, self.base_id, self.base_hash)
-        loaded = load_for_inference(self.base.resolved.spec, run_dir, self.device, precision=self.precision)
-        info = artifact_info(name, run_dir, manifest)
-        self._loaded[name] = (loaded, info)
-        return info
+        artifact = self.predictor.attach(name, run_dir)
+        return artifact_info(name, Path(run_dir), artifact.manifest)
 
     def detach(self, name: str) -> None:
-        self._loaded.pop(name, None)
+        """Drop an artifact and the tensors only it holds.
+
+        ``Predictor`` has no detach of its own yet, so this reaches into it: deactivate the artifact,
+        forget it, then free what its method keeps (a peft/AdapterHub named adapter, a subset artifact's
+        swapped tensors, a ``full`` artifact's own model).
+        """
+        predictor = self.predictor
+        with predictor._lock:
+            artifact = predictor.artifacts.pop(name, None)
+            if artifact is None:
+                return
+            if predictor._active is artifact:
+                predictor._deactivate()
+            holder = predictor._holders[artifact.holder]
+            if not artifact.method.shares_base:
+                del predictor._holders[artifact.holder]
+            elif hasattr(holder, "mcqtune_subset_swaps"):
+                holder.mcqtune_subset_swaps.artifacts.pop(name, None)
+            elif hasattr(holder, "delete_adapter"):
+                holder.delete_adapter(name)
 
     def score(self, examples: list[MCQExample], adapter: str | None) -> Scores:
-        from mcqtune.evaluation.evaluate import score_examples
-        from mcqtune.prompt import PromptEncoder
-
-        loaded, info = self._loaded[adapter] if adapter is not None else (self.base, self.base_info())
-        scored = score_examples(
-            loaded.model,
-            PromptEncoder(loaded.tokenizer, loaded.prompt),
-            examples,
-            info.scoring,
-            batch_size=self.batch_size,
-            packed=(loaded.manifest or {}).get("packing", True),
-            precision=self.precision,
-            device=self.device,
-        )
-        return Scores(info.scoring, _rows(scored, len(examples)))
+        result = self.predictor.score(examples, adapter, batch_size=self.batch_size)
+        return Scores(result.scored.scoring, _rows(result.scored, len(examples)))
 
 
 def open_engine(model_spec: str | None, precision: str, batch_size: int) -> Engine:
-    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.inference import Predictor
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return SeparateCopiesEngine(model_spec, device, resolve_precision(precision, device), batch_size)
+    return PredictorEngine(Predictor(model_spec, precision=precision), batch_size)
