@@ -221,10 +221,10 @@ def lever_tokenize_once(ctx) -> dict[str, Any]:
 
 
 def lever_eval_mode(ctx, n_rows: int) -> dict[str, Any]:
-    from mcqtune.artifacts import load_for_inference
     from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.inference import Predictor
 
-    model = load_for_inference(None, None, ctx.cpu, precision="bf16").model
+    model = Predictor(None, device=ctx.cpu, precision="bf16").module()
     rows = ctx.rows("medmcqa", "validation", n_rows)
     chunks = [rows[i : i + 16] for i in range(0, len(rows), 16)]
     modes = {"no_grad (mcqtune)": nullcontext, "inference_mode": torch.inference_mode}

@@ -211,9 +211,10 @@ def main() -> int:
     tokenizer = load_tokenizer(resolved)
     encoder = PromptEncoder(tokenizer)
     if args.adapter:
-        from mcqtune.artifacts import load_for_inference
+        from mcqtune.inference import Predictor
 
-        model = load_for_inference(None, args.adapter, torch.device("cpu")).model.eval()
+        predictor = Predictor.open(None, {"run": args.adapter}, device=torch.device("cpu"), precision="fp32")
+        model = predictor.module("run")
     else:
         model = load_model(resolved).to(torch.device("cpu")).eval()
     prompts = [render_letter_prompt(e, PromptConfig()) for e in examples]

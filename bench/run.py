@@ -304,13 +304,13 @@ def section_cloze(ctx: Context) -> dict[str, Any]:
     """Item 3: packed options vs one row per option, fp32 equality, eval and ranking-training speed."""
     from bench.helpers import McqtuneStepper, Timings, cloze_logliks, max_abs_difference, option_lengths
 
-    from mcqtune.artifacts import load_for_inference
     from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.inference import Predictor
 
     s = ctx.settings
     pad = ctx.tokenizer.pad_token_id
-    fp32 = load_for_inference(None, None, ctx.cpu, precision="fp32").model
-    bf16 = load_for_inference(None, None, ctx.cpu, precision="bf16").model
+    fp32 = Predictor(None, device=ctx.cpu, precision="fp32").module()
+    bf16 = Predictor(None, device=ctx.cpu, precision="bf16").module()
     out: dict[str, Any] = {}
     for dataset in ("arc_easy", "medmcqa"):
         log(f"cloze: {dataset}")
@@ -375,13 +375,13 @@ def section_eval(ctx: Context) -> dict[str, Any]:
     from bench.naive import generate_and_parse, naive_tokenizer
     from transformers import AutoModelForCausalLM
 
-    from mcqtune.artifacts import load_for_inference
     from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.inference import Predictor
 
     s = ctx.settings
     rows = ctx.rows("medmcqa", "validation", s.eval_rows)
-    ours_model = load_for_inference(None, None, ctx.cpu, precision="bf16").model
-    fp32_model = load_for_inference(None, None, ctx.cpu, precision="fp32").model
+    ours_model = Predictor(None, device=ctx.cpu, precision="bf16").module()
+    fp32_model = Predictor(None, device=ctx.cpu, precision="fp32").module()
     gen_model = AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32)
     gen_tokenizer = naive_tokenizer(ctx.resolved.path)
     timings = {"a": Timings(), "b": Timings()}

@@ -186,21 +186,21 @@ def task_naive(spec: dict) -> dict:
 def task_startup(spec: dict) -> dict:
     """Run ``mcqtune eval`` (spec["argv"]) and record when the model was loaded and the first batch scored."""
     marks: dict[str, float] = {"process_start": spec["t0"]}
-    import mcqtune.artifacts as artifacts
     import mcqtune.evaluation.evaluate as evaluate
     from mcqtune.cli import main as cli
+    from mcqtune.inference import Predictor
 
     marks["imports_done"] = time.time()
-    load = artifacts.load_for_inference  # cli imports it from artifacts at call time
+    load = Predictor.open.__func__  # the CLI loads the base (and --adapter) through Predictor.open
 
-    def timed_load(*args, **kwargs):
+    def timed_load(cls, *args, **kwargs):
         marks["load_start"] = time.time()
         try:
-            return load(*args, **kwargs)
+            return load(cls, *args, **kwargs)
         finally:
             marks["load_end"] = time.time()
 
-    artifacts.load_for_inference = timed_load
+    Predictor.open = classmethod(timed_load)
     for name in ("letter_forward", "cloze_forward"):
         forward = getattr(evaluate, name)
 

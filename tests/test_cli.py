@@ -175,3 +175,127 @@ def test_method_option_flags_reach_the_config_and_are_checked_against_the_method
     args = parser.parse_args(["train", "--method", "lora", "--bottleneck", "32"])
     with pytest.raises(ConfigError, match=r"unknown option.*'lora': bottleneck"):
         build_config({"method": "lora", "method_options": method_option_flags(args)})
+
+
+# ------------------------------------------------------------------ eval / predict: the newcomer's defects
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """Fail the test if any model weights are read: the command must stop before that."""
+    from mcqtune import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def _question(*choices: str, question: str = "Which is a planet?") -> list[str]:
+    return ["--question", question, *[a for c in choices for a in ("--choice", c)]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (_question(*"abcdefghijk"), "11 options given; a question needs 2 to 10 (A-J)"),
+        (_question("Mars", "Venus", question="   "), "the question is empty"),
+        (_question("Mars", " ", "Venus"), "option B is empty"),
+    ],
+    ids=["11 choices", "blank question", "blank choice"],
+)
+def test_predict_refuses_a_bad_typed_question_in_one_line(
+    argv, expected, tiny_model_dir, capsys, no_model_loads
+):
+    assert main(["predict", "--model", str(tiny_model_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {expected}"
+    assert "Traceback" not in err
+
+
+def test_save_prior_into_an_unwritable_place_fails_before_any_work(
+    tmp_path, capsys, monkeypatch, no_model_loads
+):
+    import mcqtune.preflight as preflight
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(preflight.tempfile, "mkstemp", read_only)
+    argv = ["eval", "--data", "arc_easy", "--debias", "--save-prior", str(tmp_path / "ro" / "prior.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--save-prior" in err and "cannot write" in err and "Read-only file system" in err
+
+
+def test_eval_output_does_not_overwrite_an_existing_file(trained_run, tmp_path, capsys):
+    existing = tmp_path / "notes.json"
+    existing.write_text("my notes")
+    argv = [
+        "eval",
+        "--adapter",
+        str(trained_run),
+        "--data",
+        "arc_easy",
+        "--limit",
+        "4",
+        "--output",
+        str(existing),
+    ]
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert existing.read_text() == "my notes"
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(existing.read_text())["n"] == 4
+
+
+@pytest.mark.parametrize("leftover", [".mcqtune.lock", "checkpoints"])
+def test_eval_of_an_unfinished_run_says_how_to_resume(leftover, tmp_path, capsys, no_model_loads):
+    run = tmp_path / "run"
+    run.mkdir()
+    if leftover == "checkpoints":
+        (run / leftover / "step-2").mkdir(parents=True)
+    else:
+        (run / leftover).touch()
+    assert main(["eval", "--adapter", str(run), "--data", "arc_easy"]) == 2
+    err = capsys.readouterr().err
+    assert "this run did not finish" in err and "re-run the same train command" in err
+    assert "is this a mcqtune run directory" not in err
+
+
+def test_predict_shows_the_question_the_answer_and_every_option(trained_run, capsys):
+    assert main(["predict", "--adapter", str(trained_run), *_question("Mars", "the Sun", "the Moon")]) == 0
+    out = capsys.readouterr().out
+    assert "cli:" not in out
+    lines = out.splitlines()
+    assert "Which is a planet?" in lines
+    answer = next(line for line in lines if line.startswith("answer: "))
+    letter, text = answer.removeprefix("answer: ").split(". ", 1)
+    assert text == {"A": "Mars", "B": "the Sun", "C": "the Moon"}[letter]
+    options = [line for line in lines if line.strip()[:1] in ("*", "A", "B", "C") and "%" in line]
+    assert len(options) == 3 and sum(
+        float(line.split("%")[0].split()[-1]) for line in options
+    ) == pytest.approx(100, abs=0.2)
+
+
+def test_predict_data_shows_each_question_its_chosen_option_and_whether_it_was_right(trained_run, capsys):
+    from mcqtune.data import bundled_path, load_examples
+
+    rows = load_examples(bundled_path("arc_easy", "validation"), limit=3).examples
+    data = bundled_path("arc_easy", "validation")
+    assert main(["predict", "--adapter", str(trained_run), "--data", str(data)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for row in rows:
+        line = next(line for line in lines if line.startswith(f"{row.id}: "))
+        assert row.question[:20] in line
+        chosen = line.split(" -> ", 1)[1]
+        letter, rest = chosen.split(". ", 1)
+        assert rest.startswith(row.choices["ABCDE".index(letter)])
+        assert rest.endswith(("  right", f"(answer {row.answer_letter})"))
+    assert any(line.endswith("questions with a known answer right") for line in lines)
+
+
+@pytest.mark.parametrize("data", ["arc_easy", "medmcqa"])
+def test_eval_header_names_the_dataset(data, tiny_model_dir, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", data, "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{data} (validation): zero-shot ")
+    assert "validation.jsonl" not in out

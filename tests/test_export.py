@@ -14,11 +14,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from mcqtune.artifacts import EXPORT_MANIFEST, load_for_inference
+from mcqtune.artifacts import EXPORT_MANIFEST
 from mcqtune.cli.main import EXIT_USER_ERROR, main
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.evaluation.evaluate import score_examples
+from mcqtune.inference import Predictor
 from mcqtune.prompt import PromptConfig, PromptEncoder
 from mcqtune.training.recipe import train
 
@@ -88,11 +89,11 @@ def test_exported_model_is_plain_and_scores_like_the_run(runs, method, atol, tmp
 
     plain = AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32)  # no peft, no bnb
     assert type(plain).__name__ == "LlamaForCausalLM"
-    run = load_for_inference(None, runs[method], CPU)
-    unmerged = _scores(run.model, run.tokenizer, run.prompt, arc_rows)
-    exported = load_for_inference(str(out), None, CPU)
-    assert exported.prompt == run.prompt  # carried by mcqtune_export.json
-    merged = _scores(plain, exported.tokenizer, exported.prompt, arc_rows)
+    run = Predictor.open(None, {method: runs[method]}, device=CPU, precision="fp32")
+    unmerged = _scores(run.module(method), run.tokenizer, run.prompt(method), arc_rows)
+    exported = Predictor(str(out), device=CPU, precision="fp32")
+    assert exported.prompt() == run.prompt(method)  # carried by mcqtune_export.json
+    merged = _scores(plain, exported.tokenizer, exported.prompt(), arc_rows)
     np.testing.assert_allclose(merged, unmerged, atol=atol, rtol=0)
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mcqtune.artifacts import load_for_inference
 from mcqtune.cli.main import main
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.evaluation.evaluate import compute_metrics, score_examples
+from mcqtune.inference import Predictor
 from mcqtune.models import load_model
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.recipe import train
@@ -58,18 +58,18 @@ def test_short_lora_run_lowers_the_loss_and_reloads_identically(tmp_path):
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
     rows = load_examples(bundled_path("arc_easy", "validation"), limit=16).examples
-    reloaded = load_for_inference(None, tmp_path / "lora", CPU)
-    encoder = PromptEncoder(reloaded.tokenizer, reloaded.prompt)
+    reloaded = Predictor.open(None, {"lora": tmp_path / "lora"}, device=CPU, precision="fp32")
+    encoder = PromptEncoder(reloaded.tokenizer, reloaded.prompt("lora"))
     in_memory = score_examples(result.model, encoder, rows, "letter", precision="bf16")
-    again = score_examples(reloaded.model, encoder, rows, "letter", precision="bf16")
+    again = score_examples(reloaded.module("lora"), encoder, rows, "letter", precision="bf16")
     np.testing.assert_allclose(in_memory.scores, again.scores, atol=1e-3)
     saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert saved["validation"]["accuracy"] == compute_metrics(again)["accuracy"]
 
     # `mcqtune export`: the merged plain model scores like the adapter (fp32 on both sides)
     assert main(["export", "--adapter", str(tmp_path / "lora"), "--output", str(tmp_path / "hf")]) == 0
-    exported = load_for_inference(str(tmp_path / "hf"), None, CPU)
-    assert not any("lora_" in n for n, _ in exported.model.named_parameters())
-    unmerged = score_examples(reloaded.model, encoder, rows, "letter", precision="fp32").scores
-    merged = score_examples(exported.model, encoder, rows, "letter", precision="fp32").scores
+    exported = Predictor(str(tmp_path / "hf"), device=CPU, precision="fp32").module()
+    assert not any("lora_" in n for n, _ in exported.named_parameters())
+    unmerged = score_examples(reloaded.module("lora"), encoder, rows, "letter", precision="fp32").scores
+    merged = score_examples(exported, encoder, rows, "letter", precision="fp32").scores
     np.testing.assert_allclose(merged, unmerged, atol=1e-3)

@@ -17,18 +17,16 @@ import numpy as np
 import torch
 
 from mcqtune import __version__
-from mcqtune.artifacts import EXPORT_MANIFEST, load_for_inference, read_manifest
+from mcqtune.artifacts import EXPORT_MANIFEST, read_manifest
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
 from mcqtune.data import MCQExample, load_examples, resolve_data
 from mcqtune.errors import ExportError
 from mcqtune.evaluation.evaluate import score_examples
+from mcqtune.inference import Predictor
 from mcqtune.methods import get_method
 from mcqtune.methods.base import Method
 from mcqtune.prompt import PromptEncoder
 
-# fp32 merge vs the unmerged model: float noise. QLoRA's unmerged model runs its matmuls in bf16
-# (compute_dtype), so its scores move by up to a few hundredths of a nat (tests/test_methods.py).
-DEFAULT_TOLERANCE = {"lora": 1e-3, "qlora": 0.1}
 MERGED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -82,21 +80,23 @@ def export_run(
         )
     if dtype not in MERGED_DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(MERGED_DTYPES)}, got '{dtype}'")
-    device = torch.device("cpu")
-    loaded = load_for_inference(None, run_dir, device, precision="fp32")
-    encoder = PromptEncoder(loaded.tokenizer, loaded.prompt)
+    device = torch.device("cpu")  # merged and checked in fp32 on the CPU, whatever the machine has
+    name = run_dir.name
+    predictor = Predictor.open(None, {name: run_dir}, device=device, precision="fp32")
+    encoder = PromptEncoder(predictor.tokenizer, predictor.prompt(name))
     rows = _check_rows(run_dir, check_questions)
-    scoring = manifest.get("scoring", "cloze")
-    before = score_examples(loaded.model, encoder, rows, scoring, device=device).scores if rows else None
+    scoring = predictor.scoring(name)
+    model = predictor.module(name)
+    before = score_examples(model, encoder, rows, scoring, device=device).scores if rows else None
     # full / subset: already a plain model with the trained weights in place
-    merged = method.merge(loaded.model) if can_merge else loaded.model
+    merged = method.merge(model) if can_merge else model
     merged.eval()
     difference = same = None
     if before is not None:
         after = score_examples(merged, encoder, rows, scoring, device=device).scores
         difference = float(np.nanmax(np.abs(after - before)))
         same = bool((after.argmax(1) == before.argmax(1)).all())
-        limit = tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(manifest["method"], 1e-4)
+        limit = tolerance if tolerance is not None else method.merge_tolerance
         if difference > limit:
             raise ExportError(
                 f"{run_dir}: the merged model's option scores differ from the unmerged model's by "
@@ -105,7 +105,7 @@ def export_run(
     merged.to(MERGED_DTYPES[dtype])
     with atomic_directory(output) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
-        loaded.tokenizer.save_pretrained(str(tmp))
+        predictor.tokenizer.save_pretrained(str(tmp))
         atomic_write_json(
             tmp / EXPORT_MANIFEST,
             {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +26,8 @@ from transformers import PreTrainedModel
 
 from mcqtune.artifacts import ADAPTER_DIR, export_info, read_manifest
 from mcqtune.config import resolve_scoring
-from mcqtune.data import LETTERS, MCQExample
-from mcqtune.errors import ArtifactError
+from mcqtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQExample
+from mcqtune.errors import ArtifactError, DataError
 from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
 from mcqtune.evaluation.evaluate import resolve_precision
 from mcqtune.methods import Method, get_method
@@ -41,6 +41,22 @@ def shared_view(base: torch.nn.Module) -> torch.nn.Module:
     """New module objects over the base's own parameter and buffer tensors (nothing is copied)."""
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
     return copy.deepcopy(base, memo)
+
+
+def typed_question(question: str, choices: Sequence[str], example_id: str = "question") -> MCQExample:
+    """A question a user typed (``predict --question``, a server request), or a DataError saying what
+    is wrong with it."""
+    if not question.strip():
+        raise DataError("the question is empty")
+    if not MIN_OPTIONS <= len(choices) <= MAX_OPTIONS:
+        raise DataError(
+            f"{len(choices)} options given; a question needs {MIN_OPTIONS} to {MAX_OPTIONS} "
+            f"(A-{LETTERS[MAX_OPTIONS - 1]})"
+        )
+    blank = [LETTERS[i] for i, choice in enumerate(choices) if not choice.strip()]
+    if blank:
+        raise DataError(f"option {', '.join(blank)} is empty")
+    return MCQExample(example_id, question.strip(), tuple(c.strip() for c in choices), None)
 
 
 @dataclass(frozen=True)

@@ -227,93 +227,68 @@ def _is_bundled(spec: str) -> bool:
 
 
 # ---------------------------------------------------------------- eval / predict
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _load(args: argparse.Namespace):
-    from mcqtune.artifacts import load_for_inference
-    from mcqtune.evaluation.evaluate import resolve_precision
-    from mcqtune.models import load_policy
-    from mcqtune.preflight import check_adapter_dir
+def _predictor(args: argparse.Namespace):
+    """The base (--model, else the adapter's own) with --adapter attached; returns it and that name."""
+    from mcqtune.inference import Predictor
 
     _warn_unsafe_loading(args)
-    if args.adapter:
-        check_adapter_dir(args.adapter, allow_pickle=args.allow_pickle)
-    with load_policy(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code):
-        return load_for_inference(
-            args.model,
-            args.adapter,
-            _device(),
-            precision=resolve_precision(args.precision, _device()),
-            allow_pickle=args.allow_pickle,
-            trust_remote_code=args.trust_remote_code,
-        )
+    name = (Path(args.adapter).name or "adapter") if args.adapter else None
+    predictor = Predictor.open(
+        args.model,
+        {name: args.adapter} if name else None,
+        precision=args.precision,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return predictor, name
 
 
 def _check_eval_args(args: argparse.Namespace) -> None:
-    """Numbers and output paths are checked before any model is loaded."""
+    """Numbers, output paths and a given prior are checked before any model is loaded."""
     from mcqtune.config import ConfigError
+    from mcqtune.evaluation.analysis import LetterPrior
     from mcqtune.preflight import check_output_dir, check_output_file
 
     for flag in ("limit", "batch_size", "calibration_size"):
         value = getattr(args, flag, None)
         if value is not None and value <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    if args.output:
-        check_output_file(args.output)
+    output = getattr(args, "output", None)
+    if output:
+        check_output_file(output)
+        if Path(output).exists() and not args.overwrite:
+            raise FileExistsError(f"--output {output} exists; pass --overwrite to replace it")
+    if args.save_prior:
+        check_output_file(args.save_prior, "--save-prior")
     if getattr(args, "report", None):
         check_output_dir(args.report, "--report")
+    args.loaded_prior = LetterPrior.load(args.prior) if args.prior else None
 
 
-def _scoring(args: argparse.Namespace, loaded) -> str:
-    from mcqtune.config import resolve_scoring
-
-    if args.scoring != "auto":
-        return args.scoring
-    if loaded.manifest:
-        return loaded.manifest["scoring"]
-    if loaded.exported and loaded.exported.get("scoring"):
-        return loaded.exported["scoring"]
-    return resolve_scoring("auto", loaded.model.num_parameters())
-
-
-def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_size: int = 16):
+def _analyses(args: argparse.Namespace, predictor, adapter: str | None, examples, batch_size: int = 16):
     """Score (under option permutations when asked) and debias (when asked): see evaluation.analysis."""
     from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.analysis import LetterPrior, parse_permutations, run_analyses
-    from mcqtune.evaluation.evaluate import resolve_precision
-    from mcqtune.prompt import PromptEncoder
+    from mcqtune.evaluation.analysis import parse_permutations
 
-    device = _device()
     permutations = getattr(args, "permutations", None)
-    prior = LetterPrior.load(args.prior) if args.prior else None
     calibration_examples = None
     calibration_source = None
-    if (args.debias or prior is not None) and prior is None and args.calibration_data:
+    if args.debias and args.loaded_prior is None and args.calibration_data:
         path = resolve_data(args.calibration_data, "train")
         calibration_examples = load_examples(path, args.format, require_answer=False).examples
         calibration_source = str(path)
-    result = run_analyses(
-        loaded.model,
-        PromptEncoder(loaded.tokenizer, loaded.prompt),
+    result = predictor.score(
         examples,
-        scoring,
+        adapter,
+        None if args.scoring == "auto" else args.scoring,
+        batch_size=batch_size,
         permutations=parse_permutations(permutations) if permutations else None,
         debias_prior=args.debias,
-        prior=prior,
+        prior=args.loaded_prior,
         calibration_examples=calibration_examples,
         calibration_size=args.calibration_size,
         calibration_source=calibration_source,
         seed=args.seed,
-        model_id=loaded.resolved.model_id,
-        adapter=str(args.adapter) if args.adapter else None,
-        batch_size=batch_size,
-        packed=(loaded.manifest or {}).get("packing", True),
-        precision=resolve_precision(args.precision, device),
-        device=device,
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -321,6 +296,13 @@ def _analyses(args: argparse.Namespace, loaded, examples, scoring: str, batch_si
         result.prior.save(args.save_prior)
         print(f"wrote letter prior {args.save_prior}", file=sys.stderr)
     return result
+
+
+def _data_label(spec: str, split: str, path: Path) -> str:
+    """How printouts name the data: a bundled set by its name and split, a file by its path."""
+    if _is_bundled(spec) and not Path(spec).is_file():
+        return f"{spec.lower().replace('-', '_')} ({split})"
+    return str(path)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -336,18 +318,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_eval_args(args)
     path = resolve_data(args.data, "validation")
     data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
-    loaded = _load(args)
-    scoring = _scoring(args, loaded)
-    result = _analyses(args, loaded, data.examples, scoring, batch_size=args.batch_size)
+    predictor, adapter = _predictor(args)
+    result = _analyses(args, predictor, adapter, data.examples, batch_size=args.batch_size)
     metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
-    metrics["model"] = loaded.resolved.model_id
+    metrics["model"] = predictor.model_id
     metrics["adapter"] = str(args.adapter) if args.adapter else None
     if data.skipped:
         metrics["bad_rows_skipped"] = data.skipped
     metrics.update(result.sections)
-    source = f"adapter {args.adapter}" if args.adapter else f"zero-shot {loaded.resolved.model_id}"
-    title = f"{path.name}: {source}"
+    source = f"adapter {args.adapter}" if args.adapter else f"zero-shot {predictor.model_id}"
+    title = f"{_data_label(args.data, 'validation', path)}: {source}"
     print(format_metrics(metrics, title))
     if metrics.get("letter_bias", {}).get("n"):
         print(format_confusion(metrics["letter_bias"]))
@@ -361,52 +342,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report:
         from mcqtune.evaluation.report import write_report
 
-        written = write_report(args.report, metrics, title=f"{title} ({scoring} scoring)")
+        written = write_report(args.report, metrics, title=f"{title} ({metrics['scoring']} scoring)")
         print(f"wrote report {args.report} ({', '.join(p.name for p in written)})")
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from mcqtune.data import LETTERS, DataError, MCQExample, load_examples
+def _predict_examples(args: argparse.Namespace):
+    from mcqtune.data import DataError, load_examples
+    from mcqtune.inference import typed_question
 
     if args.data:
-        examples = load_examples(args.data, args.format, require_answer=False).examples
-    else:
-        if not args.question or not args.choice or len(args.choice) < 2:
-            raise DataError("predict needs --data FILE, or --question and at least two --choice")
-        examples = [MCQExample("cli", args.question.strip(), tuple(c.strip() for c in args.choice), None)]
+        return load_examples(args.data, args.format, require_answer=False).examples
+    if args.question is None or not args.choice or len(args.choice) < 2:
+        raise DataError("predict needs --data FILE, or --question and at least two --choice")
+    return [typed_question(args.question, args.choice)]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    import textwrap
+
+    from mcqtune.data import LETTERS, DataError
+    from mcqtune.inference import predictions
+
+    examples = _predict_examples(args)
     debiasing = args.debias or args.prior
     if debiasing and not (args.prior or args.calibration_data or args.data):
         raise DataError(
             "predict --debias needs a letter prior: --prior FILE (from eval --save-prior), "
             "--calibration-data FILE, or --data with several questions"
         )
-    loaded = _load(args)
-    scoring = _scoring(args, loaded)
-    result = _analyses(args, loaded, examples, scoring)
-    scored = result.debiased if result.debiased is not None else result.scored
-    import json
-
-    for row, (example, probs, pred) in enumerate(
-        zip(scored.examples, scored.probabilities, scored.predictions, strict=True)
-    ):
-        k = len(example.choices)
-        raw = int(result.scored.predictions[row])
-        if args.json:
-            record = {
-                "id": example.id,
-                "prediction": LETTERS[int(pred)],
-                "probabilities": {LETTERS[i]: round(float(probs[i]), 4) for i in range(k)},
-            }
-            if result.debiased is not None:
-                record.update(debiased=True, raw_prediction=LETTERS[raw])
-            print(json.dumps(record))
+    _check_eval_args(args)
+    predictor, adapter = _predictor(args)
+    result = _analyses(args, predictor, adapter, examples)
+    records = predictions(result)
+    if args.json:
+        for record in records:
+            print(json.dumps(record.to_dict()))
+        return 0
+    source = f"adapter {args.adapter}" if args.adapter else f"zero-shot {predictor.model_id}"
+    print(f"{source}, {result.scored.scoring} scoring{', debiased' if result.debiased is not None else ''}")
+    for record in records:
+        choices = record.example.choices
+        chosen = f"{record.letter}. {choices[record.index]}"
+        if args.data:
+            question = textwrap.shorten(record.example.question, 60, placeholder="...")
+            verdict = "" if record.correct is None else "  right" if record.correct else "  wrong"
+            gold = f" (answer {record.example.answer_letter})" if record.correct is False else ""
+            print(f"{record.example.id}: {question} -> {chosen}{verdict}{gold}")
             continue
-        note = f", debiased; without debiasing {LETTERS[raw]}" if result.debiased is not None else ""
-        print(f"{example.id}: {LETTERS[int(pred)]}  ({scoring} scoring{note})")
-        for i in range(k):
-            mark = "*" if i == pred else " "
-            print(f"  {mark} {LETTERS[i]}. {probs[i] * 100:5.1f}%  {example.choices[i]}")
+        note = f"  (without debiasing {LETTERS[record.raw_index]})" if record.debiased else ""
+        print(f"{record.example.question}\nanswer: {chosen}{note}")
+        for i, (choice, probability) in enumerate(zip(choices, record.probabilities, strict=True)):
+            mark = "*" if i == record.index else " "
+            print(f"  {mark} {LETTERS[i]}. {probability * 100:5.1f}%  {choice}")
+    judged = [r.correct for r in records if r.correct is not None]
+    if args.data and judged:
+        print(f"{sum(judged)} of {len(judged)} questions with a known answer right")
     return 0
 
 
@@ -672,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--on-bad-rows", default="error", choices=("error", "skip"))
-    ev.add_argument("--output", help="write metrics JSON here")
+    ev.add_argument("--output", help="write metrics JSON here (an existing file needs --overwrite)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     ev.add_argument(
         "--permutations",
         metavar="cyclic|all|K",

@@ -383,17 +383,15 @@ class _EvalContext:
 
 
 def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalContext:
-    import torch
-
     from mcqtune.data import load_examples, resolve_data
     from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.methods import get_method
-    from mcqtune.models import load_tokenizer, resolve_model
+    from mcqtune.models import default_device, load_tokenizer, resolve_model
     from mcqtune.prompt import PromptEncoder
 
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(config.model))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     data = load_examples(
         resolve_data(config.validation, "validation"), config.format, on_bad_rows=config.on_bad_rows
     )
@@ -411,18 +409,22 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
 
 def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The base model, untrained, scored exactly like train()'s final evaluation."""
-    import torch
-
     from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
-    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics, score_examples
-    from mcqtune.models import load_model, resolve_model
+    from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
+    from mcqtune.inference import Predictor
 
-    resolved = resolve_model(config.model)
-    context = _eval_context(config, packed=config.packing)
-    model = load_model(resolved, torch.float32).to(context.device)
+    predictor = Predictor(config.model, precision=config.precision)
+    model = predictor.module()
+    context = _eval_context(config, predictor.tokenizer, packed=config.packing)
     objective = resolve_objective(config.objective, model.num_parameters())
     scoring = OBJECTIVE_TO_SCORING[objective]
-    scored = score_examples(model, context.encoder, context.rows, scoring, **context.score_kwargs(config))
+    scored = predictor.score(
+        context.rows,
+        scoring=scoring,
+        prompt=context.encoder.config,
+        packed=context.packed,
+        batch_size=config.eval_batch_size,
+    ).scored
     metrics = compute_metrics(scored)
     print(format_metrics(metrics, f"validation (zero-shot, {scoring} scoring):"), flush=True)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -480,8 +482,7 @@ def _reuse_finished_run(config):
     instead of training it again. Returns None when the run is not finished or had another config."""
     import yaml
 
-    from mcqtune.artifacts import load_for_inference
-    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.inference import Predictor
     from mcqtune.training.checkpoint import config_differences
     from mcqtune.training.recipe import CONFIG_FILE, METRICS, TrainResult
 
@@ -494,13 +495,10 @@ def _reuse_finished_run(config):
     current = config.to_dict() | {"objective": metrics.get("objective", config.objective)}
     if not isinstance(saved, dict) or config_differences(saved, current):
         return None
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(config.precision, device)
-    loaded = load_for_inference(None, output, device, precision=precision)
+    predictor = Predictor.open(None, {output.name: output}, precision=config.precision)
     print(f"{output} already holds this finished run: reusing it, not training again", flush=True)
-    return TrainResult(output=output, metrics=metrics, history=metrics.get("history", []), model=loaded.model)
+    model = predictor.module(output.name)
+    return TrainResult(output=output, metrics=metrics, history=metrics.get("history", []), model=model)
 
 
 def worker_main(argv: list[str]) -> int:

@@ -221,6 +221,9 @@ class Method(ABC):
     # False when an artifact replaces every base weight (full): it cannot share a base with other
     # artifacts, so an inference Predictor loads a model of its own for each one.
     shares_base: ClassVar[bool] = True
+    # Largest option-score difference (nats) `mcqtune export` accepts between the merged model and the
+    # run's own: float noise for an fp32 merge.
+    merge_tolerance: ClassVar[float] = 1e-4
 
     def base_key(self, options: dict[str, Any]) -> str:
         """Which loaded base this method's artifacts attach to: artifacts with equal keys share one base.

@@ -41,6 +41,7 @@ def lora_config(options: dict[str, Any]) -> LoraConfig:
 class LoraMethod(PeftMethod):
     name = "lora"
     description = "low-rank update B·A on frozen linear layers (peft)"
+    merge_tolerance = 1e-3
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         return get_peft_model(model, lora_config(options))

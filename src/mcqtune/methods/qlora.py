@@ -81,6 +81,8 @@ def keep_trainable_layout(model: torch.nn.Module) -> None:
 class QLoraMethod(PeftMethod):
     name = "qlora"
     description = "LoRA on a frozen 4-bit (NF4) base, bitsandbytes + peft"
+    # The unmerged model runs its matmuls in bf16 (compute_dtype): scores move by a few hundredths of a nat.
+    merge_tolerance = 0.1
 
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device

@@ -1,0 +1,215 @@
+"""The inference layer on the tiny model: one base, many named artifacts, one chosen per call.
+
+Artifacts are built directly (method.apply on the tiny base, trained tensors moved at random, saved the
+way train saves them), so each has known in-memory scores to be reproduced after attaching.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mcqtune import models
+from mcqtune.artifacts import ADAPTER_DIR, base_identity, save_artifact
+from mcqtune.data import bundled_path, load_examples
+from mcqtune.errors import ArtifactError
+from mcqtune.evaluation.analysis import LetterPrior
+from mcqtune.evaluation.evaluate import score_examples
+from mcqtune.inference import Predictor, predictions
+from mcqtune.methods import get_method
+from mcqtune.models import load_model, resolve_model
+from mcqtune.prompt import PromptConfig, PromptEncoder
+
+CPU = torch.device("cpu")
+# name -> (method, options): two artifacts of every method that shares the base
+SHARED = {
+    "lora-a": ("lora", {"r": 4}),
+    "lora-b": ("lora", {"r": 2, "target_modules": "attention"}),
+    "subset-a": ("subset", {"top_k": 1}),
+    "subset-b": ("subset", {"top_k": 2}),
+    "adapter-a": ("adapter", {"bottleneck": 8}),
+    "adapter-b": ("adapter", {"config": "houlsby", "bottleneck": 4}),
+    "prefix-a": ("prefix", {"num_virtual_tokens": 3, "init": "random"}),
+    "prefix-b": ("prefix", {"num_virtual_tokens": 2, "init": "random"}),
+}
+OWN = {
+    "full": ("full", {}),
+    "qlora-a": ("qlora", {"r": 4, "compute_dtype": "fp32"}),
+    "qlora-b": ("qlora", {"r": 2, "compute_dtype": "fp32"}),
+}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_examples(bundled_path("arc_easy", "validation"), limit=6).examples
+
+
+def _scores(model, tokenizer, rows, packed: bool = True) -> np.ndarray:
+    encoder = PromptEncoder(tokenizer, PromptConfig())
+    return score_examples(model, encoder, rows, "cloze", packed=packed, precision="fp32", device=CPU).scores
+
+
+def make_artifact(output: Path, model_dir: Path, method_name: str, options: dict, seed: int, rows):
+    """Save an artifact whose trained tensors were moved at random; returns its in-memory scores."""
+    method = get_method(method_name)
+    resolved = resolve_model(str(model_dir))
+    base = method.load_base(resolved, options, CPU)
+    identity = base_identity(resolved, base)
+    model = method.apply(base, options)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.3)
+    model.eval()
+    manifest = {
+        "method": method_name,
+        "method_options": options,
+        "objective": "ranking",
+        "scoring": "cloze",
+        **identity,
+        "prompt": PromptConfig().to_dict(),
+        "packing": method.supports_packing,
+    }
+    save_artifact(model, output, manifest)
+    tokenizer = models.load_tokenizer(resolved)
+    return _scores(model, tokenizer, rows, packed=method.supports_packing)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, tiny_model_dir, rows):
+    """{name: (run dir, in-memory scores)} for every artifact above."""
+    root = tmp_path_factory.mktemp("artifacts")
+    built = {}
+    for seed, (name, (method, options)) in enumerate({**SHARED, **OWN}.items()):
+        built[name] = (root / name, make_artifact(root / name, tiny_model_dir, method, options, seed, rows))
+    return built
+
+
+@pytest.fixture()
+def count_loads(monkeypatch):
+    """How many times a model's weights were read from disk."""
+    calls = []
+    original = models.AutoModelForCausalLM.from_pretrained
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", counting)
+    return calls
+
+
+def _storage(module: torch.nn.Module) -> set[int]:
+    return {p.data_ptr() for p in module.parameters()}
+
+
+def test_many_artifacts_share_one_base_and_score_as_trained(artifacts, tiny_model_dir, rows, count_loads):
+    predictor = Predictor(str(tiny_model_dir), device=CPU, precision="fp32")
+    for name in SHARED:
+        predictor.attach(name, artifacts[name][0])
+    assert len(count_loads) == 1  # the base, once, for eight artifacts of four methods
+    base = predictor.base()
+    plain = _scores(load_model(resolve_model(str(tiny_model_dir))), predictor.tokenizer, rows)
+    # interleaved, so that every switch (including back to zero-shot) is exercised
+    for name in [*SHARED, None, *reversed(SHARED), None]:
+        got = predictor.score(rows, name).scored.scores
+        expected = plain if name is None else artifacts[name][1]
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0, err_msg=str(name))
+        if name is not None and not name.startswith("subset"):
+            assert _storage(base) <= _storage(predictor.module(name)), f"{name} copied base weights"
+
+
+@pytest.mark.parametrize("name", [*SHARED, *OWN])
+def test_an_artifact_scores_alike_alone_and_among_others(artifacts, tiny_model_dir, rows, name):
+    alone = Predictor.open(str(tiny_model_dir), {name: artifacts[name][0]}, device=CPU, precision="fp32")
+    alone_scores = alone.score(rows, name).scored.scores
+    atol = 2e-2 if name.startswith("qlora") else 1e-5  # 4-bit matmuls round differently per batch shape
+    np.testing.assert_allclose(alone_scores, artifacts[name][1], atol=atol, rtol=0)
+
+
+def test_qlora_shares_one_4bit_base_and_full_gets_its_own(artifacts, tiny_model_dir, rows, count_loads):
+    predictor = Predictor(str(tiny_model_dir), device=CPU, precision="fp32")
+    for name in OWN:
+        predictor.attach(name, artifacts[name][0])
+    assert len(count_loads) == 2  # one 4-bit base for both QLoRA artifacts, one model for full
+    predictor.attach("lora-a", artifacts["lora-a"][0])
+    assert len(count_loads) == 3  # the plain base, once
+    plain = _scores(load_model(resolve_model(str(tiny_model_dir))), predictor.tokenizer, rows)
+    for name in ["qlora-a", "full", "qlora-b", None, "lora-a", "full"]:
+        got = predictor.score(rows, name).scored.scores
+        expected = plain if name is None else artifacts[name][1]
+        atol = 2e-2 if name and name.startswith("qlora") else 1e-5
+        np.testing.assert_allclose(got, expected, atol=atol, rtol=0, err_msg=str(name))
+    assert _storage(predictor.module("full")).isdisjoint(_storage(predictor.base()))
+
+
+def test_bf16_base_is_stored_once_in_bf16_and_scores_alike(artifacts, tiny_model_dir, rows):
+    shared = Predictor.open(str(tiny_model_dir), {n: artifacts[n][0] for n in SHARED}, precision="bf16")
+    for name in ("lora-a", "subset-b", "adapter-a"):
+        alone = Predictor.open(str(tiny_model_dir), {name: artifacts[name][0]}, precision="bf16")
+        np.testing.assert_array_equal(
+            shared.score(rows, name).scored.scores, alone.score(rows, name).scored.scores
+        )
+    linear = shared.base().model.layers[0].self_attn.q_proj.weight
+    assert linear.dtype == torch.bfloat16
+
+
+def test_an_artifact_for_another_base_is_refused(artifacts, tmp_path, tokenizer):
+    from conftest import make_tiny_llama
+
+    other = tmp_path / "other"
+    make_tiny_llama(tokenizer, layers=2).save_pretrained(other, safe_serialization=True)
+    tokenizer.save_pretrained(other)
+    predictor = Predictor(str(other), device=CPU, precision="fp32")
+    for name in ("lora-a", "subset-a", "full"):
+        with pytest.raises(ArtifactError, match="config hash"):
+            predictor.attach(name, artifacts[name][0])
+    assert predictor.artifacts == {}
+
+
+def test_a_tampered_lora_artifact_is_refused_and_the_others_stay(artifacts, tiny_model_dir, tmp_path, rows):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(artifacts["lora-a"][0], tampered)
+    weights = tampered / ADAPTER_DIR / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    first = sorted(state)[0]
+    state[first.replace("layers.0.", "layers.9.")] = state.pop(first)  # a layer the base lacks
+    save_file(state, str(weights))
+
+    predictor = Predictor.open(str(tiny_model_dir), {"good": artifacts["lora-b"][0]}, precision="fp32")
+    with pytest.raises(ArtifactError, match="do not fit this base model"):
+        predictor.attach("bad", tampered)
+    assert list(predictor.artifacts) == ["good"]
+    np.testing.assert_allclose(
+        predictor.score(rows, "good").scored.scores, artifacts["lora-b"][1], atol=1e-5, rtol=0
+    )
+    with pytest.raises(ArtifactError, match="do not fit this base model"):  # alone as well
+        Predictor.open(str(tiny_model_dir), {"bad": tampered}, precision="fp32")
+
+
+def test_unknown_or_repeated_names_are_clear_errors(artifacts, tiny_model_dir, rows):
+    predictor = Predictor.open(str(tiny_model_dir), {"a": artifacts["lora-a"][0]}, precision="fp32")
+    with pytest.raises(ArtifactError, match=r"no artifact named 'b'.*attached: a"):
+        predictor.score(rows, "b")
+    with pytest.raises(ArtifactError, match="already attached"):
+        predictor.attach("a", artifacts["lora-b"][0])
+
+
+def test_a_saved_letter_prior_is_applied(artifacts, tiny_model_dir, rows):
+    predictor = Predictor.open(str(tiny_model_dir), {"a": artifacts["lora-a"][0]}, precision="fp32")
+    n = len(rows[0].choices)
+    prior = LetterPrior({n: [0.7] + [0.3 / (n - 1)] * (n - 1)}, "cloze", {n: 10})
+    records = predictions(predictor.score(rows, "a", prior=prior))
+    plain = predictions(predictor.score(rows, "a"))
+    assert all(r.debiased for r in records) and not any(r.debiased for r in plain)
+    assert [r.raw_index for r in records] == [r.index for r in plain]
+    for record, before in zip(records, plain, strict=True):
+        assert record.example is before.example
+        assert sum(record.probabilities) == pytest.approx(1.0)
+        assert record.probabilities[0] < before.probabilities[0]
