@@ -781,35 +781,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--adapter-dir", metavar="DIR", help="every run directory directly under DIR is loadable by its name"
     )
-    srv.add_argument(
-        "--max-loaded",
-        type=int,
-        default=serving.DEFAULT_MAX_LOADED,
-        help="--adapter-dir artifacts held at once, least recently used unloaded first (default %(default)s)",
-    )
     srv.add_argument("--host", default=serving.DEFAULT_HOST, help="address to bind (default %(default)s)")
-    srv.add_argument("--port", type=int, default=serving.DEFAULT_PORT, help="port (default %(default)s)")
     srv.add_argument("--api-key-file", metavar="FILE", help="a file holding the API key requests must carry")
     srv.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    srv.add_argument(
-        "--batch-window-ms",
-        type=float,
-        default=serving.DEFAULT_WINDOW_MS,
-        help="how long a batch waits for more questions (default %(default)s)",
-    )
-    srv.add_argument(
-        "--max-batch",
-        type=int,
-        default=serving.DEFAULT_MAX_BATCH,
-        help="questions per forward pass at most (default %(default)s)",
-    )
     srv.add_argument("--no-batching", action="store_true", help="one question per forward pass")
-    srv.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=serving.DEFAULT_MAX_BODY_BYTES,
-        help="larger request bodies get 413 (default %(default)s)",
-    )
+    for flag, kind, default, text in (
+        ("--port", int, serving.DEFAULT_PORT, "port"),
+        ("--max-loaded", int, serving.DEFAULT_MAX_LOADED, "--adapter-dir artifacts held at once (LRU)"),
+        ("--batch-window-ms", float, serving.DEFAULT_WINDOW_MS, "how long a batch waits for more questions"),
+        ("--max-batch", int, serving.DEFAULT_MAX_BATCH, "questions per forward pass at most"),
+        ("--max-body-bytes", int, serving.DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413"),
+    ):
+        srv.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     srv.add_argument(
         "--prior",
         action="append",
