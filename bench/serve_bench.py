@@ -15,46 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.serving.loadgen import LoadResult, free_port, run_load
+from mcqtune.serving.loadgen import LoadResult, run_load, serve_process
 from mcqtune.serving.registry import parse_named_paths
 
 ROUNDS = (True, False, False, True)  # batching on/off, A-B-B-A
 
 
-def start_server(extra: list[str], timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "mcqtune", "serve", "--port", str(port), *extra]
-    process = subprocess.Popen(command, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}: {' '.join(command)}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError(f"the server did not answer /healthz within {timeout:.0f} s")
-
-
 def measure(extra: list[str], payloads: list[dict], clients: int, requests: int) -> LoadResult:
-    process, url = start_server(extra)
-    try:
+    with serve_process(extra) as url:
         run_load(url + "/v1/answer", payloads, clients=clients, total=2 * clients)  # warm-up
         return run_load(url + "/v1/answer", payloads, clients=clients, total=requests)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def merged(results: list[LoadResult]) -> LoadResult:

@@ -268,3 +268,24 @@ def test_load_on_a_real_loopback_server_has_no_errors(engine, runs):
     assert result.errors == []
     assert len(result.latencies_ms) == 400
     assert result.percentile(99) >= result.percentile(50) > 0
+
+
+def test_serve_command_starts_answers_and_stops(runs, tiny_model_dir):
+    import httpx
+
+    from mcqtune.serving.loadgen import serve_process
+
+    argv = ["--model", str(tiny_model_dir), "--precision", "fp32", f"--adapter=lora={runs['lora']}"]
+    with serve_process(argv, start_timeout=120) as url:
+        answer = httpx.post(url + "/v1/answer", json={**QUESTION, "adapter": "lora"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["letter"] in "ABC"
+
+
+def test_serve_command_stops_on_an_artifact_that_fails_to_load(tiny_model_dir, tmp_path):
+    from mcqtune.serving.loadgen import serve_process
+
+    (tmp_path / "mcqtune.json").write_text("{not json")
+    argv = ["--model", str(tiny_model_dir), f"--adapter=bad={tmp_path}"]
+    failing = pytest.raises(RuntimeError, match=r"exited with 2.*artifact 'bad'.*corrupt manifest")
+    with failing, serve_process(argv, start_timeout=120):
+        pass

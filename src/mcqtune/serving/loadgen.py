@@ -6,7 +6,10 @@ same client loop, so their numbers are comparable.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +49,32 @@ def running_server(app: Any, host: str = DEFAULT_HOST, start_timeout: float = 60
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def serve_process(argv: list[str], start_timeout: float = 300.0) -> Iterator[str]:
+    """``mcqtune serve ARGV`` in its own process on a free loopback port; yields its URL once
+    ``/healthz`` answers, and stops it when the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "mcqtune", "serve", "--port", str(port), *argv]
+    process = subprocess.Popen(command, env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    url = f"http://{DEFAULT_HOST}:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mcqtune serve exited with {process.returncode}: {process.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mcqtune serve did not answer /healthz within {start_timeout:.0f} s")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 @dataclass
