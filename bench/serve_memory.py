@@ -31,11 +31,11 @@ def peak_and_current_mib() -> tuple[float, float]:
     return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
 
 
-def worker(run: Path, count: int) -> dict:
+def worker(run: Path, count: int, model: str | None) -> dict:
     """In this (fresh) process: the server's engine, then ``count`` copies of ``run`` attached."""
     from mcqtune.serving.engine import open_engine
 
-    engine = open_engine(None, "auto", batch_size=16)
+    engine = open_engine(model, "auto", batch_size=16)
     gc.collect()
     base_peak, base_current = peak_and_current_mib()
     copies = sorted(p for p in run.parent.glob(f"{run.name}-copy*") if p.is_dir())[:count]
@@ -46,14 +46,14 @@ def worker(run: Path, count: int) -> dict:
     return {"base_peak_mib": base_peak, "base_rss_mib": base_current, "peak_mib": peak, "rss_mib": current}
 
 
-def train(method: str, output: Path) -> None:
+def train(method: str, output: Path, model: str | None) -> None:
     if (output / "metrics.json").is_file():
         return
     from mcqtune.cli.main import main as mcqtune
 
     argv = ["train", "--method", method, "--train", "arc_easy", "--no-validation", "--objective", "ranking"]
     argv += ["--max-steps", "1", "--batch-size", "2", "--train-limit", "4", "--output", str(output)]
-    argv += ["--quiet", "--overwrite"]
+    argv += ["--quiet", "--overwrite", *(["--model", model] if model else [])]
     if mcqtune(argv) != 0:
         raise SystemExit(f"training {method} failed")
 
@@ -64,17 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/serve-memory", help="where the tiny runs are trained")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--model", help="base model (default: bundled)")
     parser.add_argument("--output", help="write the table as JSON here")
     parser.add_argument("--worker", nargs=2, metavar=("RUN", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(Path(args.worker[0]), int(args.worker[1]))))
+        print(json.dumps(worker(Path(args.worker[0]), int(args.worker[1]), args.model)))
         return 0
 
     rows = []
     for method in args.methods.split(","):
         run = Path(args.runs) / method
-        train(method, run)
+        train(method, run, args.model)
         for index in range(max(COUNTS)):
             copy = run.parent / f"{method}-copy{index}"
             if not copy.is_dir():
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         measured = {}
         for count in COUNTS:
             out = subprocess.run(
-                [sys.executable, __file__, "--worker", str(run), str(count)],
+                [sys.executable, __file__, "--worker", str(run), str(count)]
+                + (["--model", args.model] if args.model else []),
                 check=True,
                 capture_output=True,
                 text=True,
