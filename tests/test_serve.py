@@ -61,10 +61,12 @@ def _train(model_dir: Path, out: Path, method: str, objective: str, *extra: str)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
-    """Two artifacts in one directory (also the --adapter-dir): LoRA (letter) and subset (cloze)."""
+    """Artifacts in one directory (also the --adapter-dir): two LoRA (letter; the second trained hard
+    so that its answers differ) and a subset (cloze)."""
     root = tmp_path_factory.mktemp("serve-runs")
     return {
         "lora": _train(tiny_model_dir, root / "lora", "lora", "letter"),
+        "lora2": _train(tiny_model_dir, root / "lora2", "lora", "letter", "--lr", "0.05", "--seed", "7"),
         "subset": _train(tiny_model_dir, root / "subset", "subset", "ranking", "--top-k", "2"),
     }
 
@@ -134,10 +136,25 @@ def test_batch_endpoint_mixes_artifacts(client):
     assert answers[1]["probabilities"] == pytest.approx(answers[3]["probabilities"], abs=1e-6)
 
 
+def test_lora_artifacts_share_one_mixed_forward_pass(client):
+    engine = client.app.state.registry.engine
+    alone = {
+        name: client.post("/v1/answer", json={**QUESTION, "adapter": name}).json()["probabilities"]
+        for name in (None, "lora", "lora2")
+    }
+    assert max(abs(a - b) for a, b in zip(alone["lora"], alone["lora2"], strict=True)) > 1e-3
+    passes = engine.mixed_passes
+    questions = [{**QUESTION, "adapter": name} for name in ("lora2", None, "lora", "lora2", "lora")]
+    answers = client.post("/v1/answer/batch", json={"questions": questions}).json()["answers"]
+    assert engine.mixed_passes == passes + 1
+    for question, answer in zip(questions, answers, strict=True):
+        assert answer["probabilities"] == pytest.approx(alone[question["adapter"]], abs=1e-5)
+
+
 def test_adapters_lists_method_formulation_parameters_and_accuracy(client, runs):
     body = client.get("/v1/adapters").json()
     by_name = {a["name"]: a for a in body["loaded"]}
-    assert set(by_name) == {None, "lora", "subset"}
+    assert set(by_name) == {None, "lora", "lora2", "subset"}
     metrics = json.loads((runs["lora"] / "metrics.json").read_text())
     assert by_name["lora"]["validation_accuracy"] == metrics["validation"]["accuracy"]
     assert by_name["lora"]["method"] == "lora" and by_name["lora"]["formulation"] == "letter"
@@ -217,12 +234,15 @@ def test_adapter_dir_loads_lazily_least_recently_used_first_and_never_outside(en
     try:
         with _client(engine, adapter_dir=root, max_loaded=1) as lazy:
             listed = lazy.get("/v1/adapters").json()
-            assert listed["available"] == ["lora", "subset"]  # the symlink out of DIR is not offered
+            assert listed["available"] == ["lora", "lora2", "subset"]  # the symlink out of DIR is not offered
             assert [a["name"] for a in listed["loaded"]] == [None]
             assert lazy.post("/v1/answer", json={**QUESTION, "adapter": "lora"}).status_code == 200
             assert [a["name"] for a in lazy.get("/v1/adapters").json()["loaded"]] == [None, "lora"]
             assert lazy.post("/v1/answer", json={**QUESTION, "adapter": "subset"}).status_code == 200
             assert [a["name"] for a in lazy.get("/v1/adapters").json()["loaded"]] == [None, "subset"]
+            both = [{**QUESTION, "adapter": "lora"}, {**QUESTION, "adapter": "subset"}]
+            answers = lazy.post("/v1/answer/batch", json={"questions": both})  # 2 lazy ones, 1 held at once
+            assert answers.status_code == 200 and len(answers.json()["answers"]) == 2
             for name in ("escape", "../outside", "..", "lora/../subset"):
                 response = lazy.post("/v1/answer", json={**QUESTION, "adapter": name})
                 assert response.status_code == 404, name

@@ -101,24 +101,35 @@ class DynamicBatcher:
                     item.future.set_result(result)
 
     def _score(self, batch: list[_Item]) -> list[Answer | Exception]:
-        """Worker thread: one engine call per artifact in the batch; errors go to their own items."""
-        results: list[Answer | Exception] = [RuntimeError("not scored")] * len(batch)
+        """Worker thread: load what the batch names, then score it (one pass per artifact, or one for
+        several LoRA artifacts); an artifact that fails to load fails only its own questions."""
+        results: list[Answer | Exception | None] = [None] * len(batch)
         groups: dict[str | None, list[int]] = {}
         for index, item in enumerate(batch):
             groups.setdefault(item.adapter, []).append(index)
-        for adapter, indices in groups.items():
+        for chunk in self.registry.loadable_together(list(groups)):
+            ready = {}
+            for adapter in chunk:
+                try:
+                    self.registry.ensure(adapter, keep=chunk)
+                    ready[adapter] = [batch[i].example for i in groups[adapter]]
+                except Exception as exc:
+                    for i in groups[adapter]:
+                        results[i] = exc
             try:
-                self.registry.ensure(adapter)
-                scored = self.registry.engine.score([batch[i].example for i in indices], adapter)
-            except Exception as exc:  # one artifact's failure must not fail the others' requests
-                for i in indices:
-                    results[i] = exc
+                scored = self.registry.engine.score_groups(ready)
+            except Exception as exc:  # a bug or an exhausted machine: these questions say so
+                for adapter in ready:
+                    for i in groups[adapter]:
+                        results[i] = exc
                 continue
-            for i, row in zip(indices, scored.rows, strict=True):
-                if row is None:
-                    results[i] = RequestError(
-                        "the question and its options are longer than the model's maximum length"
+            for adapter, scores in scored.items():
+                for i, row in zip(groups[adapter], scores.rows, strict=True):
+                    results[i] = (
+                        Answer(row, scores.scoring, len(batch))
+                        if row is not None
+                        else RequestError(
+                            "the question and its options are longer than the model's maximum length"
+                        )
                     )
-                else:
-                    results[i] = Answer(row, scored.scoring, len(batch))
-        return results
+        return results  # type: ignore[return-value]  # every item was given an answer or an error

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from mcqtune.data import MCQExample
 from mcqtune.inference import Predictor
@@ -63,6 +64,8 @@ class Engine(Protocol):
 
     def score(self, examples: list[MCQExample], adapter: str | None) -> Scores: ...
 
+    def score_groups(self, groups: dict[str | None, list[MCQExample]]) -> dict[str | None, Scores]: ...
+
 
 def validation_accuracy(run_dir: Path) -> float | None:
     try:
@@ -107,6 +110,7 @@ class PredictorEngine:
         self.predictor = predictor
         self.batch_size = batch_size
         self.base_id = predictor.model_id
+        self.mixed_passes = 0  # forward passes that served several LoRA artifacts at once
         predictor.base()  # load the base now: the first request should not pay for it
 
     def base_info(self) -> ArtifactInfo:
@@ -129,8 +133,9 @@ class PredictorEngine:
         """Drop an artifact and the tensors only it holds.
 
         ``Predictor`` has no detach of its own yet, so this reaches into it: deactivate the artifact,
-        forget it, then free what its method keeps (a peft/AdapterHub named adapter, a subset artifact's
-        swapped tensors, a ``full`` artifact's own model).
+        forget it, then free what its method keeps: the whole model view when no other artifact uses it
+        (always so for ``full``, which has its own model), else its peft/AdapterHub named adapter or
+        its subset tensors.
         """
         predictor = self.predictor
         with predictor._lock:
@@ -140,8 +145,8 @@ class PredictorEngine:
             if predictor._active is artifact:
                 predictor._deactivate()
             holder = predictor._holders[artifact.holder]
-            if not artifact.method.shares_base:
-                del predictor._holders[artifact.holder]
+            if not any(other.holder == artifact.holder for other in predictor.artifacts.values()):
+                del predictor._holders[artifact.holder]  # its last artifact: the whole view goes
             elif hasattr(holder, "mcqtune_subset_swaps"):
                 holder.mcqtune_subset_swaps.artifacts.pop(name, None)
             elif hasattr(holder, "delete_adapter"):
@@ -150,6 +155,86 @@ class PredictorEngine:
     def score(self, examples: list[MCQExample], adapter: str | None) -> Scores:
         result = self.predictor.score(examples, adapter, batch_size=self.batch_size)
         return Scores(result.scored.scoring, _rows(result.scored, len(examples)))
+
+    def score_groups(self, groups: dict[str | None, list[MCQExample]]) -> dict[str | None, Scores]:
+        """Each artifact's questions; LoRA artifacts on one peft model that score alike share one
+        forward pass (peft's per-row ``adapter_names``), the others get one pass per artifact."""
+        buckets: dict[tuple, list[str]] = {}
+        for adapter in groups:
+            key = self._mixed_batch_key(adapter)
+            if key is not None:
+                buckets.setdefault(key, []).append(adapter)
+        results: dict[str | None, Scores] = {}
+        for names in buckets.values():
+            if len(names) > 1:
+                results.update(self._score_mixed({name: groups[name] for name in names}))
+        for adapter, examples in groups.items():
+            if adapter not in results:
+                results[adapter] = self.score(examples, adapter)
+        return results
+
+    def _mixed_batch_key(self, adapter: str | None) -> tuple | None:
+        """Artifacts with equal keys can share a pass: LoRA adapters (not DoRA, which peft cannot
+        mix) on the same peft model with the same formulation, prompt and packing; None otherwise."""
+        from peft import LoraConfig
+
+        artifact = self.predictor.artifacts.get(adapter) if adapter is not None else None
+        if artifact is None:
+            return None
+        holder = self.predictor._holders[artifact.holder]
+        config = getattr(holder, "peft_config", {}).get(artifact.name)
+        if not isinstance(config, LoraConfig) or config.use_dora:
+            return None
+        prompt = json.dumps(artifact.prompt.to_dict(), sort_keys=True)
+        return (artifact.holder, artifact.scoring, prompt, artifact.packed)
+
+    def _score_mixed(self, groups: dict[str, list[MCQExample]]) -> dict[str, Scores]:
+        from mcqtune.evaluation.evaluate import autocast_context
+        from mcqtune.prompt import PromptEncoder
+        from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward
+
+        predictor = self.predictor
+        names = list(groups)
+        examples = [e for name in names for e in groups[name]]
+        owner = [name for name in names for _ in groups[name]]
+        first = predictor.artifacts[names[0]]
+        encoder = PromptEncoder(predictor.tokenizer, first.prompt)
+        pad_id = predictor.tokenizer.pad_token_id
+        rows: list[np.ndarray | None] = [None] * len(examples)
+        with predictor._lock:
+            model = predictor.module(names[0])
+            if first.scoring == "letter":
+                encoded = encoder.encode_letter(examples, with_answer=False)
+            else:
+                encoded = encoder.encode_cloze(examples)
+            if encoded.features:
+                # One adapter name per model row (unpacked cloze has a row per option).
+                per_row = [
+                    owner[f.index]
+                    for f in encoded.features
+                    for _ in range(1 if first.scoring == "letter" or first.packed else len(f.option_ids))
+                ]
+
+                def forward(**kwargs):
+                    return model(**kwargs, adapter_names=per_row)
+
+                with torch.no_grad(), autocast_context(predictor.device, predictor.precision)():
+                    if first.scoring == "letter":
+                        batch = collate_letter(encoded.features, pad_id).to(predictor.device)
+                        _, scores = letter_forward(forward, batch, with_loss=False)
+                    else:
+                        batch = collate_cloze(encoded.features, pad_id, packed=first.packed)
+                        scores = cloze_forward(forward, batch.to(predictor.device))
+                values = scores.float().cpu().numpy()
+                for row, index in enumerate(batch.indices):
+                    rows[index] = values[row, : len(examples[index].choices)].astype(np.float64)
+        self.mixed_passes += 1
+        results: dict[str, Scores] = {}
+        start = 0
+        for name in names:
+            results[name] = Scores(first.scoring, rows[start : start + len(groups[name])])
+            start += len(groups[name])
+        return results
 
 
 def open_engine(model_spec: str | None, precision: str, batch_size: int) -> Engine:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Collection
 from pathlib import Path
 
 from mcqtune.artifacts import MANIFEST
@@ -85,8 +86,22 @@ class ArtifactRegistry:
             names |= {p.name for p in self.adapter_dir.iterdir() if self._lazy_dir(p.name) is not None}
         return sorted(names)
 
-    def ensure(self, name: str | None) -> None:
-        """Make ``name`` attached (loading it lazily and evicting the least recently used if needed)."""
+    def loadable_together(self, names: list[str | None]) -> list[list[str | None]]:
+        """Split ``names`` into runs that fit in memory at once (at most ``max_loaded`` lazy ones each)."""
+        chunks: list[list[str | None]] = [[]]
+        lazy = 0
+        for name in names:
+            is_lazy = name is not None and name not in self.pinned
+            if is_lazy and lazy == self.max_loaded:
+                chunks.append([])
+                lazy = 0
+            chunks[-1].append(name)
+            lazy += is_lazy
+        return chunks
+
+    def ensure(self, name: str | None, keep: Collection[str | None] = ()) -> None:
+        """Make ``name`` attached, loading it lazily; the least recently used artifact not in ``keep``
+        is unloaded first when ``max_loaded`` are held."""
         self.check_name(name)
         if name is None or name in self.pinned:
             return
@@ -94,7 +109,8 @@ class ArtifactRegistry:
             self.lazy.move_to_end(name)
             return
         while len(self.lazy) >= self.max_loaded:
-            evicted, _ = self.lazy.popitem(last=False)
+            evicted = next(n for n in self.lazy if n not in keep)
+            del self.lazy[evicted]
             self.engine.detach(evicted)
         directory = self._lazy_dir(name)
         assert directory is not None  # check_name passed
