@@ -309,3 +309,17 @@ def test_serve_command_stops_on_an_artifact_that_fails_to_load(tiny_model_dir, t
     failing = pytest.raises(RuntimeError, match=r"exited with 2.*artifact 'bad'.*corrupt manifest")
     with failing, serve_process(argv, start_timeout=120):
         pass
+
+
+def test_debias_removes_the_saved_letter_prior(engine):
+    import numpy as np
+
+    from mcqtune.evaluation.analysis import LetterPrior
+
+    prior = LetterPrior(priors={3: [0.6, 0.3, 0.1]}, scoring="cloze", n_calibration={3: 10})
+    with _client(engine, priors={"zero-shot": prior}) as debiasing:
+        raw = debiasing.post("/v1/answer", json=QUESTION).json()
+        fixed = debiasing.post("/v1/answer", json={**QUESTION, "debias": True}).json()
+    assert fixed["debiased"] and not raw["debiased"]
+    expected = np.asarray(raw["probabilities"]) / np.asarray([0.6, 0.3, 0.1])
+    assert fixed["probabilities"] == pytest.approx(list(expected / expected.sum()), abs=1e-9)
