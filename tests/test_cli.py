@@ -229,17 +229,8 @@ def test_save_prior_into_an_unwritable_place_fails_before_any_work(
 def test_eval_output_does_not_overwrite_an_existing_file(trained_run, tmp_path, capsys):
     existing = tmp_path / "notes.json"
     existing.write_text("my notes")
-    argv = [
-        "eval",
-        "--adapter",
-        str(trained_run),
-        "--data",
-        "arc_easy",
-        "--limit",
-        "4",
-        "--output",
-        str(existing),
-    ]
+    argv = ["eval", "--adapter", str(trained_run), "--data", "arc_easy"]
+    argv += ["--limit", "4", "--output", str(existing)]
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert existing.read_text() == "my notes"

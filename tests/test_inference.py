@@ -213,3 +213,43 @@ def test_a_saved_letter_prior_is_applied(artifacts, tiny_model_dir, rows):
         assert record.example is before.example
         assert sum(record.probabilities) == pytest.approx(1.0)
         assert record.probabilities[0] < before.probabilities[0]
+
+
+@pytest.mark.slow
+def test_real_model_eval_through_the_predictor_equals_the_direct_load(tmp_path):
+    """The bundled model: `mcqtune eval --adapter` (Predictor) gives train's own final accuracy and the
+    scores of the plain load the CLI used before (fresh base, ``Method.load``, no sharing)."""
+    import json
+
+    from mcqtune.cli.main import main
+    from mcqtune.config import build_config
+    from mcqtune.evaluation.evaluate import compute_metrics, resolve_precision
+    from mcqtune.methods.base import store_linear_weights
+    from mcqtune.training.recipe import train
+
+    output, rows_n = tmp_path / "lora", 40
+    flags = {"method": "lora", "train": "arc_easy", "validation": "arc_easy", "output": str(output)}
+    flags |= {"max_steps": 4, "eval_steps": 4, "train_limit": 16, "eval_limit": 8, "final_eval_limit": rows_n}
+    train(build_config(flags), show_progress=False)
+    metrics_file = tmp_path / "eval.json"
+    argv = ["eval", "--adapter", str(output), "--data", "arc_easy", "--limit", str(rows_n)]
+    assert main([*argv, "--output", str(metrics_file)]) == 0
+    evaluated = json.loads(metrics_file.read_text())
+    trained = json.loads((output / "metrics.json").read_text())["validation"]
+    assert evaluated["n"] == trained["n"] == rows_n
+    assert evaluated["accuracy"] == trained["accuracy"]
+
+    precision = resolve_precision("auto", CPU)
+    manifest = json.loads((output / "mcqtune.json").read_text())
+    base = load_model(resolve_model(manifest["base_model"]))
+    store_linear_weights(base, torch.bfloat16 if precision == "bf16" else torch.float32)
+    direct = get_method("lora").load(base, output / ADAPTER_DIR, manifest["method_options"])
+    rows = load_examples(bundled_path("arc_easy", "validation"), limit=rows_n).examples
+    encoder = PromptEncoder(
+        models.load_tokenizer(resolve_model(None)), PromptConfig.from_dict(manifest["prompt"])
+    )
+    old = score_examples(direct, encoder, rows, manifest["scoring"], precision=precision, device=CPU)
+    predictor = Predictor.open(None, {"lora": output}, device=CPU)
+    new = predictor.score(rows, "lora").scored
+    np.testing.assert_array_equal(new.scores, old.scores)
+    assert compute_metrics(old)["accuracy"] == evaluated["accuracy"]

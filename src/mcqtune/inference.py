@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from mcqtune.artifacts import ADAPTER_DIR, export_info, read_manifest
+from mcqtune.artifacts import ADAPTER_DIR, export_info
 from mcqtune.config import resolve_scoring
 from mcqtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQExample
 from mcqtune.errors import ArtifactError, DataError
@@ -168,7 +168,8 @@ class Predictor:
         artifact's own base; with no artifact, the zero-shot base is loaded."""
         artifacts = dict(artifacts or {})
         if model is None and artifacts:
-            model = read_manifest(next(iter(artifacts.values())))["base_model"]
+            first = next(iter(artifacts.values()))
+            model = check_adapter_dir(first, allow_pickle=kwargs.get("allow_pickle", False))["base_model"]
         predictor = cls(model, **kwargs)
         for name, run_dir in artifacts.items():
             predictor.attach(name, run_dir)
@@ -190,7 +191,9 @@ class Predictor:
         store_linear_weights(base, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         return base.eval()
 
-    def base(self, key: str = PLAIN_BASE, method: Method | None = None, options: dict | None = None):
+    def base(
+        self, key: str = PLAIN_BASE, method: Method | None = None, options: dict | None = None
+    ) -> PreTrainedModel:
         """The loaded base of kind ``key`` (``Method.base_key``), loaded on first use and then shared."""
         with self._lock:
             if key not in self._bases:
@@ -207,8 +210,7 @@ class Predictor:
         with self._lock:
             if name in self.artifacts:
                 raise ArtifactError(f"an artifact named '{name}' is already attached")
-            check_adapter_dir(run_dir, allow_pickle=self.allow_pickle)
-            manifest = read_manifest(run_dir)
+            manifest = check_adapter_dir(run_dir, allow_pickle=self.allow_pickle)
             method = get_method(manifest["method"])
             options = manifest.get("method_options", {})
             if method.shares_base:

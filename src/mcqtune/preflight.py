@@ -249,8 +249,8 @@ def check_training_fits(
 # ------------------------------------------------------------------------------------------ adapters
 
 
-def check_adapter_dir(run_dir: Path | str, *, allow_pickle: bool = False) -> None:
-    """Validate a ``--adapter`` run directory before the base model is loaded for it."""
+def check_adapter_dir(run_dir: Path | str, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Validate a ``--adapter`` run directory before the base model is loaded for it; returns its manifest."""
     from mcqtune.artifacts import ADAPTER_DIR, ArtifactError, read_manifest
     from mcqtune.methods import METHODS
 
@@ -278,3 +278,4 @@ def check_adapter_dir(run_dir: Path | str, *, allow_pickle: bool = False) -> Non
         log.warning("loading pickled adapter weights from %s because --allow-pickle was given", adapter)
     if not tensors and not pickled:
         raise ArtifactError(f"{adapter}: holds no weights (*.safetensors)")
+    return manifest

@@ -243,8 +243,9 @@ def _predictor(args: argparse.Namespace):
     return predictor, name
 
 
-def _check_eval_args(args: argparse.Namespace) -> None:
-    """Numbers, output paths and a given prior are checked before any model is loaded."""
+def _check_eval_args(args: argparse.Namespace):
+    """Numbers, output paths and a given prior are checked before any model is loaded; returns the
+    ``--prior`` read (None without one)."""
     from mcqtune.config import ConfigError
     from mcqtune.evaluation.analysis import LetterPrior
     from mcqtune.preflight import check_output_dir, check_output_file
@@ -262,10 +263,10 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         check_output_file(args.save_prior, "--save-prior")
     if getattr(args, "report", None):
         check_output_dir(args.report, "--report")
-    args.loaded_prior = LetterPrior.load(args.prior) if args.prior else None
+    return LetterPrior.load(args.prior) if args.prior else None
 
 
-def _analyses(args: argparse.Namespace, predictor, adapter: str | None, examples, batch_size: int = 16):
+def _analyses(args: argparse.Namespace, predictor, adapter: str | None, examples, prior, batch_size=16):
     """Score (under option permutations when asked) and debias (when asked): see evaluation.analysis."""
     from mcqtune.data import load_examples, resolve_data
     from mcqtune.evaluation.analysis import parse_permutations
@@ -273,7 +274,7 @@ def _analyses(args: argparse.Namespace, predictor, adapter: str | None, examples
     permutations = getattr(args, "permutations", None)
     calibration_examples = None
     calibration_source = None
-    if args.debias and args.loaded_prior is None and args.calibration_data:
+    if args.debias and prior is None and args.calibration_data:
         path = resolve_data(args.calibration_data, "train")
         calibration_examples = load_examples(path, args.format, require_answer=False).examples
         calibration_source = str(path)
@@ -284,7 +285,7 @@ def _analyses(args: argparse.Namespace, predictor, adapter: str | None, examples
         batch_size=batch_size,
         permutations=parse_permutations(permutations) if permutations else None,
         debias_prior=args.debias,
-        prior=args.loaded_prior,
+        prior=prior,
         calibration_examples=calibration_examples,
         calibration_size=args.calibration_size,
         calibration_source=calibration_source,
@@ -315,11 +316,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from mcqtune.evaluation.evaluate import compute_metrics, format_metrics
 
-    _check_eval_args(args)
+    prior = _check_eval_args(args)
     path = resolve_data(args.data, "validation")
     data = load_examples(path, args.format, on_bad_rows=args.on_bad_rows, limit=args.limit)
     predictor, adapter = _predictor(args)
-    result = _analyses(args, predictor, adapter, data.examples, batch_size=args.batch_size)
+    result = _analyses(args, predictor, adapter, data.examples, prior, batch_size=args.batch_size)
     metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
     metrics["model"] = predictor.model_id
@@ -372,9 +373,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "predict --debias needs a letter prior: --prior FILE (from eval --save-prior), "
             "--calibration-data FILE, or --data with several questions"
         )
-    _check_eval_args(args)
+    prior = _check_eval_args(args)
     predictor, adapter = _predictor(args)
-    result = _analyses(args, predictor, adapter, examples)
+    result = _analyses(args, predictor, adapter, examples, prior)
     records = predictions(result)
     if args.json:
         for record in records:

@@ -133,7 +133,7 @@ class QLoraMethod(PeftMethod):
         re-attach LoRA to that fp32 base and merge there. The result equals the unmerged 4-bit model up to
         the rounding of its ``compute_dtype`` matmuls.
         """
-        lora_state = get_peft_model_state_dict(model)
+        lora_state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
         config = copy.deepcopy(model.peft_config[model.active_adapter])
         config.inference_mode = True
         base = model.unload().dequantize().float()
