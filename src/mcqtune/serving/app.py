@@ -253,7 +253,7 @@ def create_app(registry: ArtifactRegistry, settings: ServeSettings | None = None
         answers = await batcher.submit(examples, [r.adapter for r in requests])
         return [_answer_response(r, a, p, start) for r, a, p in zip(requests, answers, priors, strict=True)]
 
-    errors = {400: {"model": schemas.ErrorResponse}, 404: {"model": schemas.ErrorResponse}}
+    errors = {status: {"model": schemas.ErrorResponse} for status in (400, 401, 404, 413, 422)}
 
     @app.post("/v1/answer", response_model=schemas.AnswerResponse, responses=errors)
     async def answer(body: schemas.AnswerRequest) -> schemas.AnswerResponse:
