@@ -152,3 +152,15 @@ class DataError(UserError, ValueError):
             problems=problems,
             message="\n".join(lines),
         )
+
+
+class RequestError(UserError, ValueError):
+    """A bad request to ``mcqtune serve``; ``status`` is the HTTP status the server answers with."""
+
+    status = 400
+
+
+class UnknownArtifactError(RequestError):
+    """A request named an artifact the server neither holds nor may load."""
+
+    status = 404

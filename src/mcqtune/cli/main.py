@@ -460,6 +460,57 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the base and every --adapter, then answer HTTP requests until Ctrl-C (docs/SERVING.md)."""
+    from mcqtune.config import ConfigError
+    from mcqtune.serving import LOOPBACK_HOSTS
+
+    api_key = None
+    if args.api_key_file:
+        api_key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        if not api_key:
+            raise ConfigError(f"--api-key-file {args.api_key_file}: the file is empty")
+    elif args.host not in LOOPBACK_HOSTS:
+        raise ConfigError(
+            f"--host {args.host} is reachable from other machines: pass --api-key-file FILE "
+            "(every request but /healthz must then carry the key)"
+        )
+    for flag in ("port", "max_loaded", "max_batch", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer")
+    import uvicorn
+
+    from mcqtune.evaluation.analysis import LetterPrior
+    from mcqtune.serving.app import ServeSettings, create_app
+    from mcqtune.serving.engine import open_engine
+    from mcqtune.serving.registry import ArtifactRegistry, parse_named_paths
+
+    named = parse_named_paths(args.adapter)
+    priors = {name: LetterPrior.load(path) for name, path in parse_named_paths(args.prior, "--prior").items()}
+    max_batch = 1 if args.no_batching else args.max_batch
+    engine = open_engine(args.model, args.precision, batch_size=max_batch)
+    registry = ArtifactRegistry(
+        engine, named, Path(args.adapter_dir) if args.adapter_dir else None, args.max_loaded
+    )
+    registry.load_named()
+    settings = ServeSettings(
+        window_ms=0.0 if args.no_batching else args.batch_window_ms,
+        max_batch=max_batch,
+        max_body_bytes=args.max_body_bytes,
+        api_key=api_key,
+        priors=priors,
+    )
+    app = create_app(registry, settings)
+    names = ", ".join(registry.available()) or "none (zero-shot only)"
+    print(
+        f"serving {engine.base_id} with artifacts: {names} on http://{args.host}:{args.port}/",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default or "(required)": a newcomer should not have to guess."""
@@ -799,6 +850,41 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
     est.add_argument("--json", action="store_true", help="the same figures in bytes, as JSON")
     est.set_defaults(func=cmd_estimate)
+
+    from mcqtune import serving
+
+    srv = sub.add_parser(
+        "serve",
+        help="HTTP API and web page: one base model, many trained artifacts chosen per request",
+        description="Serve answers over HTTP (docs/SERVING.md). Binds 127.0.0.1 unless --host says "
+        "otherwise; any other address needs --api-key-file. Without --adapter it serves the base zero-shot.",
+    )
+    srv.add_argument("--model", help="base model (default: bundled SmolLM2); every artifact must match it")
+    srv.add_argument(
+        "--adapter", action="append", metavar="NAME=DIR", help="a run directory served as NAME (repeat)"
+    )
+    srv.add_argument(
+        "--adapter-dir", metavar="DIR", help="every run directory directly under DIR is loadable by its name"
+    )
+    srv.add_argument("--host", default=serving.DEFAULT_HOST, help="address to bind")
+    srv.add_argument("--api-key-file", metavar="FILE", help="a file holding the API key requests must carry")
+    srv.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where supported")
+    srv.add_argument("--no-batching", action="store_true", help="one question per forward pass")
+    for flag, kind, default, text in (
+        ("--port", int, serving.DEFAULT_PORT, "port"),
+        ("--max-loaded", int, serving.DEFAULT_MAX_LOADED, "--adapter-dir artifacts held at once (LRU)"),
+        ("--batch-window-ms", float, serving.DEFAULT_WINDOW_MS, "how long a batch waits for more questions"),
+        ("--max-batch", int, serving.DEFAULT_MAX_BATCH, "questions per forward pass at most"),
+        ("--max-body-bytes", int, serving.DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413"),
+    ):
+        srv.add_argument(flag, type=kind, default=default, help=f"{text} ")
+    srv.add_argument(
+        "--prior",
+        action="append",
+        metavar="NAME=FILE",
+        help="letter prior (eval --save-prior) for artifact NAME or zero-shot; enables debias: true",
+    )
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 
