@@ -481,7 +481,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer")
     import uvicorn
 
-    from mcqtune.evaluation.analysis import LetterPrior
+    from mcqtune.evaluation.metrics import LetterPrior
     from mcqtune.serving.app import ServeSettings, create_app
     from mcqtune.serving.engine import open_engine
     from mcqtune.serving.registry import ArtifactRegistry, parse_named_paths
