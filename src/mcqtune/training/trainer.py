@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,9 @@ from transformers import get_scheduler
 from mcqtune.artifacts import base_identity
 from mcqtune.config import ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample
-from mcqtune.errors import UserError
 from mcqtune.evaluation.evaluate import autocast_context, resolve_precision
 from mcqtune.methods import get_method, parameter_report
-from mcqtune.methods.base import Method, check_master_weights, load_trainable_state
+from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, option_errors
 from mcqtune.models import ModelError, ResolvedModel
 from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_summary
 from mcqtune.prompt import PromptEncoder
@@ -46,17 +45,6 @@ class StepResult:
     real_tokens: int
     questions: int
     seconds: float
-
-
-@contextmanager
-def method_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
-    """Method plug-ins report bad options with ValueError; to the user that is a config error."""
-    try:
-        yield
-    except UserError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
 
 
 def fresh_accelerator(cpu: bool) -> Accelerator:
@@ -110,7 +98,7 @@ class Trainer:
             check_weights_fit(summary["n_params"], 4, self.device, f"model '{config.model}' (fp32 weights)")
 
         options = config.method_options
-        with method_errors(self.method.name, options):
+        with option_errors(self.method.name, options):
             base = self.method.load_base(resolved, options, self.device)
             if prepare_base is None:  # bf16: frozen linear weights stored in bf16 (PERFORMANCE.md)
                 self.method.prepare_base(base, self.precision)
@@ -141,7 +129,7 @@ class Trainer:
         model_config = (summary or {}).get("config", {})
         max_length = encoder.config.max_length
         check_training_fits(self.trainable_bytes, model_config, config.batch_size, max_length, self.device)
-        with method_errors(self.method.name, options):
+        with option_errors(self.method.name, options):
             optimizer = self.method.make_optimizer(self.trainable, config, self.device)
         scheduler = get_scheduler(
             config.scheduler,
