@@ -78,9 +78,12 @@ def test_fsdp_qlora_loads_rank0_only_and_the_qlora_storage_option_exists():
 def test_qlora_quant_storage_reaches_bitsandbytes():
     import torch
 
+    from mcqtune.config import method_defaults
     from mcqtune.methods.qlora import quantization_config
 
-    assert quantization_config({"quant_storage": "bf16"}).bnb_4bit_quant_storage == torch.bfloat16
-    assert quantization_config({}).bnb_4bit_quant_storage == torch.uint8
+    defaults = method_defaults("qlora")["method_options"]
+    storage = quantization_config(defaults | {"quant_storage": "bf16"}).bnb_4bit_quant_storage
+    assert storage == torch.bfloat16
+    assert quantization_config(defaults).bnb_4bit_quant_storage == torch.uint8
     with pytest.raises(ValueError, match="quant_storage"):
-        quantization_config({"quant_storage": "int4"})
+        quantization_config(defaults | {"quant_storage": "int4"})

@@ -859,7 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve answers over HTTP (docs/SERVING.md). Binds 127.0.0.1 unless --host says "
         "otherwise; any other address needs --api-key-file. Without --adapter it serves the base zero-shot.",
     )
-    srv.add_argument("--model", help="base model (default: bundled SmolLM2); every artifact must match it")
+    srv.add_argument(
+        "--model", help="base model; every artifact must match it (default: the bundled SmolLM2)"
+    )
     srv.add_argument(
         "--adapter", action="append", metavar="NAME=DIR", help="a run directory served as NAME (repeat)"
     )
