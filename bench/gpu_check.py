@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["status"] = "no_cuda"
         write_summary(summary, args.output)
         return 0
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     start = time.perf_counter()
     summary["training"] = [
         check_training(method, options, args.steps, args.batch_size) for method, options in TRAIN_RUNS

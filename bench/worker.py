@@ -217,9 +217,9 @@ def task_startup(spec: dict) -> dict:
 
 def task_rss_curve(spec: dict) -> dict:
     """RSS after every step of mcqtune's Trainer (the one ``train()`` runs) for ``steps`` steps."""
-    from mcqtune.cli.main import _quiet_libraries
+    from mcqtune.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from bench.helpers import current_rss_mib, rss_growth
 
     from mcqtune.config import build_config

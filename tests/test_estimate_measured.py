@@ -38,8 +38,8 @@ MEASURE = """
 import json, sys
 from pathlib import Path
 from bench.worker import _status_mib
-from mcqtune.cli.main import _quiet_libraries
-_quiet_libraries()
+from mcqtune.quiet import quiet_libraries
+quiet_libraries()
 from mcqtune.training.recipe import train
 from bench.gpu_check import train_config
 baseline = _status_mib("VmRSS")
