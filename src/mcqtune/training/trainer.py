@@ -26,7 +26,7 @@ from transformers import get_scheduler
 from mcqtune.artifacts import base_identity
 from mcqtune.config import ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample
-from mcqtune.evaluation.evaluate import autocast_context, resolve_precision
+from mcqtune.evaluation.evaluate import resolve_precision
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, option_errors
 from mcqtune.models import ModelError, ResolvedModel
@@ -47,18 +47,20 @@ class StepResult:
     seconds: float
 
 
-def fresh_accelerator(cpu: bool) -> Accelerator:
+def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
     """An ``Accelerator`` that inherits nothing from an earlier one in this process.
 
     accelerate keeps process-wide singletons; a second trainer in one process (tests, the demo, the
     benchmark beside transformers' Trainer) must not inherit the first one's settings. accelerate has
     no public way to drop them, so this is the one place that calls its private ``_reset_state``.
-    Mixed precision is left to :func:`autocast_context` (the same autocast evaluation uses), and
-    gradient accumulation to :meth:`Trainer.step`, so no step depends on that process-wide state.
+    Mixed precision is accelerate's (bf16 autocast around the forward, outputs returned in fp32: the
+    gradients differ from a bare ``torch.autocast`` in the last bits, and this is what every release
+    trained with). Gradient accumulation is :meth:`Trainer.step`'s, so no step depends on accelerate's
+    process-wide accumulation counter.
     """
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision="no")
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if precision == "bf16" else "no")
 
 
 def planned_steps(config: TrainConfig, batches_per_epoch: int) -> int:
@@ -89,9 +91,10 @@ class Trainer:
     ):
         self.config = config
         self.examples = examples
-        self.accelerator = fresh_accelerator(cpu=not torch.cuda.is_available())
+        cpu = not torch.cuda.is_available()
+        self.precision = resolve_precision(config.precision, torch.device("cpu" if cpu else "cuda"))
+        self.accelerator = fresh_accelerator(cpu, self.precision)
         self.device = self.accelerator.device
-        self.precision = resolve_precision(config.precision, self.device)
         self.method = get_method(config.method)
         summary = model_dir_summary(resolved.path, ModelError)  # also catches truncated weight files
         if summary and type(self.method).load_base is Method.load_base:  # the default loads fp32 weights
@@ -140,7 +143,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.named_trainable = {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
-        self.autocast = autocast_context(self.device, self.precision)
+        self.autocast = self.accelerator.autocast
         # Option order only matters to an order-sensitive objective (letter); cloze options never meet.
         self.shuffling = config.shuffle_options and self.objective.order_sensitive
         self.model.train()
