@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.spawn import log, run_worker  # noqa: E402  (after ROOT is on sys.path)
 
-SECTIONS = ("peak", "train", "cloze", "eval", "memory", "memory_curve", "startup")
+SECTIONS = ("peak", "trl", "train", "cloze", "eval", "memory", "memory_curve", "startup")
 TARGETS = {
     "train_ratio": 3.0,
     "accuracy_points": 1.0,
@@ -83,6 +84,9 @@ class Settings:
     curve_steps: int  # section memory_curve: Trainer steps per method, RSS after each
     curve_early_step: int  # ... compared with the last step's RSS
     curve_runs: tuple[tuple[str, str, int], ...]  # (method, objective, batch size), each its own process
+    trl_steps: int  # section trl: LoRA steps of both whole-process recipes
+    trl_batch_size: int
+    trl_val_rows: int  # ... letter-scored validation rows of both artifacts afterwards
     startup_limit: int  # section 6: rows evaluated
     startup_cached_runs: int  # the cached case is run this many times, best kept
 
@@ -112,6 +116,9 @@ FULL = Settings(
         ("adapter", "letter", 4),
         ("lora", "ranking", 4),
     ),
+    trl_steps=60,
+    trl_batch_size=8,
+    trl_val_rows=500,
     startup_limit=16,
     startup_cached_runs=2,
 )
@@ -135,6 +142,9 @@ QUICK = Settings(
     curve_steps=25,
     curve_early_step=5,
     curve_runs=(("lora", "letter", 8),),
+    trl_steps=3,
+    trl_batch_size=2,
+    trl_val_rows=16,
     startup_limit=4,
     startup_cached_runs=1,
 )
@@ -312,6 +322,97 @@ def section_train(ctx: Context) -> dict[str, Any]:
         ),
     }
     return result
+
+
+def run_measured(name: str, command: list[str], tmp: Path) -> dict[str, Any]:
+    """``command`` as its own process under bench/peak.py: exit code, wall seconds, peak RSS."""
+    out, logfile = tmp / f"{name}.json", tmp / f"{name}.log"
+    subprocess.call([sys.executable, str(ROOT / "bench" / "peak.py"), str(out), str(logfile), "--", *command])
+    record = json.loads(out.read_text()) if out.exists() else {"exit_code": None}
+    if record["exit_code"] != 0:
+        tail = logfile.read_text(errors="replace").strip().splitlines()[-8:]
+        raise RuntimeError(f"{name} failed (exit {record['exit_code']}): " + " | ".join(tail))
+    return record
+
+
+def section_trl(ctx: Context) -> dict[str, Any]:
+    """Issue 12's honest baseline: the notebook's TRL SFTTrainer recipe vs ``mcqtune train``, whole
+    processes (imports and model load included), the same LoRA steps on the same MedMCQA rows; then
+    both artifacts letter-scored on the same validation rows by the same scorer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.evaluation.metrics import compute_metrics
+
+    s = ctx.settings
+    steps, batch = str(s.trl_steps), str(s.trl_batch_size)
+    val_rows = ctx.rows("medmcqa", "validation", s.trl_val_rows)
+    with tempfile.TemporaryDirectory(prefix="mcqtune-bench-trl-") as tmp_name:
+        tmp = Path(tmp_name)
+        log(f"trl: TRL SFTTrainer recipe, {steps} LoRA steps at batch {batch}, own process")
+        trl = run_measured(
+            "trl",
+            [
+                sys.executable,
+                str(ROOT / "bench" / "trl_recipe.py"),
+                str(tmp / "trl"),
+                "--steps",
+                steps,
+                "--batch-size",
+                batch,
+            ],
+            tmp,
+        )
+        trl |= json.loads((tmp / "trl" / "trl.json").read_text())
+        log(f"trl: mcqtune train, the same work, own process (TRL took {trl['wall_seconds']:.0f} s)")
+        ours = run_measured(
+            "mcqtune",
+            [
+                sys.executable,
+                "-m",
+                "mcqtune",
+                "train",
+                "--method",
+                "lora",
+                "--objective",
+                "letter",
+                "--train",
+                "medmcqa",
+                "--no-validation",
+                "--max-steps",
+                steps,
+                "--batch-size",
+                batch,
+                "--output",
+                str(tmp / "mcqtune"),
+            ],
+            tmp,
+        )
+        accuracy = {}
+        for name, adapter in (("trl", tmp / "trl" / "adapter"), ("mcqtune", tmp / "mcqtune" / "adapter")):
+            log(f"trl: letter-scored validation accuracy of the {name} artifact on {len(val_rows)} rows")
+            base = AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, str(adapter))
+            scored = score_examples(model, ctx.encoder, val_rows, "letter", precision="bf16")
+            m = compute_metrics(scored)
+            accuracy[name] = {k: m[k] for k in ("accuracy", "ci95", "n", "majority_baseline")} | {
+                "predicted_letter_distribution": m["predicted_letter_distribution"]
+            }
+            del model, base
+    return {
+        "steps": s.trl_steps,
+        "batch_size": s.trl_batch_size,
+        "trl": trl,
+        "mcqtune": ours,
+        "wall_ratio": round(trl["wall_seconds"] / ours["wall_seconds"], 2),
+        "peak_rss_ratio": round(ours["peak_rss_mib"] / trl["peak_rss_mib"], 2),
+        "accuracy": accuracy,
+        "accuracy_difference_points": round(
+            (accuracy["mcqtune"]["accuracy"] - accuracy["trl"]["accuracy"]) * 100, 2
+        ),
+    }
 
 
 def section_cloze(ctx: Context) -> dict[str, Any]:
@@ -551,6 +652,7 @@ def section_levers(ctx: Context) -> dict[str, Any]:
 
 SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "peak": section_peak,
+    "trl": section_trl,
     "train": section_train,
     "cloze": section_cloze,
     "eval": section_eval,
@@ -610,6 +712,40 @@ def summarize(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, st
     rows: list[tuple[str, str, str, str, str, str]] = []
     sec = results["sections"]
     peak = (sec.get("peak") or {}).get("gflops")
+    trl = sec.get("trl")
+    if trl and "error" not in trl:  # the headline: the recipe users actually run
+        work = f"{trl['steps']} LoRA steps b{trl['batch_size']}"
+        rows.append(
+            (
+                f"0 {work}, whole process wall s",
+                _fmt(trl["mcqtune"]["wall_seconds"], ".0f"),
+                _fmt(trl["trl"]["wall_seconds"], ".0f") + " (TRL SFTTrainer)",
+                _fmt(trl["wall_ratio"], ".2f", "x"),
+                ">= 3x",
+                _status(trl["wall_ratio"] >= TARGETS["train_ratio"]),
+            )
+        )
+        rows.append(
+            (
+                f"0 {work}, peak RSS MiB",
+                _fmt(trl["mcqtune"]["peak_rss_mib"], ".0f"),
+                _fmt(trl["trl"]["peak_rss_mib"], ".0f") + " (TRL SFTTrainer)",
+                _fmt(trl["peak_rss_ratio"], ".2f", "x"),
+                "< 1x",
+                _status(trl["peak_rss_ratio"] < 1.0),
+            )
+        )
+        acc = trl["accuracy"]
+        rows.append(
+            (
+                f"0 val accuracy after it (n={acc['mcqtune']['n']}, letter)",
+                _fmt(acc["mcqtune"]["accuracy"] * 100, ".1f", "%"),
+                _fmt(acc["trl"]["accuracy"] * 100, ".1f", "%") + " (TRL SFTTrainer)",
+                _fmt(trl["accuracy_difference_points"], "+.1f", " pt"),
+                ">= TRL's CI low",
+                _status(acc["mcqtune"]["accuracy"] >= acc["trl"]["ci95"][0]),  # not below TRL's 95% CI
+            )
+        )
     train = sec.get("train")
     if train and "error" not in train:
         ratio = train["ratio_tokens_per_second"]

@@ -16,7 +16,6 @@ from mcqtune.errors import PriorError
 from mcqtune.evaluation.analysis import (
     option_permutations,
     parse_permutations,
-    permute_example,
     run_analyses,
     score_permutations,
 )
@@ -51,10 +50,10 @@ def _examples(answers, k=4):
 
 def test_permuted_example_keeps_the_answer_text():
     ex = MCQExample("q", "Which?", ("w", "x", "y", "z"), 2)
-    moved = permute_example(ex, (2, 0, 3, 1))
+    moved = ex.permuted((2, 0, 3, 1))
     assert moved.choices == ("y", "w", "z", "x")
     assert moved.choices[moved.answer] == "y"
-    assert permute_example(MCQExample("u", "?", ("a", "b"), None), (1, 0)).answer is None
+    assert MCQExample("u", "?", ("a", "b"), None).permuted((1, 0)).answer is None
 
 
 def test_option_permutations_cover_positions_and_start_with_the_identity():
@@ -88,7 +87,7 @@ def test_permuted_scores_are_unpermuted_to_the_original_options(tiny_model, toke
     np.testing.assert_allclose(result.original().scores, plain.scores, atol=1e-4)
     # order 2, scored on its own: original option i sits at position perm.index(i)
     perm = result.permutations[0][2]
-    alone = score_examples(tiny_model, encoder, [permute_example(r, perm) for r in rows], "letter")
+    alone = score_examples(tiny_model, encoder, [r.permuted(perm) for r in rows], "letter")
     for i in range(4):
         np.testing.assert_allclose(result.scores[:, 2, i], alone.scores[:, perm.index(i)], atol=1e-4)
 

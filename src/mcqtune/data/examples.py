@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from mcqtune.errors import DataError, Problem
 
@@ -40,6 +40,13 @@ class MCQExample:
     def answer_letter(self) -> str | None:
         """The gold letter (A, B, ...) as shown in prompts, or None for unlabelled rows."""
         return None if self.answer is None else LETTERS[self.answer]
+
+    def permuted(self, order: Sequence[int]) -> MCQExample:
+        """A copy whose position j holds original option ``order[j]``; the answer follows its text.
+        Training's option shuffling and evaluation's permutation analysis both reorder through this."""
+        choices = tuple(self.choices[i] for i in order)
+        answer = None if self.answer is None else list(order).index(self.answer)
+        return replace(self, choices=choices, answer=answer)
 
 
 @dataclass

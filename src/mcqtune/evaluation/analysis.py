@@ -10,12 +10,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,13 +93,6 @@ def option_permutations(n_options: int, mode: str | int, seed: int = 0) -> list[
     return chosen
 
 
-def permute_example(example: MCQExample, perm: Sequence[int]) -> MCQExample:
-    """A copy whose position j holds original option ``perm[j]``; the answer follows its text."""
-    choices = tuple(example.choices[i] for i in perm)
-    answer = None if example.answer is None else list(perm).index(example.answer)
-    return dataclasses.replace(example, choices=choices, answer=answer)
-
-
 def score_permutations(
     model: Any,
     encoder: Any,
@@ -129,7 +120,7 @@ def score_permutations(
             cache[k] = option_permutations(k, mode, seed)
         perms_per_question.append(cache[k])
         for p, perm in enumerate(cache[k]):
-            flat.append(permute_example(example, perm))
+            flat.append(example.permuted(perm))
             owners.append((q, p))
     scored = score_examples(model, encoder, flat, scoring, **score_kwargs)
     flat_kept = np.ones(len(flat), dtype=bool)

@@ -22,7 +22,6 @@ import torch
 
 from mcqtune.config import OBJECTIVE_TO_SCORING
 from mcqtune.data import MCQExample
-from mcqtune.evaluation.analysis import permute_example
 from mcqtune.prompt import ClozeFeatures, Encoded, LetterFeatures, PromptEncoder
 from mcqtune.scoring import (
     ClozeBatch,
@@ -135,4 +134,4 @@ def shuffle_options(example: MCQExample, seed: int, epoch: int, index: int) -> M
     """A deterministic random order of ``example``'s options for (seed, epoch, row), answer remapped."""
     perm = list(range(len(example.choices)))
     random.Random(f"mcqtune-shuffle-{seed}-{epoch}-{index}").shuffle(perm)
-    return permute_example(example, perm)
+    return example.permuted(perm)
