@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,7 +30,8 @@ from mcqtune.config import resolve_scoring
 from mcqtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQExample
 from mcqtune.errors import ArtifactError, DataError
 from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
-from mcqtune.evaluation.evaluate import resolve_precision
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.metrics import ScoredExamples
 from mcqtune.methods import Method, get_method
 from mcqtune.methods.base import PLAIN_BASE, load_plain_base, store_linear_weights
 from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
@@ -76,6 +78,10 @@ class Artifact:
     @property
     def prompt(self) -> PromptConfig:
         return PromptConfig.from_dict(self.manifest.get("prompt"))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.manifest.get("method_options", {})
 
     @property
     def packed(self) -> bool:
@@ -212,7 +218,7 @@ class Predictor:
                 raise ArtifactError(f"an artifact named '{name}' is already attached")
             manifest = check_adapter_dir(run_dir, allow_pickle=self.allow_pickle)
             method = get_method(manifest["method"])
-            options = manifest.get("method_options", {})
+            options = manifest.get("method_options", {})  # Artifact.options once attached
             if method.shares_base:
                 key = (method, method.base_key(options))
                 base = self.base(key[1], method, options)
@@ -233,6 +239,53 @@ class Predictor:
             self._holders[key] = holder.eval() if method.shares_base else self._prepared(holder)
             self.artifacts[name] = Artifact(name, str(run_dir), manifest, method, key)
             return self.artifacts[name]
+
+    def detach(self, name: str) -> None:
+        """Remove artifact ``name`` and free the tensors only it holds (a server unloading the least
+        recently used one); every other artifact keeps computing exactly as before."""
+        with self._lock:
+            artifact = self._artifact(name)
+            if self._active is artifact:
+                self._deactivate()
+            del self.artifacts[name]
+            if any(other.holder == artifact.holder for other in self.artifacts.values()):
+                artifact.method.detach(self._holders[artifact.holder], name)
+            else:
+                del self._holders[artifact.holder]  # its last artifact: the whole view (or own model) goes
+
+    def mix_key(self, adapter: str | None) -> tuple | None:
+        """Artifacts with equal keys can be scored in one forward pass (:meth:`score_mixed`): their
+        method mixes artifacts per row on the model that holds them all, and they score alike
+        (formulation, prompt, packing). None: this one is scored on its own."""
+        artifact = self._artifact(adapter)
+        if artifact is None or not artifact.method.mixes_in_batch(
+            artifact.manifest.get("method_options", {})
+        ):
+            return None
+        prompt = json.dumps(artifact.prompt.to_dict(), sort_keys=True)
+        return (artifact.holder, artifact.scoring, prompt, artifact.packed)
+
+    def score_mixed(
+        self, examples: list[MCQExample], adapters: Sequence[str], *, batch_size: int = 16
+    ) -> ScoredExamples:
+        """Score each example with its own artifact, all in shared forward passes; the artifacts must
+        have one :meth:`mix_key`."""
+        keys = {self.mix_key(name) for name in adapters}
+        if len(keys) != 1 or None in keys:
+            raise ArtifactError(f"artifacts {sorted(set(adapters))} cannot share a forward pass")
+        with self._lock:
+            first = self.artifacts[adapters[0]]
+            return score_examples(
+                self.module(first.name),
+                PromptEncoder(self.tokenizer, first.prompt),
+                examples,
+                first.scoring,
+                batch_size=batch_size,
+                packed=first.packed,
+                precision=self.precision,
+                device=self.device,
+                row_adapters=adapters,
+            )
 
     def _check_base(self, run_dir: Path | str, manifest: dict[str, Any], base: PreTrainedModel) -> None:
         found = config_hash(base)

@@ -301,6 +301,17 @@ class Method(ABC):
         computes as loaded) and return the module to run. The default suits one artifact per model."""
         return model
 
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        """Remove the attached artifact ``name`` from ``model``, which holds others too, and free its tensors.
+        (A model whose last artifact goes is dropped whole by its owner; a method that cannot hold several
+        artifacts on one model never gets this call.)"""
+        raise NotImplementedError(f"method '{self.name}' cannot remove one of several attached artifacts")
+
+    def mixes_in_batch(self, options: dict[str, Any]) -> bool:
+        """Whether this method's artifacts on one model can share a forward pass, each row naming its own
+        artifact (peft's per-row ``adapter_names``)."""
+        return False
+
     def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
         """Attach one saved artifact to a freshly loaded base, ready for inference."""
         model = self.attach(base, directory, options, SINGLE_ARTIFACT)
@@ -370,3 +381,6 @@ class PeftMethod(Method):
         if name is not None:
             model.set_adapter(name)
         return model
+
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        model.delete_adapter(name)
