@@ -12,6 +12,7 @@ Per-method defaults (learning rate, rank, bottleneck size...) live in ``configs/
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -383,4 +384,6 @@ class PeftMethod(Method):
         return model
 
     def detach(self, model: torch.nn.Module, name: str) -> None:
-        model.delete_adapter(name)
+        with warnings.catch_warnings():  # "was active, now deleted": the caller has switched it off
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+            model.delete_adapter(name)
