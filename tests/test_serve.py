@@ -277,7 +277,7 @@ def test_cli_refuses_a_public_address_without_a_key(capsys):
         parse_named_paths(["runs/lora"])
 
 
-def test_load_on_a_real_loopback_server_has_no_errors(engine, runs):
+def test_load_on_a_real_loopback_server_has_no_errors(engine, runs, record_property):
     registry = ArtifactRegistry(engine, runs)
     registry.load_named()
     app = create_app(registry, ServeSettings())
@@ -285,6 +285,8 @@ def test_load_on_a_real_loopback_server_has_no_errors(engine, runs):
     with running_server(app) as url:
         result = run_load(f"{url}/v1/answer", payloads, clients=8, total=400)
     print("tiny-model load test:", result.summary())
+    for key, value in result.summary().items():  # in the JUnit XML of a CI run (--junitxml)
+        record_property(key, value)
     assert result.errors == []
     assert len(result.latencies_ms) == 400
     assert result.percentile(99) >= result.percentile(50) > 0
