@@ -221,6 +221,28 @@ def test_bf16_base_is_stored_once_in_bf16_and_scores_alike(artifacts, tiny_model
     assert linear.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("name", ["lora-a", "adapter-b"])
+def test_bf16_artifact_linear_weights_are_stored_in_bf16_with_the_same_scores(
+    artifacts, tiny_model_dir, rows, name
+):
+    """Attached LoRA/adapter matrices are kept in bf16 under bf16 scoring (half their memory): the
+    scores equal those of the artifact's fp32 weights under bf16 autocast bit for bit."""
+    method_name, options = {**SHARED, **OWN}[name]
+    options = method_defaults(method_name)["method_options"] | options
+    method = get_method(method_name)
+    base = load_model(resolve_model(str(tiny_model_dir)))
+    fp32_weights = method.load(base, artifacts[name][0] / ADAPTER_DIR, options)
+    assert {p.dtype for p in fp32_weights.parameters()} == {torch.float32}
+    encoder = PromptEncoder(models.load_tokenizer(resolve_model(str(tiny_model_dir))), PromptConfig())
+    expected = score_examples(fp32_weights, encoder, rows, "cloze", precision="bf16", device=CPU).scores
+
+    predictor = Predictor.open(str(tiny_model_dir), {name: artifacts[name][0]}, precision="bf16")
+    model = predictor.module(name)
+    trained = [p for n, p in model.named_parameters() if name in n and p.dim() == 2]
+    assert trained and {p.dtype for p in trained} == {torch.bfloat16}
+    np.testing.assert_array_equal(predictor.score(rows, name).scored.scores, expected)
+
+
 def test_an_artifact_for_another_base_is_refused(artifacts, tmp_path, tokenizer):
     from conftest import make_tiny_llama
 

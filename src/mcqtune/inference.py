@@ -33,7 +33,12 @@ from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
 from mcqtune.evaluation.evaluate import resolve_precision, score_examples
 from mcqtune.evaluation.metrics import ScoredExamples
 from mcqtune.methods import Method, get_method
-from mcqtune.methods.base import PLAIN_BASE, load_plain_base, store_linear_weights
+from mcqtune.methods.base import (
+    PLAIN_BASE,
+    cast_frozen_matmul_weights,
+    load_plain_base,
+    store_linear_weights,
+)
 from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
 from mcqtune.preflight import check_adapter_dir
 from mcqtune.prompt import PromptConfig, PromptEncoder
@@ -192,9 +197,14 @@ class Predictor:
     def model_id(self) -> str:
         return self.resolved.model_id
 
+    @property
+    def _linear_dtype(self) -> torch.dtype:
+        """Under bf16 scoring every linear weight is stored in bf16: autocast rounds it to bf16 for each
+        matmul anyway, so the scores are the same bit for bit, and the weights take half the memory."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
     def _prepared(self, base: PreTrainedModel) -> PreTrainedModel:
-        """Under bf16 scoring, frozen linear weights are stored in bf16: the same scores, half the memory."""
-        store_linear_weights(base, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        store_linear_weights(base, self._linear_dtype)
         return base.eval()
 
     def base(
@@ -236,7 +246,13 @@ class Predictor:
                 raise ArtifactError(
                     f"{run_dir}/{ADAPTER_DIR}: could not load the {manifest['method']} artifact: {exc}"
                 ) from None
-            self._holders[key] = holder.eval() if method.shares_base else self._prepared(holder)
+            if method.shares_base:
+                # The artifact's own linear layers (LoRA, bottleneck adapters) too; nothing else is cast,
+                # and no base tensor is copied (the base's linear weights are already stored so).
+                cast_frozen_matmul_weights(holder, self._linear_dtype, frozen_only=False)
+                self._holders[key] = holder.eval()
+            else:
+                self._holders[key] = self._prepared(holder)
             self.artifacts[name] = Artifact(name, str(run_dir), manifest, method, key)
             return self.artifacts[name]
 
