@@ -4,15 +4,15 @@
         [--output memory.json]
 
 For each method it trains one tiny run on the bundled model (1 step: only the artifact's size matters;
-kept in ``--runs``, by default a directory under the system's temp dir, and reused), copies it 5 times,
-then in a fresh process loads the server's engine (the base, as ``mcqtune serve`` does) and attaches
-the copies under different names (each copy's tensors are read and held separately, exactly as 5
-different runs of that method would be). It records the RSS of the base alone, the peak while the first
-artifact attaches, the RSS with it, and the peak while the other 4 attach (VmHWM, reset between phases
-through /proc/self/clear_refs so the base's own load peak does not hide them). The check: attaching
-those 4 may raise RSS by at most their own size + 10% for every method that shares the base (``full``
-holds a model of its own per artifact and is only reported). Prints a Markdown table; exits 1 if a
-sharing method is over.
+kept in ``--runs``, by default a directory under the system's temp dir, and reused) and copies it 5
+times. Then, in a fresh process, it loads the server's engine with the base those artifacts attach to
+(QLoRA: its 4-bit base) and answers a question, so that the base and the forward pass's buffers are in
+place; resets the peak RSS there (VmHWM, through /proc/self/clear_refs) and attaches the copies under
+different names one by one, answering a question with each (each copy's tensors are read and held
+separately, exactly as 5 different runs would be). The table gives the RSS of the base alone and the
+peak RSS with 1 and with 5 artifacts attached. The check, for every method that shares the base: from 1
+to 5 artifacts the peak grows by at most those 4 artifacts' own size + 10%. ``full`` holds a model of
+its own per artifact and is only reported. Prints a Markdown table; exits 1 if a sharing method is over.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:
 
 from bench.worker import _reset_peak, _status_mib  # noqa: E402
 
+from mcqtune.artifacts import MANIFEST  # noqa: E402
+
 COUNT = 5
 TOLERANCE = 1.10  # growth may exceed the artifacts' own bytes by 10%
 MIB = 2**20
@@ -40,22 +42,32 @@ DEFAULT_RUNS = Path(tempfile.gettempdir()) / "mcqtune-serve-memory"
 
 
 def worker(run: Path, model: str | None) -> dict:
-    """In this (fresh) process: the server's engine, then the ``COUNT`` copies of ``run`` attached."""
+    """In this (fresh) process: the server's engine with the base these artifacts attach to, then the
+    ``COUNT`` copies of ``run`` attached and each used to answer a question (so that its weights are
+    resident: safetensors maps files, and untouched pages would not count)."""
+    from mcqtune.data import bundled_path, load_examples
+    from mcqtune.methods import get_method
     from mcqtune.serving.engine import open_engine
 
+    question = load_examples(bundled_path("arc_easy", "validation"), limit=1).examples
+    manifest = json.loads((run / MANIFEST).read_text())
+    method, options = get_method(manifest["method"]), manifest["method_options"]
     engine = open_engine(model, "auto", batch_size=16)
+    if method.shares_base:  # QLoRA's 4-bit base is its base: loaded before counting
+        engine.predictor.base(method.base_key(options), method, options)
+    engine.score(question, None)  # the forward pass's own buffers, before counting
     copies = sorted(p for p in run.parent.glob(f"{run.name}-copy*") if p.is_dir())[:COUNT]
-    record = {}
-    for phase, names in (("1", copies[:1]), ("5", copies[1:])):
-        gc.collect()
-        record["base_rss_mib" if phase == "1" else "rss_1_mib"] = _status_mib("VmRSS")
-        if not _reset_peak():
-            raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): Linux >= 4.0 needed")
-        for directory in names:
-            engine.attach(directory.name, directory)
-        gc.collect()
-        record[f"peak_{phase}_mib"] = _status_mib("VmHWM")
-    record["rss_5_mib"] = _status_mib("VmRSS")
+    gc.collect()
+    record = {"base_rss_mib": _status_mib("VmRSS")}
+    if not _reset_peak():
+        raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): Linux >= 4.0 needed")
+    for count, directory in enumerate(copies, start=1):
+        engine.attach(directory.name, directory)
+        engine.score(question, directory.name)
+        if count in (1, COUNT):
+            gc.collect()
+            record[f"peak_{count}_mib"] = _status_mib("VmHWM")
+            record[f"rss_{count}_mib"] = _status_mib("VmRSS")
     return record
 
 
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             copy = run.parent / f"{method}-copy{index}"
             if not copy.is_dir():
                 shutil.copytree(run, copy)
-        size = json.loads((run / "mcqtune.json").read_text())["artifact_bytes"] / MIB
+        size = json.loads((run / MANIFEST).read_text())["artifact_bytes"] / MIB
         command = [
             sys.executable,
             __file__,
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.returncode != 0:
             raise SystemExit(f"{method}: the measuring process failed:\n{out.stderr[-3000:]}")
         measured = json.loads(out.stdout.strip().splitlines()[-1])
-        growth = measured["peak_5_mib"] - measured["rss_1_mib"]
+        growth = measured[f"peak_{COUNT}_mib"] - measured["peak_1_mib"]
         allowed = (COUNT - 1) * size * TOLERANCE
         rows.append(
             {
