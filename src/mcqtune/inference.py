@@ -1,13 +1,15 @@
 """Inference: one base model in memory, trained artifacts attached to it by name, one chosen per call.
 
 A :class:`Predictor` loads each kind of base it needs once (the plain base, which zero-shot scoring also
-uses; a 4-bit base per quantization layout for QLoRA), attaches run directories under names and scores
-questions with one of them or with none (zero-shot). Artifacts of methods that share the base never copy
-its weights: each method keeps its artifacts on its own *view* of the base (:func:`shared_view`: new
-module objects over the same tensors) so that peft's injected layers or AdapterHub's modules never touch
-the base or another method; activating an artifact first deactivates the previous one (subset artifacts
-swap tensors of the shared base in and out). A ``full`` artifact replaces every weight, so it gets a model
-of its own (``Method.shares_base``). ``eval``, ``predict``, ``export`` and ``compare`` load through here.
+uses; a 4-bit base per quantization layout for QLoRA), attaches run directories under names (and
+detaches them, freeing what only they hold) and scores questions with one of them or with none
+(zero-shot), or several LoRA artifacts' questions in one pass (``score_mixed``). Artifacts of methods
+that share the base never copy its weights: each method keeps its artifacts on its own *view* of the
+base (:func:`shared_view`: new module objects over the same tensors) so that peft's injected layers or
+AdapterHub's modules never touch the base or another method; activating an artifact first deactivates
+the previous one (subset artifacts swap tensors of the shared base in and out). A ``full`` artifact
+replaces every weight, so it gets a model of its own (``Method.shares_base``). ``eval``, ``predict``,
+``export`` and ``compare`` load through here.
 """
 
 from __future__ import annotations
