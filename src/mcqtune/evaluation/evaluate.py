@@ -6,8 +6,9 @@ under option permutations and debiasing is :mod:`mcqtune.evaluation.analysis`.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -57,8 +58,12 @@ def score_examples(
     packed: bool = True,
     precision: str = "fp32",
     device: torch.device | None = None,
+    row_adapters: Sequence[str] | None = None,
 ) -> ScoredExamples:
-    """Score every option of every question in length-sorted batches; one forward per batch."""
+    """Score every option of every question in length-sorted batches; one forward per batch.
+
+    ``row_adapters``: the artifact of each example, for a peft model holding several (its per-row
+    ``adapter_names``), so that questions for different artifacts share a forward pass."""
     device = device or next(model.parameters()).device
     autocast = autocast_context(device, precision)
     was_training = model.training
@@ -77,13 +82,22 @@ def score_examples(
     else:
         raise ValueError(f"unknown scoring '{scoring}'")
     for group in steps(batches, "batch"):
+        forward = model
+        if row_adapters is not None:
+            # One name per model row: unpacked cloze has a row per option.
+            names = [
+                row_adapters[f.index]
+                for f in group
+                for _ in range(1 if scoring == "letter" or packed else len(f.option_ids))
+            ]
+            forward = functools.partial(model, adapter_names=names)
         with autocast():
             if scoring == "letter":
                 batch = collate_letter(group, pad_id).to(device)
-                _, batch_scores = letter_forward(model, batch, with_loss=False)
+                _, batch_scores = letter_forward(forward, batch, with_loss=False)
             else:
                 batch = collate_cloze(group, pad_id, packed=packed).to(device)
-                batch_scores = cloze_forward(model, batch)
+                batch_scores = cloze_forward(forward, batch)
         values = batch_scores.float().cpu().numpy()
         for row, index in enumerate(batch.indices):
             k = len(examples[index].choices)

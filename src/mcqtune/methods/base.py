@@ -12,6 +12,7 @@ Per-method defaults (learning rate, rank, bottleneck size...) live in ``configs/
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -301,6 +302,17 @@ class Method(ABC):
         computes as loaded) and return the module to run. The default suits one artifact per model."""
         return model
 
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        """Remove the attached artifact ``name`` from ``model``, which holds others too, and free its tensors.
+        (A model whose last artifact goes is dropped whole by its owner; a method that cannot hold several
+        artifacts on one model never gets this call.)"""
+        raise NotImplementedError(f"method '{self.name}' cannot remove one of several attached artifacts")
+
+    def mixes_in_batch(self, options: dict[str, Any]) -> bool:
+        """Whether this method's artifacts on one model can share a forward pass, each row naming its own
+        artifact (peft's per-row ``adapter_names``)."""
+        return False
+
     def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
         """Attach one saved artifact to a freshly loaded base, ready for inference."""
         model = self.attach(base, directory, options, SINGLE_ARTIFACT)
@@ -370,3 +382,8 @@ class PeftMethod(Method):
         if name is not None:
             model.set_adapter(name)
         return model
+
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        with warnings.catch_warnings():  # "was active, now deleted": the caller has switched it off
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+            model.delete_adapter(name)

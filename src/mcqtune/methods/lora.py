@@ -49,5 +49,9 @@ class LoraMethod(PeftMethod):
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         return get_peft_model(model, lora_config(options))
 
+    def mixes_in_batch(self, options: dict[str, Any]) -> bool:
+        """peft mixes LoRA adapters per row, but not DoRA ones."""
+        return not options.get("use_dora", False)
+
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         return model.merge_and_unload()
