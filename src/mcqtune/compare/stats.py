@@ -91,13 +91,8 @@ def compare_paired(
     ``(runs, questions)`` matrices (one row per seed; a single run, such as zero-shot, pairs with each)."""
     a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
     b = np.atleast_2d(np.asarray(correct_b, dtype=bool))
-    if (
-        a.ndim != 2
-        or a.shape[1] != b.shape[1]
-        or a.shape[1] == 0
-        or 1 not in (a.shape[0], b.shape[0])
-        and (a.shape[0] != b.shape[0])
-    ):
+    same_runs = a.shape[0] == b.shape[0] or 1 in (a.shape[0], b.shape[0])
+    if a.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0 or not same_runs:
         raise ValueError(f"need two equally long, non-empty correctness vectors, got {a.shape} and {b.shape}")
     a, b = np.broadcast_arrays(a, b)
     only_a = int((a & ~b).sum())
