@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mcqtune.atomic import atomic_write_bytes, atomic_write_text
+from mcqtune.compare.evidence import ZERO_SHOT
 
-ZERO_SHOT = "zero-shot"
 PLOT_FILES = ("accuracy_vs_params.png", "accuracy_vs_time.png", "peak_memory.png", "learning_curves.png")
 CSV_COLUMNS = (
     "method",
