@@ -35,7 +35,7 @@ def _fold(scores: list[dict[str, Any]]) -> dict[str, Any]:
     accuracy, spread = mean_and_spread([s["accuracy"] for s in scores])
     baseline = scores[0]["majority_baseline"]
     return {
-        "n": scores[0]["n"],
+        "n_eval": scores[0]["n_eval"],
         "accuracy": round(accuracy, 4),
         "accuracy_spread": round(spread, 4),
         "seed_accuracies": [s["accuracy"] for s in scores],
@@ -108,8 +108,8 @@ def add_paired_tests(rows: list[dict[str, Any]]) -> str | None:
 def table_rows(runs: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
     """The table: one row per method in ``order`` that has a run yet, seeds folded, paired tests added;
     the per-question answers are dropped (they stay in each run's directory)."""
-    rows = [method_row([r for r in runs if r["method"] == name]) for name in order]
-    rows = [r for r in rows if r.get("runs")]
+    grouped = [[r for r in runs if r["method"] == name] for name in order]
+    rows = [method_row(group) for group in grouped if group]
     add_paired_tests(rows)
     for row in rows:
         row.pop(ANSWERS, None)

@@ -874,7 +874,7 @@ def build_row(
         low, high = scores["ci95"]
         baseline = scores["majority_baseline"]
         row["transfer"][name] = {
-            "n": scores["n"],
+            "n_eval": scores["n"],
             "accuracy": scores["accuracy"],
             "ci95_low": low,
             "ci95_high": high,
