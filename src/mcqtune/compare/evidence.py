@@ -67,7 +67,7 @@ def method_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return row
     row.update(_fold(ok))
-    row.update({k: _mean([r.get(k) for r in ok], 2) for k in MEAN_KEYS})
+    row.update({k: _mean([r.get(k) for r in ok]) for k in MEAN_KEYS})
     row["transfer"] = {name: _fold([r["transfer"][name] for r in ok]) for name in ok[0].get("transfer") or {}}
     row[ANSWERS] = {}
     for data in [IN_DOMAIN, *row["transfer"]]:

@@ -1077,7 +1077,9 @@ def _run_final(settings, plan, runs: list[Run], meta, rows, files, start) -> Non
     run_rows: list[dict[str, Any]] = []
 
     def finished(run: Run, record: dict[str, Any]) -> None:
-        run_rows.append(build_row(run.row, record, settings.output / RUNS_DIR / run.name, run.config))
+        row = build_row(run.row, record, settings.output / RUNS_DIR / run.name, run.config)
+        row["lr_tuned"] = run.row in (meta.get("tuning") or {}).get("methods", {})
+        run_rows.append(row)
         rows[:] = table_rows(run_rows, order)
         meta["seconds"] = round(time.perf_counter() - start, 1)
         meta["runs"] = [{k: v for k, v in r.items() if k != ANSWERS} for r in run_rows]
