@@ -35,6 +35,12 @@ budget, which leaves room for a slower laptop or a busy machine.
 ``--quick``: 16 steps, curve at 0/8/16 on 24 questions, final evaluation on 64 questions: ~4 min.
 Its CIs are +-12 points: ``--quick`` checks the pipeline, it does not pick a method.
 ``--permutations cyclic`` scores the final set 4 more times (~+10 min for the default budget).
+
+Every unit of work is a :class:`Run` (one training run or the zero-shot evaluation, and its evaluations)
+executed by :func:`run_units`: the final runs (``--seeds N``: N per method), and with ``--tune lr`` the
+learning-rate trials of :mod:`mcqtune.compare.trials`, rung by rung. :mod:`mcqtune.compare.evidence`
+folds the runs into table rows (mean +- spread, paired tests against the best, ``--eval-data`` transfer
+columns). ``--budget time=5m`` gives every method the same seconds of training instead of the same steps.
 """
 
 from __future__ import annotations
