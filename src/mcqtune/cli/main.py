@@ -781,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
     demo.set_defaults(func=cmd_demo)
 
-    from mcqtune.compare.runner import DEFAULT_BUDGET, DEV_SIZE, QUICK_BUDGET, QUICK_DEV_SIZE, TUNE_CHOICES
+    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET, TUNE_CHOICES
+    from mcqtune.compare.trials import DEV_SIZE, QUICK_DEV_SIZE
 
     cmp = sub.add_parser(
         "compare",

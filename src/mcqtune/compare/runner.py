@@ -106,8 +106,6 @@ QUICK_BUDGET: dict[str, Any] = {
     "final_eval_limit": 64,
 }
 
-DEV_SIZE = 200  # --tune: dev rows carved from the training data (95% CI about +-7 points)
-QUICK_DEV_SIZE = 24
 TUNE_CHOICES = ("lr",)
 BUDGET_KINDS = ("steps", "time")  # --budget: equal optimizer steps (default) or equal training seconds
 WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
@@ -132,7 +130,7 @@ class CompareSettings:
         None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
     )
     tune: str | None = None  # "lr": pick each method's learning rate on a dev split (compare/trials.py)
-    dev_size: int | None = None  # rows of that dev split (None: DEV_SIZE or QUICK_DEV_SIZE)
+    dev_size: int | None = None  # rows of that dev split (None: trials.DEV_SIZE or QUICK_DEV_SIZE)
     seeds: int = 1  # final runs per method, seeds seed, seed+1, ...
     eval_data: list[str] = field(default_factory=list)  # further data sets every row is scored on
     time_budget: float | None = None  # seconds of training per method (--budget time=...); None: steps
@@ -279,16 +277,15 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"--eval-data: two data sets named {', '.join(repeated)}; rename a file")
+    # Loaded now, so a bad file fails before any training (and --tune keeps their questions out of dev).
     eval_sets = {name: _load_rows(zero, ref) for name, ref in zip(names, settings.eval_data, strict=True)}
     return {"methods": methods, "configs": configs, "zero_shot": zero, "eval_sets": eval_sets}
 
 
-def _load_rows(config, ref: str) -> int:
-    """Check a further data set now (a bad file fails before any training) and count the rows it scores."""
+def _load_rows(config, ref: str) -> list[Any]:
     from mcqtune.training.recipe import load_split
 
-    rows, _ = load_split(resolve_data_path(ref), config, None)
-    return min(len(rows), config.final_eval_limit or len(rows))
+    return load_split(resolve_data_path(ref), config, None)[0]
 
 
 def resolve_data_path(ref: str) -> Path:
@@ -348,7 +345,8 @@ def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float |
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
     scored_final = final * (5 if settings.permutations else 1)  # + cyclic orders of 4 options
-    scored_final += sum(plan["eval_sets"].values())  # --eval-data: each set once per run
+    limit = zero.final_eval_limit
+    scored_final += sum(min(len(rows), limit or len(rows)) for rows in plan["eval_sets"].values())
     # zero-shot: the base model alone scores at the rate of a method that adds nothing to it
     total = WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
     for name, config in plan["configs"].items():
@@ -1025,7 +1023,7 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         if settings.tune:
             from mcqtune.compare.trials import tune_learning_rates
 
-            meta["tuning"] = tune_learning_rates(settings, plan, lambda runs: run_units(settings, runs))
+            meta["tuning"] = tune_learning_rates(settings, plan, lambda specs: _run_trials(settings, specs))
         meta["per_method"] = {
             m: {"lr": c.lr, "weight_decay": c.weight_decay, "method_options": c.method_options}
             for m, c in plan["configs"].items()
@@ -1043,6 +1041,24 @@ def run_compare(settings: CompareSettings) -> CompareResult:
 
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _run_trials(settings: CompareSettings, specs: list[Any]) -> list[tuple[float | None, str | None]]:
+    """Tuning trials as ordinary runs; each one's dev accuracy (None when it failed) and error."""
+    runs = [
+        Run(
+            name,
+            method,
+            TRAIN,
+            dataclasses.replace(config, output=str(settings.output / RUNS_DIR / name)).to_dict(),
+        )
+        for name, method, config in specs
+    ]
+    rows = [
+        build_row(run.row, record, settings.output / RUNS_DIR / run.name, run.config)
+        for run, record in zip(runs, run_units(settings, runs), strict=True)
+    ]
+    return [(row["accuracy"], row["error"]) for row in rows]
 
 
 def run_units(

@@ -3,22 +3,25 @@
 The dev split (:func:`mcqtune.compare.tuning.carve_dev_split`, seeded by the compare seed) never holds a
 question of the validation data the final table is scored on, nor of a further ``--eval-data`` set. It
 and the training rows left for the trials are written as plain JSONL files under ``OUTPUT/tune/``, so a
-trial is an ordinary compare run (``runs/tune/<method>/lr<LR>-steps<N>``): any backend that runs compare
-runs runs trials, ``--resume`` skips finished ones. Each method's ``lr_grid`` (its
-``configs/methods/<name>.yaml``) races by successive halving: every candidate trains a quarter of the
-final step budget, the better half twice as long, and so on up to half the budget; the dev accuracy of
-the last rung picks the learning rate. The final runs then train on all the training rows with it.
+trial is an ordinary compare run (``runs/tune/<method>/lr<LR>-steps<N>``, executed by the runner's
+``evaluate`` callback): any backend that runs compare runs runs trials, ``--resume`` skips finished
+ones. Each method's ``lr_grid`` (its ``configs/methods/<name>.yaml``) races by successive halving: every
+candidate trains a quarter of the final step budget, the better half twice as long, and so on up to
+half the budget; the dev accuracy of the last rung picks the learning rate. The final runs then train
+on all the training rows with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mcqtune.compare.tuning import Halving, carve_dev_split, write_jsonl
 
+DEV_SIZE = 200  # dev rows carved from the training data (95% CI about +-7 points)
+QUICK_DEV_SIZE = 24
 TUNE_DIR = "tune"  # OUTPUT/tune/{dev_train,dev}.jsonl and OUTPUT/runs/tune/<method>/<trial>
 DEV_TRAIN_FILE = "dev_train.jsonl"
 DEV_FILE = "dev.jsonl"
@@ -28,9 +31,13 @@ TRIAL_CURVE_ROWS = 1
 FAILED_SCORE = -1.0  # a failed trial ranks below every real dev accuracy
 
 
-def dev_size(settings) -> int:
-    from mcqtune.compare.runner import DEV_SIZE, QUICK_DEV_SIZE
+# A trial as the runner executes it: (run name, method, its TrainConfig without an output directory).
+TrialSpec = tuple[str, str, Any]
+# The runner's callback: run these trials, return each one's dev accuracy (None: failed) and error.
+Evaluate = Callable[[list[TrialSpec]], list[tuple[float | None, str | None]]]
 
+
+def dev_size(settings) -> int:
     return settings.dev_size or (QUICK_DEV_SIZE if settings.quick else DEV_SIZE)
 
 
@@ -64,7 +71,6 @@ def trial_steps(config, candidates: int) -> list[int]:
 
 def _carve(settings, plan: dict[str, Any]) -> tuple[dict[str, Any], Path, Path]:
     """Write the dev split and the trials' training rows; return what the report says about them."""
-    from mcqtune.compare.runner import resolve_data_path
     from mcqtune.config import ConfigError
     from mcqtune.data import resolve_data
     from mcqtune.training.recipe import load_split
@@ -72,8 +78,8 @@ def _carve(settings, plan: dict[str, Any]) -> tuple[dict[str, Any], Path, Path]:
     zero = plan["zero_shot"]
     train, _ = load_split(resolve_data(zero.train, "train"), zero, zero.train_limit)
     held_out, _ = load_split(resolve_data(zero.validation, "validation"), zero, None)
-    for ref in settings.eval_data:
-        held_out += load_split(resolve_data_path(ref), zero, None)[0]
+    for rows in plan["eval_sets"].values():  # every --eval-data row, not only the scored ones
+        held_out += rows
     size = dev_size(settings)
     try:
         split = carve_dev_split(train, size, seed=zero.seed, held_out=held_out)
@@ -94,9 +100,7 @@ def _carve(settings, plan: dict[str, Any]) -> tuple[dict[str, Any], Path, Path]:
     return info, dev_train, dev
 
 
-def _trial(settings, method: str, config, lr: float, steps: int, dev_train: Path, dev: Path):
-    from mcqtune.compare.runner import RUNS_DIR, TRAIN, Run
-
+def _trial(method: str, config, lr: float, steps: int, dev_train: Path, dev: Path) -> TrialSpec:
     name = f"{TUNE_DIR}/{method}/lr{lr:g}-steps{steps}"
     trial = dataclasses.replace(
         config,
@@ -113,18 +117,14 @@ def _trial(settings, method: str, config, lr: float, steps: int, dev_train: Path
         eval_limit=TRIAL_CURVE_ROWS,
         final_eval_limit=None,
         lr=lr,
-        output=str(settings.output / RUNS_DIR / name),
+        output=None,
     )
-    return Run(name, method, TRAIN, trial.to_dict())
+    return name, method, trial
 
 
-def tune_learning_rates(
-    settings, plan: dict[str, Any], execute: Callable[[Sequence[Any]], list[dict[str, Any]]]
-) -> dict[str, Any]:
-    """Race every method's lr grid on the dev split, rung by rung for all methods at once (``execute``
-    runs a list of runs and returns their records); set each method's config to its winner."""
-    from mcqtune.compare.runner import RUNS_DIR, build_row
-
+def tune_learning_rates(settings, plan: dict[str, Any], evaluate: Evaluate) -> dict[str, Any]:
+    """Race every method's lr grid on the dev split, rung by rung for all methods at once (``evaluate``
+    runs a rung's trials, wherever the runner runs runs); set each method's config to its winner."""
     dev_info, dev_train, dev = _carve(settings, plan)
     print(
         f"tuning lr: dev split of {dev_info['size']} training rows (seed {dev_info['seed']}; "
@@ -136,21 +136,19 @@ def tune_learning_rates(
     races = {m: Halving(lr_candidates(m), *halving_budgets(configs[m])) for m in plan["methods"]}
     errors: dict[str, list[str]] = {m: [] for m in races}
     while rungs := {m: race.pending() for m, race in races.items() if not race.done}:
-        runs = [
-            _trial(settings, m, configs[m], lr, steps, dev_train, dev)
+        specs = [
+            _trial(m, configs[m], lr, steps, dev_train, dev)
             for m, (lrs, steps) in rungs.items()
             for lr in lrs
         ]
-        records = iter(execute(runs))
-        trials = iter(runs)
+        results = iter(zip(specs, evaluate(specs), strict=True))
         for m, (lrs, _) in rungs.items():
             scores = []
             for _ in lrs:
-                run, record = next(trials), next(records)
-                row = build_row(run.row, record, settings.output / RUNS_DIR / run.name, run.config)
-                if row["accuracy"] is None:
-                    errors[m].append(f"{run.name}: {row['error']}")
-                scores.append(FAILED_SCORE if row["accuracy"] is None else row["accuracy"])
+                (name, _, _), (accuracy, error) = next(results)
+                if accuracy is None:
+                    errors[m].append(f"{name}: {error}")
+                scores.append(FAILED_SCORE if accuracy is None else accuracy)
             races[m].report(scores)
     methods = {}
     for m, race in races.items():
