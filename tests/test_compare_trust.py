@@ -306,3 +306,12 @@ def test_pareto_front_keeps_only_undominated_methods():
     ]
     assert evidence.pareto_front(rows, "trainable_params") == ["ia3", "lora", "full"]
     assert cr._pareto_lines(rows)[0].startswith("Pareto-optimal")
+
+
+def test_report_says_which_budget_the_methods_had():
+    rows = [{"method": "lora", "status": "ok", "accuracy": 0.5, "n_eval": 10, "scoring": "cloze"}]
+    shared = {"train": "arc_easy", "max_steps": 150, "batch_size": 4, "grad_accum": 1, "seed": 42}
+    timed = cr._setup_sentence({"shared": shared, "budget": {"kind": "time", "seconds": 300.0}}, rows)
+    assert "for 5.0 min of training each (as many steps as fit" in timed and "150 steps" not in timed
+    stepped = cr._setup_sentence({"shared": shared, "budget": {"kind": "steps"}, "examples_seen": 600}, rows)
+    assert "for 150 steps × batch 4" in stepped
