@@ -52,7 +52,7 @@ def trusted(tmp_path_factory, tiny_model_dir):
         tune="lr",
         dev_size=DEV_N,
         seeds=2,
-        eval_data=["medmcqa"],
+        eval_data=["medmcqa", "arc_easy"],  # arc_easy: the validation rows again, through the transfer path
         echo=False,
         command="mcqtune compare --tune lr --seeds 2 --eval-data medmcqa (test)",
     )
@@ -138,6 +138,18 @@ def test_every_method_is_tested_against_the_best_on_the_same_questions(trusted):
     )
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "Paired tests against the best, **lora**" in md and test["verdict"] in md
+
+
+def test_transfer_scores_the_same_way_as_the_validation(trusted):
+    """Scored as a further set, the validation data gives every run exactly its in-domain answers."""
+    _, results, rows = trusted
+    for run in results["runs"]:
+        again = run["transfer"]["arc_easy"]
+        assert again["accuracy"] == run["accuracy"] and again["n_eval"] == run["n_eval"], run["run_dir"]
+    assert (
+        rows[ZERO_SHOT]["transfer"]["arc_easy"]["vs_best"]["only_a_correct"]
+        == rows[ZERO_SHOT]["vs_best"]["only_a_correct"]
+    )
 
 
 def test_transfer_columns_have_their_own_baseline_and_ci(trusted):
