@@ -123,6 +123,14 @@ class TrainConfig:
     max_steps: int | None = setting(
         200, "optimizer steps", check="positive", none_means="unset: --epochs decides", tags=_SHARED_FLAG
     )
+    max_train_seconds: float | None = setting(
+        None,
+        "stop training once its steps have taken this many seconds (compare --budget time=...); "
+        "the run keeps its best validated state so far",
+        check="positive",
+        none_means="no time limit",
+        tags=(TAG_SHARED,),
+    )
     epochs: float | None = setting(
         None,
         "epochs to train instead of --max-steps",
@@ -377,15 +385,42 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
     return dataclasses.replace(config, **updates)
 
 
-def method_defaults(method: str) -> dict[str, Any]:
-    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
+LR_GRID = "lr_grid"  # the key of a method's defaults file listing its `compare --tune lr` candidates
+
+
+def _method_file(method: str) -> dict[str, Any]:
     resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
     if not resource.is_file():
         return {}
-    data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    return yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options; the
+    tuning grid is not a training key and stays out)."""
+    data = _method_file(method)
+    data.pop(LR_GRID, None)
     if "options" in data:
         data["method_options"] = data.pop("options") or {}
     return data
+
+
+def method_lr_grid(method: str) -> list[float]:
+    """The learning rates ``compare --tune lr`` tries for ``method``: its defaults file's ``lr_grid``."""
+    grid = _method_file(method).get(LR_GRID)
+    where = f"configs/methods/{method}.yaml"
+    if grid is None:
+        raise ConfigError(
+            f"{where}: no '{LR_GRID}' to tune from; add one (e.g. the method's lr x1/3, x1, x3), "
+            "or compare without --tune"
+        )
+    if (
+        not isinstance(grid, list)
+        or not grid
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < 1 for x in grid)
+    ):
+        raise ConfigError(f"{where}: '{LR_GRID}' must be a non-empty list of learning rates in (0, 1)")
+    return [float(x) for x in grid]
 
 
 def method_option_defaults(method: str) -> dict[str, Any]:

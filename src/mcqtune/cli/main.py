@@ -414,7 +414,7 @@ def _compare_permutations(flag: str | None, objective: str | None) -> str | None
 def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from mcqtune.compare.runner import CompareSettings, parse_methods, run_compare
+    from mcqtune.compare.runner import CompareSettings, parse_budget, parse_methods, run_compare
     from mcqtune.config import TAG_COMPARE, keys_tagged
 
     settings = CompareSettings(
@@ -427,6 +427,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data_fields=field_config_from_args(args),
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
+        tune=args.tune,
+        dev_size=args.dev_size,
+        seeds=args.seeds,
+        eval_data=args.eval_data or [],
+        time_budget=parse_budget(args.budget),
         echo=not args.quiet,
         command=shlex.join(["mcqtune", *args.argv]),
     )
@@ -776,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
     demo.set_defaults(func=cmd_demo)
 
-    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET
+    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET, TUNE_CHOICES
+    from mcqtune.compare.trials import DEV_SIZE, QUICK_DEV_SIZE
 
     cmp = sub.add_parser(
         "compare",
@@ -807,6 +813,41 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="stop a method after this long (failure) (default: no limit)",
+    )
+    cmp.add_argument(
+        "--tune",
+        choices=TUNE_CHOICES,
+        help="choose each method's learning rate from its lr_grid (configs/methods/<name>.yaml) by "
+        "successive halving on a dev split of the training data, never on the validation rows "
+        "(default: off: each method's own lr)",
+    )
+    cmp.add_argument(
+        "--dev-size",
+        type=int,
+        metavar="N",
+        help=f"--tune: training rows held out as the dev split (default: {DEV_SIZE}; "
+        f"--quick: {QUICK_DEV_SIZE})",
+    )
+    cmp.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="final runs per method (seeds seed, seed+1, ...); the table shows mean and spread and tests "
+        "every method against the best on the same questions (default: %(default)s)",
+    )
+    cmp.add_argument(
+        "--eval-data",
+        nargs="+",
+        metavar="DATA",
+        help="further data sets (files or bundled names; a bundled name's validation split) every run "
+        "and zero-shot are also scored on, each with its own majority baseline and CI (default: none)",
+    )
+    cmp.add_argument(
+        "--budget",
+        metavar="steps|time=DURATION",
+        help="equal optimizer steps per method, or equal training time (time=5m, time=90s): each method "
+        "then trains as many steps as fit (default: steps)",
     )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
     add_data_args(cmp)

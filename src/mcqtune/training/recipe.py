@@ -42,7 +42,7 @@ from mcqtune.config import ConfigError, TrainConfig
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.format import format_metrics
-from mcqtune.evaluation.metrics import compute_metrics
+from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
 from mcqtune.methods.base import load_trainable_state, trainable_state
 from mcqtune.models import load_policy, load_tokenizer, resolve_model
 from mcqtune.preflight import MIB, DiskSpaceError, check_output_dir, ensure_free_space, mib
@@ -134,6 +134,7 @@ class RunProgress:
     losses: list[float] = field(default_factory=list)
     real_tokens: int = 0
     train_seconds: float = 0.0
+    last_step: int = 0  # the last step trained: total_steps unless max_train_seconds stopped it early
     best_accuracy: float | None = None
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
@@ -159,6 +160,7 @@ class RunProgress:
             losses=list(state["losses"]),
             real_tokens=state["real_tokens"],
             train_seconds=state["train_seconds"],
+            last_step=checkpoint.step,
             best_accuracy=state["best_accuracy"] if best_state is not None else None,
             best_step=state["best_step"] if best_state is not None else None,
             best_state=best_state,
@@ -168,6 +170,7 @@ class RunProgress:
         self.losses.append(result.loss)
         self.real_tokens += result.real_tokens
         self.train_seconds += result.seconds
+        self.last_step = step
         self.history.append({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
 
     @property
@@ -180,7 +183,11 @@ def validation_name(config: TrainConfig) -> str:
     return Path(config.validation).name if config.validation else "none"
 
 
-def _evaluate(trainer: Trainer, rows: list[MCQExample], config: TrainConfig) -> dict[str, Any]:
+def _evaluate(
+    trainer: Trainer, rows: list[MCQExample], config: TrainConfig, keep_answers: bool = False
+) -> dict[str, Any]:
+    """Metrics on ``rows``; ``keep_answers`` adds each question's correctness (the final evaluation keeps
+    it, so runs scored on the same questions can be compared question by question)."""
     scored = score_examples(
         trainer.unwrapped,
         trainer.objective.encoder,
@@ -191,7 +198,10 @@ def _evaluate(trainer: Trainer, rows: list[MCQExample], config: TrainConfig) -> 
         precision=trainer.precision,
         device=trainer.device,
     )
-    return compute_metrics(scored)
+    metrics = compute_metrics(scored)
+    if keep_answers:
+        metrics[PER_QUESTION] = per_question(scored)
+    return metrics
 
 
 def _validate(
@@ -431,7 +441,7 @@ def _train(
         )
         name = validation_name(config)
         with task(f"final validation ({name})" if show_progress else None):
-            final = _evaluate(trainer, final_rows, config)
+            final = _evaluate(trainer, final_rows, config, keep_answers=True)
         say(
             format_metrics(final, f"validation ({name}, {trainer.method.name}, {objective.scoring} scoring):")
         )
@@ -489,7 +499,8 @@ def _run_steps(
     show_progress: bool,
 ) -> None:
     """The loop: step, log, validate every ``eval_steps``, checkpoint every ``save_steps`` and on a
-    stop request (then raise :class:`TrainingInterrupted`)."""
+    stop request (then raise :class:`TrainingInterrupted`); stop after the step that reaches
+    ``max_train_seconds`` of training (validated there, so the time-limited run keeps its best state)."""
     total = trainer.total_steps
 
     def save(step: int) -> Path:
@@ -512,7 +523,10 @@ def _run_steps(
             progress.set_postfix(
                 loss=f"{np.mean(run.losses[-10:]):.3f}", tok_s=f"{run.tokens_per_second:.0f}"
             )
-            if step % config.eval_steps == 0 or step == total:
+            limit = config.max_train_seconds
+            out_of_time = limit is not None and run.train_seconds >= limit
+            last = step == total or out_of_time
+            if step % config.eval_steps == 0 or last:
                 _validate(trainer, eval_rows, config, step, run)
             due = config.save_steps is not None and (step % config.save_steps == 0 or step == total)
             stopping = stop.signal  # read once: a signal may arrive while the checkpoint is written
@@ -520,6 +534,12 @@ def _run_steps(
                 saved = save(step)
             if stopping:
                 raise TrainingInterrupted(stopping, step, total, saved)
+            if out_of_time and step < total:
+                trainer.accelerator.print(
+                    f"time budget reached: {run.train_seconds:.1f} s of training >= {limit:g} s "
+                    f"(--max-train-seconds); stopped after step {step} of {total}"
+                )
+                break
 
 
 def _save_results(
@@ -541,7 +561,7 @@ def _save_results(
         "prompt": trainer.objective.encoder.config.to_dict(),
         "packing": trainer.packed,
         "parameters": trainer.parameters.to_dict(),
-        "best_step": run.best_step if run.best_step is not None else trainer.total_steps,
+        "best_step": run.best_step if run.best_step is not None else run.last_step,
     }
     try:
         ensure_free_space(output, trainer.trainable_bytes + MIB, "the artifact", _RESUME_HINT)
@@ -554,8 +574,9 @@ def _save_results(
             "parameters": trainer.parameters.to_dict(),
             "artifact_bytes": artifact_bytes,
             "train": {
-                "steps": trainer.total_steps,
-                "examples_seen": trainer.total_steps * config.batch_size * config.grad_accum,
+                "steps": run.last_step,
+                "planned_steps": trainer.total_steps,
+                "examples_seen": run.last_step * config.batch_size * config.grad_accum,
                 "seconds": round(run.train_seconds, 2),
                 "real_tokens": run.real_tokens,
                 "tokens_per_second": round(run.tokens_per_second, 1),
