@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -54,12 +55,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
+from mcqtune.compare.backends import CHECKPOINT_GRACE_SECONDS, Backend, Execution, Job, open_backend
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
 from mcqtune.progress import task
 
@@ -121,6 +124,8 @@ class CompareSettings:
     command: str | None = None
     # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
     worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.runner", "--worker"])
+    # Where and how many jobs run at once (mcqtune.compare.backends): sequential unless asked.
+    execution: Execution = field(default_factory=Execution)
 
 
 @dataclass
@@ -491,8 +496,27 @@ class _MemoryPoller(threading.Thread):
             self.stop.wait(0.5)
 
 
+def run_job(
+    settings: CompareSettings,
+    job: Job,
+    env: Mapping[str, str],
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    """What a backend runs: one row's worker, with ``env`` added (threads, GPU); returns its record."""
+    what = "zero-shot evaluation" if job.kind == ZERO_SHOT else f"training {job.config['max_steps']} steps"
+    print(f"{job.name}: {what}...", flush=True)
+    return _run_worker(settings, job.name, job.kind, job.config, job.fingerprint, env=env, started=started)
+
+
 def _run_worker(
-    settings: CompareSettings, method: str, kind: str, config_dict: dict[str, Any], fp: str
+    settings: CompareSettings,
+    method: str,
+    kind: str,
+    config_dict: dict[str, Any],
+    fp: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
 ) -> dict[str, Any]:
     run_dir = settings.output / RUNS_DIR / method
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -508,7 +532,7 @@ def _run_worker(
     }
     spec_path = run_dir / RUN_SPEC
     atomic_write_json(spec_path, spec)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     command = [sys.executable, *settings.worker_args, str(spec_path)]
     start = time.perf_counter()
     with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log_file:
@@ -516,6 +540,8 @@ def _run_worker(
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
         )
+        if started is not None:
+            started(proc)
         poller = _MemoryPoller(proc.pid)
         poller.start()
 
@@ -539,11 +565,15 @@ def _run_worker(
         except BaseException:
             # Ctrl-C reaches the worker too (same process group): give it time to save a checkpoint
             # that `compare --resume` continues from, then make sure no orphan keeps training.
-            print(f"  [{method}] interrupted: waiting up to 120 s for it to save a checkpoint", flush=True)
+            print(
+                f"  [{method}] interrupted: waiting up to {CHECKPOINT_GRACE_SECONDS:g} s for it to save "
+                "a checkpoint",
+                flush=True,
+            )
             try:
                 if proc.poll() is None:  # the signal may have reached only this process
                     proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=120)
+                proc.wait(timeout=CHECKPOINT_GRACE_SECONDS)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -769,6 +799,7 @@ def run_compare(settings: CompareSettings) -> CompareResult:
     start = time.perf_counter()
     settings.output = Path(settings.output)
     plan = plan_configs(settings)
+    backend = open_backend(settings.execution)  # a missing Ray or unreachable cluster fails before any write
     settings.output.mkdir(parents=True, exist_ok=True)
     methods: list[str] = plan["methods"]
     zero_dict = plan["zero_shot"].to_dict()
@@ -813,8 +844,9 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         # SIGTERM (a job scheduler, `timeout`) stops the running method cleanly, like Ctrl-C.
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _run_all(settings, plan, order, meta, rows, files, start)
+        _run_all(settings, plan, order, meta, rows, files, start, backend)
     finally:
+        backend.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     elapsed = time.perf_counter() - start
@@ -826,30 +858,47 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
-def _run_all(settings, plan, order, meta, rows, files, start) -> None:
+def _run_all(settings, plan, order, meta, rows, files, start, backend: Backend) -> None:
+    """Run every row not already finished on ``backend``; after each, rewrite the report with the rows
+    finished so far, in plan order (an interrupted compare still leaves a valid partial report)."""
     total = len(order)
-    for index, (name, kind, config_dict) in enumerate(order, start=1):
-        run_dir = settings.output / RUNS_DIR / name
-        fp = fingerprint(config_dict, kind, settings.permutations)
-        record = _finished(run_dir, fp) if settings.resume else None
-        if record is not None:
-            print(f"[{index}/{total}] {name}: already finished ({run_dir}), skipped (--resume)", flush=True)
-        else:
-            what = (
-                "zero-shot evaluation"
-                if kind == ZERO_SHOT
-                else f"training {meta['shared']['max_steps']} steps"
-            )
-            print(f"[{index}/{total}] {name}: {what}...", flush=True)
-            record = _run_worker(settings, name, kind, config_dict, fp)
-            status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
-            print(f"[{index}/{total}] {name}: {status} ({record.get('wall_seconds', 0):.0f} s)", flush=True)
-        rows.append(build_row(name, record, run_dir, config_dict))
+    jobs = [
+        Job(
+            name,
+            kind,
+            config,
+            fingerprint(config, kind, settings.permutations),
+            settings.output / RUNS_DIR / name,
+        )
+        for name, kind, config in order
+    ]
+    records: dict[str, dict[str, Any]] = {}
+
+    def finished(job: Job, record: dict[str, Any]) -> None:
+        records[job.name] = record
+        rows[:] = [build_row(j.name, records[j.name], j.run_dir, j.config) for j in jobs if j.name in records]
         meta["seconds"] = round(time.perf_counter() - start, 1)
         with contextlib.suppress(OSError):
             meta["machine"]["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
-        # Rewritten after every method: an interrupted compare still leaves a valid partial report.
-        files.update(_write_outputs(settings, plan, rows, {**meta, "complete": index == total}))
+        files.update(_write_outputs(settings, plan, rows, {**meta, "complete": len(records) == total}))
+
+    def done(job: Job, record: dict[str, Any]) -> None:
+        status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
+        print(
+            f"[{len(records) + 1}/{total}] {job.name}: {status} ({record.get('wall_seconds', 0):.0f} s)",
+            flush=True,
+        )
+        finished(job, record)
+
+    to_run = []
+    for job in jobs:
+        record = _finished(job.run_dir, job.fingerprint) if settings.resume else None
+        if record is None:
+            to_run.append(job)
+        else:
+            print(f"{job.name}: already finished ({job.run_dir}), skipped (--resume)", flush=True)
+            finished(job, record)
+    backend.run(to_run, functools.partial(run_job, settings), done)
 
 
 def main(argv: list[str] | None = None) -> int:
