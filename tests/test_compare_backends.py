@@ -78,15 +78,8 @@ def _settings(output: Path, model_dir: Path, execution: Execution) -> CompareSet
     return CompareSettings(
         output=output,
         methods=list(METHODS_UNDER_TEST),
-        overrides={
-            "model": str(model_dir),
-            "max_steps": 3,
-            "batch_size": 2,
-            "eval_steps": 2,
-            "eval_limit": 8,
-            "final_eval_limit": FINAL_N,
-            "train_limit": 16,
-        },
+        quick=True,  # the --quick budget (16 steps, 3 curve points) on the tiny model, fewer questions
+        overrides={"model": str(model_dir), "eval_limit": 8, "final_eval_limit": FINAL_N},
         echo=False,
         execution=execution,
     )
