@@ -29,7 +29,7 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PARALLEL,
         metavar="K",
         help="local backend: K methods at once, one GPU each when there are GPUs, else the CPU cores "
-        "split between them (default: %(default)s, one after another)",
+        "split between them; 1 runs them one after another (default: %(default)s)",
     )
     group.add_argument(
         "--address",
