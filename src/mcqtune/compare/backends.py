@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcqtune.artifacts import MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_text
 from mcqtune.config import ConfigError
 from mcqtune.errors import BackendError
@@ -47,6 +48,7 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # How long an interrupted worker gets to save the checkpoint `compare --resume` continues from.
 CHECKPOINT_GRACE_SECONDS = 120.0
 WAIT_SECONDS = 1.0  # how often the Ray driver looks up from waiting for a task
+RUN_RECORD = "compare_run.json"  # what a job's worker writes into its run directory: its status and numbers
 RAY_INSTALL_HINT = "pip install 'mcqtune[ray]'"
 
 
@@ -263,9 +265,6 @@ def check_reachable(address: str) -> None:
 
 def result_files(run_dir: Path) -> dict[str, str]:
     """What the report reads from a run directory (record, metrics, manifest), as text."""
-    from mcqtune.artifacts import MANIFEST, METRICS
-    from mcqtune.compare.runner import RUN_RECORD
-
     paths = [run_dir / name for name in (RUN_RECORD, METRICS, MANIFEST)]
     return {path.name: path.read_text(encoding="utf-8") for path in paths if path.is_file()}
 

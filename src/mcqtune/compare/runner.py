@@ -62,7 +62,14 @@ from typing import Any
 
 from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
-from mcqtune.compare.backends import CHECKPOINT_GRACE_SECONDS, Backend, Execution, Job, open_backend
+from mcqtune.compare.backends import (
+    CHECKPOINT_GRACE_SECONDS,
+    RUN_RECORD,
+    Backend,
+    Execution,
+    Job,
+    open_backend,
+)
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
 from mcqtune.progress import task
 
@@ -70,7 +77,6 @@ log = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero-shot"
 RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
-RUN_RECORD = "compare_run.json"  # written by the worker into its run directory
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
 PLAN_FILE = "compare_plan.json"
