@@ -213,6 +213,7 @@ def test_gpu_slots_one_gpu_each(monkeypatch):
 
 def test_local_parallel_runs_k_at_once_in_distinct_slots(monkeypatch):
     """The scheduling alone (the workers are covered end to end above): 5 jobs, 2 slots."""
+    monkeypatch.setattr(backends, "available_cores", lambda: 2)
     monkeypatch.setattr(backends, "visible_gpus", lambda: ["0", "1"])
     running: set[str] = set()
     most = 0
@@ -236,3 +237,47 @@ def test_local_parallel_runs_k_at_once_in_distinct_slots(monkeypatch):
     assert most == 2
     assert [r["method"] for r in records] == [j.name for j in jobs]  # job order, whatever the finish order
     assert sorted(finished) == [j.name for j in jobs]
+
+
+STOPPABLE_WORKER = """
+import pathlib, signal, sys, time
+
+def save_and_exit(signum, frame):
+    pathlib.Path(sys.argv[1]).write_text("checkpoint saved")
+    sys.exit(0)
+
+signal.signal(signal.SIGINT, save_and_exit)
+pathlib.Path(sys.argv[2]).write_text("running")
+time.sleep(60)
+"""
+
+
+def test_local_parallel_interrupt_lets_running_workers_save_and_starts_no_more(monkeypatch, tmp_path):
+    """SIGTERM reaches only compare (run_compare turns it into KeyboardInterrupt), here while it writes
+    the report of the first method done: the running worker gets SIGINT, which it answers by saving a
+    checkpoint, and the waiting method never starts."""
+    import subprocess
+
+    monkeypatch.setattr(backends, "visible_gpus", list)
+    monkeypatch.setattr(backends, "available_cores", lambda: 2)
+    saved, running = tmp_path / "saved", tmp_path / "running"
+    started_jobs: list[str] = []
+
+    def run_one(job, env, started):
+        started_jobs.append(job.name)
+        if job.name == "slow":
+            proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_WORKER, str(saved), str(running)])
+            started(proc)
+            return {"status": "ok" if proc.wait(timeout=60) == 0 else "failed"}
+        while not running.exists():  # the slow worker is up (and answers SIGINT) before this one ends
+            time.sleep(0.05)
+        return {"status": "ok"}
+
+    def interrupted(job, record):
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    jobs = [Job(name, "train", {}, "fp", tmp_path / name) for name in ("slow", "fast", "queued")]
+    with pytest.raises(KeyboardInterrupt):
+        LocalParallel(2).run(jobs, run_one, interrupted)
+    assert saved.read_text() == "checkpoint saved"
+    assert started_jobs == ["slow", "fast"]

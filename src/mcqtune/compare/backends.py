@@ -22,13 +22,12 @@ is the same whichever backend ran it.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,56 +182,63 @@ def local_slots(parallel: int) -> list[dict[str, str]]:
 
 
 class LocalParallel(Backend):
-    """K workers at once on this machine, each in its own slot (GPU, thread count)."""
+    """K workers at once on this machine, each in its own slot (GPU, thread count).
+
+    This thread hands a freed slot its next job only after ``on_done`` has taken the last result, so an
+    interrupt (or a failing report write) starts nothing new."""
 
     def __init__(self, parallel: int):
         self.slots = local_slots(parallel)
         self._live: set[subprocess.Popen] = set()
+        self._stopping = False
         self._lock = threading.Lock()
 
     def _started(self, proc: subprocess.Popen) -> None:
         with self._lock:
             self._live.add(proc)
+            if self._stopping:  # started while the interrupt was being handled
+                proc.send_signal(signal.SIGINT)
 
     def run(self, jobs: Sequence[Job], run_one: RunOne, on_done: OnDone) -> list[dict[str, Any]]:
-        free: queue.Queue[dict[str, str]] = queue.Queue()
-        for slot in self.slots:
-            free.put(slot)
-
-        def in_a_slot(job: Job) -> dict[str, Any]:
-            slot = free.get()
-            try:
-                return run_one(job, slot, self._started)
-            finally:
-                free.put(slot)
-
+        waiting = iter(jobs)
+        running: dict[Future, tuple[Job, dict[str, str]]] = {}
         records: dict[str, dict[str, Any]] = {}
         pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="compare-job")
+
+        def start_next(slot: dict[str, str]) -> None:
+            job = next(waiting, None)
+            if job is not None:
+                running[pool.submit(run_one, job, slot, self._started)] = (job, slot)
+
         try:
-            futures = {pool.submit(in_a_slot, job): job for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                records[job.name] = future.result()
-                on_done(job, records[job.name])
+            for slot in self.slots:
+                start_next(slot)
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job, slot = running.pop(future)
+                    records[job.name] = future.result()
+                    on_done(job, records[job.name])
+                    start_next(slot)
         except BaseException:
             self._interrupt()
             raise
         finally:
-            # On an interrupt: start nothing new, and wait for the running workers to save and exit.
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)  # on an interrupt: the running workers save a checkpoint and exit
         return [records[job.name] for job in jobs]
 
     def _interrupt(self) -> None:
         """Ctrl-C reaches the workers with this process; SIGTERM does not: pass it on as SIGINT, which a
         worker answers by saving a checkpoint."""
         with self._lock:
+            self._stopping = True
             running = [p for p in self._live if p.poll() is None]
+            for proc in running:
+                proc.send_signal(signal.SIGINT)
         if running:
             print(
                 f"interrupted: waiting for {len(running)} running method(s) to save a checkpoint", flush=True
             )
-        for proc in running:
-            proc.send_signal(signal.SIGINT)
 
 
 # ------------------------------------------------------------------------------------------- ray
