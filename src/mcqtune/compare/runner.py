@@ -801,7 +801,8 @@ def _write_outputs(
 
 
 def run_compare(settings: CompareSettings) -> CompareResult:
-    """Train every method in its own process, one after another, then write the table, plots and report."""
+    """Train every method in its own process (in turn, or as ``settings.execution`` says), then write the
+    table, plots and report."""
     start = time.perf_counter()
     settings.output = Path(settings.output)
     plan = plan_configs(settings)
