@@ -306,7 +306,7 @@ class RayBackend(Backend):
         ray = self.ray
         if address:
             try:
-                ray.init(address=address, include_dashboard=False, configure_logging=False)
+                ray.init(address=address)  # the cluster's own settings (Ray client mode allows no others)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise BackendError(f"--address {address}: could not join the Ray cluster: {exc}") from exc
             return
