@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mcqtune.cli.backend_args import add_backend_args, execution_from_args
 from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
 from mcqtune.quiet import quiet_libraries
 
@@ -434,6 +435,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         time_budget=parse_budget(args.budget),
         echo=not args.quiet,
         command=shlex.join(["mcqtune", *args.argv]),
+        execution=execution_from_args(args),
     )
     result = run_compare(settings)
     failed = [r["method"] for r in result.rows if r["status"] != "ok"]
@@ -850,6 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then trains as many steps as fit (default: steps)",
     )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
+    add_backend_args(cmp)
     add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 

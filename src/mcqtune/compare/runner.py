@@ -36,8 +36,9 @@ budget, which leaves room for a slower laptop or a busy machine.
 Its CIs are +-12 points: ``--quick`` checks the pipeline, it does not pick a method.
 ``--permutations cyclic`` scores the final set 4 more times (~+10 min for the default budget).
 
-Every unit of work is a :class:`Run` (one training run or the zero-shot evaluation, and its evaluations)
-executed by :func:`run_units`: the final runs (``--seeds N``: N per method), and with ``--tune lr`` the
+Every unit of work is a :class:`~mcqtune.compare.backends.Job` (one training run or the zero-shot
+evaluation, and its evaluations) executed by :func:`run_units` on a backend (in turn, ``--parallel K``,
+``--backend ray``): the final runs (``--seeds N``: N per method), and with ``--tune lr`` the
 learning-rate trials of :mod:`mcqtune.compare.trials`, rung by rung. :mod:`mcqtune.compare.evidence`
 folds the runs into table rows (mean +- spread, paired tests against the best, ``--eval-data`` transfer
 columns). ``--budget time=5m`` gives every method the same seconds of training instead of the same steps.
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -62,13 +64,21 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
+from mcqtune.compare.backends import (
+    CHECKPOINT_GRACE_SECONDS,
+    RUN_RECORD,
+    Backend,
+    Execution,
+    Job,
+    open_backend,
+)
 from mcqtune.compare.evidence import ANSWERS, IN_DOMAIN, ZERO_SHOT
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
 from mcqtune.evaluation.metrics import PER_QUESTION
@@ -77,7 +87,6 @@ from mcqtune.progress import task
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
-RUN_RECORD = "compare_run.json"  # written by the worker into its run directory
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
 PLAN_FILE = "compare_plan.json"
@@ -138,24 +147,24 @@ class CompareSettings:
     command: str | None = None
     # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
     worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.runner", "--worker"])
+    # Where and how many jobs run at once (mcqtune.compare.backends): sequential unless asked.
+    execution: Execution = field(default_factory=Execution)
 
 
-@dataclass(frozen=True)
-class Run:
-    """One unit of work, whatever executes it: one training run (or the zero-shot evaluation) and its
-    evaluations, in ``OUTPUT/runs/<name>``. Final runs (one per method and seed) and tuning trials are
-    all runs; ``row`` is the table row (or the tuned method) it belongs to."""
-
-    name: str
-    row: str
-    kind: str  # ZERO_SHOT or TRAIN
-    config: dict[str, Any]
-    permutations: str | None = None
-    eval_data: tuple[str, ...] = ()
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.config, self.kind, self.permutations, self.eval_data)
+def make_job(settings: CompareSettings, name: str, row: str, kind: str, config: dict[str, Any]) -> Job:
+    """One unit of work in ``OUTPUT/runs/<name>``: final runs (one per method and seed), tuning trials and
+    the zero-shot evaluation alike; ``row`` is the table row (or the tuned method) it belongs to."""
+    permutations, eval_data = settings.permutations, tuple(settings.eval_data)
+    return Job(
+        name=name,
+        row=row,
+        kind=kind,
+        config=config,
+        fingerprint=fingerprint(config, kind, permutations, eval_data),
+        run_dir=settings.output / RUNS_DIR / name,
+        permutations=permutations,
+        eval_data=eval_data,
+    )
 
 
 TRAIN = "train"
@@ -673,24 +682,43 @@ class _MemoryPoller(threading.Thread):
             self.stop.wait(0.5)
 
 
-def _run_worker(settings: CompareSettings, run: Run) -> dict[str, Any]:
-    method, kind, fp = run.name, run.kind, run.fingerprint
-    run_dir = settings.output / RUNS_DIR / run.name
+def run_job(
+    settings: CompareSettings,
+    job: Job,
+    env: Mapping[str, str],
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    """What a backend runs: one unit's worker, with ``env`` added (threads, GPU); returns its record."""
+    steps = job.config["max_steps"]
+    what = "zero-shot evaluation" if job.kind == ZERO_SHOT else f"training {steps} steps"
+    print(f"{job.name}: {what}...", flush=True)
+    return _run_worker(settings, job, env=env, started=started)
+
+
+def _run_worker(
+    settings: CompareSettings,
+    job: Job,
+    *,
+    env: Mapping[str, str] | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    method, kind, fp = job.name, job.kind, job.fingerprint
+    run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_RECORD).unlink(missing_ok=True)  # never read a stale record after a crash
     spec = {
         "kind": kind,
         "method": method,
         "run_dir": str(run_dir),
-        "config": run.config,
+        "config": job.config,
         "fingerprint": fp,
         "resume": settings.resume,
-        "permutations": run.permutations,
-        "eval_data": list(run.eval_data),
+        "permutations": job.permutations,
+        "eval_data": list(job.eval_data),
     }
     spec_path = run_dir / RUN_SPEC
     atomic_write_json(spec_path, spec)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     command = [sys.executable, *settings.worker_args, str(spec_path)]
     start = time.perf_counter()
     with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log_file:
@@ -698,6 +726,8 @@ def _run_worker(settings: CompareSettings, run: Run) -> dict[str, Any]:
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
         )
+        if started is not None:
+            started(proc)
         poller = _MemoryPoller(proc.pid)
         poller.start()
 
@@ -721,11 +751,15 @@ def _run_worker(settings: CompareSettings, run: Run) -> dict[str, Any]:
         except BaseException:
             # Ctrl-C reaches the worker too (same process group): give it time to save a checkpoint
             # that `compare --resume` continues from, then make sure no orphan keeps training.
-            print(f"  [{method}] interrupted: waiting up to 120 s for it to save a checkpoint", flush=True)
+            print(
+                f"  [{method}] interrupted: waiting up to {CHECKPOINT_GRACE_SECONDS:g} s for it to save "
+                "a checkpoint",
+                flush=True,
+            )
             try:
                 if proc.poll() is None:  # the signal may have reached only this process
                     proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=120)
+                proc.wait(timeout=CHECKPOINT_GRACE_SECONDS)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -960,18 +994,17 @@ def _write_outputs(
     }
 
 
-def final_runs(settings: CompareSettings, plan: dict[str, Any]) -> list[Run]:
+def final_runs(settings: CompareSettings, plan: dict[str, Any]) -> list[Job]:
     """Zero-shot, then every method once per seed (seed, seed+1, ...): the runs the table is made of.
     The first seed's run keeps the plain name ``runs/<method>``; the others are ``runs/<method>-seed<N>``."""
-    extra = {"permutations": settings.permutations, "eval_data": tuple(settings.eval_data)}
-    runs = [Run(ZERO_SHOT, ZERO_SHOT, ZERO_SHOT, plan["zero_shot"].to_dict(), **extra)]
+    runs = [make_job(settings, ZERO_SHOT, ZERO_SHOT, ZERO_SHOT, plan["zero_shot"].to_dict())]
     for method in plan["methods"]:
         config = plan["configs"][method]
         for k in range(settings.seeds):
             name = method if k == 0 else f"{method}-seed{config.seed + k}"
             output = str(settings.output / RUNS_DIR / name)
             seeded = dataclasses.replace(config, seed=config.seed + k, output=output)
-            runs.append(Run(name, method, TRAIN, seeded.to_dict(), **extra))
+            runs.append(make_job(settings, name, method, TRAIN, seeded.to_dict()))
     return runs
 
 
@@ -981,6 +1014,7 @@ def run_compare(settings: CompareSettings) -> CompareResult:
     start = time.perf_counter()
     settings.output = Path(settings.output)
     plan = plan_configs(settings)
+    backend = open_backend(settings.execution)  # a missing Ray or unreachable cluster fails before any write
     settings.output.mkdir(parents=True, exist_ok=True)
     methods: list[str] = plan["methods"]
     zero_dict = plan["zero_shot"].to_dict()
@@ -1023,15 +1057,18 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         if settings.tune:
             from mcqtune.compare.trials import tune_learning_rates
 
-            meta["tuning"] = tune_learning_rates(settings, plan, lambda specs: _run_trials(settings, specs))
+            meta["tuning"] = tune_learning_rates(
+                settings, plan, lambda specs: _run_trials(settings, backend, specs)
+            )
         meta["per_method"] = {
             m: {"lr": c.lr, "weight_decay": c.weight_decay, "method_options": c.method_options}
             for m, c in plan["configs"].items()
         }
         runs = final_runs(settings, plan)
-        atomic_write_json(settings.output / PLAN_FILE, {**meta, "configs": {r.name: r.config for r in runs}})
-        _run_final(settings, plan, runs, meta, rows, files, start)
+        atomic_write_json(settings.output / PLAN_FILE, {**meta, "configs": {j.name: j.config for j in runs}})
+        _run_final(settings, backend, plan, runs, meta, rows, files, start)
     finally:
+        backend.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     elapsed = time.perf_counter() - start
@@ -1043,10 +1080,13 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
-def _run_trials(settings: CompareSettings, specs: list[Any]) -> list[tuple[float | None, str | None]]:
+def _run_trials(
+    settings: CompareSettings, backend: Backend, specs: list[Any]
+) -> list[tuple[float | None, str | None]]:
     """Tuning trials as ordinary runs; each one's dev accuracy (None when it failed) and error."""
-    runs = [
-        Run(
+    jobs = [
+        make_job(
+            settings,
             name,
             method,
             TRAIN,
@@ -1055,52 +1095,53 @@ def _run_trials(settings: CompareSettings, specs: list[Any]) -> list[tuple[float
         for name, method, config in specs
     ]
     rows = [
-        build_row(run.row, record, settings.output / RUNS_DIR / run.name, run.config)
-        for run, record in zip(runs, run_units(settings, runs), strict=True)
+        build_row(job.row, record, job.run_dir, job.config)
+        for job, record in zip(jobs, run_units(settings, backend, jobs), strict=True)
     ]
     return [(row["accuracy"], row["error"]) for row in rows]
 
 
 def run_units(
     settings: CompareSettings,
-    runs: Sequence[Run],
-    on_done: Callable[[Run, dict[str, Any]], None] | None = None,
+    backend: Backend,
+    jobs: Sequence[Job],
+    on_done: Callable[[Job, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute runs (here one after another), reusing finished ones with --resume; ``on_done`` is called
-    after each. Every run of a compare, trials and seeds included, goes through here."""
-    records = []
-    for index, run in enumerate(runs, start=1):
-        record = _run_unit(settings, run, f"[{index}/{len(runs)}]")
+    """Execute jobs on ``backend`` (in turn, in parallel or on Ray), reusing finished ones with --resume;
+    ``on_done`` is called after each. Every run of a compare, trials and seeds included, goes through here."""
+    records: dict[str, dict[str, Any]] = {}
+
+    def done(job: Job, record: dict[str, Any]) -> None:
+        records[job.name] = record
+        status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
+        print(
+            f"[{len(records)}/{len(jobs)}] {job.name}: {status} ({record.get('wall_seconds', 0):.0f} s)",
+            flush=True,
+        )
         if on_done is not None:
-            on_done(run, record)
-        records.append(record)
-    return records
+            on_done(job, record)
+
+    to_run = []
+    for job in jobs:
+        record = _finished(job.run_dir, job.fingerprint) if settings.resume else None
+        if record is None:
+            to_run.append(job)
+        else:
+            print(f"{job.name}: already finished ({job.run_dir}), skipped (--resume)", flush=True)
+            done(job, record)
+    backend.run(to_run, functools.partial(run_job, settings), done)
+    return [records[job.name] for job in jobs]
 
 
-def _run_unit(settings: CompareSettings, run: Run, label: str) -> dict[str, Any]:
-    run_dir = settings.output / RUNS_DIR / run.name
-    record = _finished(run_dir, run.fingerprint) if settings.resume else None
-    if record is not None:
-        print(f"{label} {run.name}: already finished ({run_dir}), skipped (--resume)", flush=True)
-        return record
-    steps = run.config["max_steps"]
-    what = "zero-shot evaluation" if run.kind == ZERO_SHOT else f"training {steps} steps"
-    print(f"{label} {run.name}: {what}...", flush=True)
-    record = _run_worker(settings, run)
-    status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
-    print(f"{label} {run.name}: {status} ({record.get('wall_seconds', 0):.0f} s)", flush=True)
-    return record
-
-
-def _run_final(settings, plan, runs: list[Run], meta, rows, files, start) -> None:
+def _run_final(settings, backend: Backend, plan, runs: list[Job], meta, rows, files, start) -> None:
     from mcqtune.compare.evidence import table_rows
 
     order = [ZERO_SHOT, *plan["methods"]]
     run_rows: list[dict[str, Any]] = []
 
-    def finished(run: Run, record: dict[str, Any]) -> None:
-        row = build_row(run.row, record, settings.output / RUNS_DIR / run.name, run.config)
-        row["lr_tuned"] = run.row in (meta.get("tuning") or {}).get("methods", {})
+    def finished(job: Job, record: dict[str, Any]) -> None:
+        row = build_row(job.row, record, job.run_dir, job.config)
+        row["lr_tuned"] = job.row in (meta.get("tuning") or {}).get("methods", {})
         run_rows.append(row)
         rows[:] = table_rows(run_rows, order)
         meta["seconds"] = round(time.perf_counter() - start, 1)
@@ -1110,7 +1151,7 @@ def _run_final(settings, plan, runs: list[Run], meta, rows, files, start) -> Non
         # Rewritten after every run: an interrupted compare still leaves a valid partial report.
         files.update(_write_outputs(settings, plan, rows, {**meta, "complete": len(run_rows) == len(runs)}))
 
-    run_units(settings, runs, finished)
+    run_units(settings, backend, runs, finished)
 
 
 def main(argv: list[str] | None = None) -> int:
