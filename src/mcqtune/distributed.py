@@ -30,12 +30,13 @@ def join_launch() -> None:
     """Join the launch's process group (a no-op without a launcher).
 
     ``PartialState`` initialises torch.distributed from the launcher's environment with the backend
-    accelerate picks (gloo on CPU, NCCL on GPUs); the trainer's ``Accelerator`` reuses it.
+    accelerate picks (gloo on CPU, NCCL on GPUs); the trainer's ``Accelerator`` reuses it. Without
+    ``cpu=True`` on a machine without GPUs accelerate would see no multi-process setup at all.
     """
     if launched_processes() > 1:
         from accelerate import PartialState
 
-        PartialState()
+        PartialState(cpu=not torch.cuda.is_available())
 
 
 def rank_and_size() -> tuple[int, int]:
