@@ -144,6 +144,12 @@ def list_checkpoints(run_dir: Path | str) -> list[Path]:
     return sorted(found, key=lambda p: step_of(p) or 0)
 
 
+def _load_device(device: torch.device | str) -> str:
+    """safetensors and torch.load take "cpu", never "cpu:0" (accelerate's device for each CPU process)."""
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else str(device)
+
+
 @dataclass
 class Checkpoint:
     """A verified checkpoint; tensors are read on demand."""
@@ -168,11 +174,11 @@ class Checkpoint:
         return self.meta["fingerprint"]
 
     def trainable(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / "trainable.safetensors"), device=str(device))
+        return load_file(str(self.path / "trainable.safetensors"), device=_load_device(device))
 
     def best(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
         path = self.path / "best.safetensors"
-        return load_file(str(path), device=str(device)) if path.is_file() else None
+        return load_file(str(path), device=_load_device(device)) if path.is_file() else None
 
     @property
     def processes(self) -> int:
@@ -189,7 +195,7 @@ class Checkpoint:
         return self.meta["rng_other_ranks"][rank - 1], mine
 
     def torch_state(self, name: str, device: torch.device | str = "cpu") -> dict[str, Any]:
-        return torch.load(self.path / name, map_location=device, weights_only=True)
+        return torch.load(self.path / name, map_location=_load_device(device), weights_only=True)
 
 
 def save_checkpoint(
