@@ -202,9 +202,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         import shlex
 
+        from mcqtune.distributed import is_main_process, launched_processes
+
         argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--overwrite"]
-        command = shlex.join(["mcqtune", *argv, *([] if "--resume" in argv else ["--resume"])])
-        print(f"\n{stop}\nresume with:\n    {command}", file=sys.stderr)
+        argv += [] if "--resume" in argv else ["--resume"]
+        if launched_processes() > 1 and args.num_processes is None:  # started by a launcher
+            argv += ["--num-processes", str(launched_processes())]
+        if is_main_process():
+            print(f"\n{stop}\nresume with:\n    {shlex.join(['mcqtune', *argv])}", file=sys.stderr)
         return 130
     return 0
 
