@@ -23,6 +23,7 @@ from mcqtune.cli.main import EXIT_USER_ERROR, main
 from mcqtune.training.checkpoint import list_checkpoints
 from mcqtune.training.stream import BatchStream
 from test_reliability import DETERMINISTIC_ENV, _tree, assert_same_run, without_wall_clock
+from test_reliability import train_args as reliability_train_args
 
 TIMEOUT = 300  # seconds per launch; a 2-process run of these sizes takes ~30 s on 2 cores
 # Loss curves of 2 processes x batch 2 and 1 process x batch 4 (the same global batches, LoRA without
@@ -68,39 +69,11 @@ def process_tree(pid: int) -> list[int]:
 
 
 def train_args(model_dir: Path, output: Path, batch_size: int, *extra: str) -> list[str]:
-    # 21 rows in global batches of 4 (x grad-accum 2): every epoch ends in a 1-question batch, so one
-    # process has an empty shard (the stand-in question, weight 0); 6 steps cross an epoch boundary.
-    return [
-        "train",
-        "--model",
-        str(model_dir),
-        "--train",
-        "arc_easy",
-        "--validation",
-        "arc_easy",
-        "--output",
-        str(output),
-        "--max-steps",
-        "6",
-        "--grad-accum",
-        "2",
-        "--batch-size",
-        str(batch_size),
-        "--train-limit",
-        "21",
-        "--eval-steps",
-        "3",
-        "--eval-limit",
-        "9",
-        "--final-eval-limit",
-        "9",
-        "--precision",
-        "fp32",
-        "--seed",
-        "7",
-        "--quiet",
-        *extra,
-    ]
+    """test_reliability's run (checkpoints every 2 steps, validation, fp32, seed 7), made smaller: 21 rows
+    in global batches of 4 (x grad-accum 2), so every epoch ends in a 1-question batch and one process
+    has an empty shard (the stand-in question, weight 0); 6 steps cross an epoch boundary."""
+    smaller = ("--max-steps", "6", "--train-limit", "21", "--eval-steps", "3")
+    return reliability_train_args(model_dir, output, *smaller, "--batch-size", str(batch_size), *extra)
 
 
 def metrics(run: Path) -> dict:
@@ -212,11 +185,10 @@ def test_resume_with_the_same_processes_matches_uninterrupted_and_other_counts_a
 ):
     """LoRA with dropout: every process draws its own masks, so this also proves per-rank RNG restore."""
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    flags = ("--save-steps", "2")
-    assert run_mcqtune(train_args(tiny_model_dir, reference, 2, *flags), 2).returncode == 0
+    assert run_mcqtune(train_args(tiny_model_dir, reference, 2), 2).returncode == 0
 
     # torchrun directly (the standard launcher), killed with its workers once step 4 is checkpointed
-    command = torchrun(train_args(tiny_model_dir, killed, 2, *flags), 2)
+    command = torchrun(train_args(tiny_model_dir, killed, 2), 2)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     deadline = time.monotonic() + TIMEOUT
     while not (killed / "checkpoints" / "step-4").is_dir():
@@ -230,7 +202,7 @@ def test_resume_with_the_same_processes_matches_uninterrupted_and_other_counts_a
 
     # one process on a 2-process checkpoint: refused before anything is loaded or written
     before = _tree(killed)
-    assert main(train_args(tiny_model_dir, killed, 2, *flags)) == EXIT_USER_ERROR
+    assert main(train_args(tiny_model_dir, killed, 2)) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "written by 2 process(es), but this launch has 1" in err and "--num-processes 2" in err
     assert _tree(killed) == before
@@ -241,12 +213,12 @@ def test_resume_with_the_same_processes_matches_uninterrupted_and_other_counts_a
     meta = json.loads(saved)
     meta["state"]["processes"] = 1  # as a one-process run would have written it
     newest.write_text(json.dumps(meta))
-    refused = run_mcqtune(train_args(tiny_model_dir, killed, 2, *flags), 2)
+    refused = run_mcqtune(train_args(tiny_model_dir, killed, 2), 2)
     assert refused.returncode != 0
     assert refused.stderr.count("written by 1 process(es), but this launch has 2") == 2
     newest.write_text(saved)
 
-    resumed = run_mcqtune(train_args(tiny_model_dir, killed, 2, *flags), 2)
+    resumed = run_mcqtune(train_args(tiny_model_dir, killed, 2), 2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     assert_same_run(reference, killed)
