@@ -49,6 +49,12 @@ def run_mcqtune(args: list[str], processes: int = 1) -> subprocess.CompletedProc
     return subprocess.run(command, capture_output=True, text=True, env=env(), timeout=TIMEOUT)
 
 
+def accelerate_launch(args: list[str], processes: int) -> list[str]:
+    """``accelerate launch`` as on GPUs (--multi_gpu starts torchrun; on CPUs its processes use gloo)."""
+    launch = ["--multi_gpu", f"--num_processes={processes}", "--num_machines=1", "--dynamo_backend=no"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mcqtune", *args]
+
+
 def torchrun(args: list[str], processes: int) -> list[str]:
     return [
         sys.executable,
@@ -114,14 +120,16 @@ def test_shards_of_n_processes_are_the_one_process_batch_and_resume_per_rank():
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
-    """The same global batch (4 questions x grad-accum 2) and seed: 1 process x 4, 2 processes x 2."""
+    """The same global batch (4 questions x grad-accum 2) and seed: 1 process x 4, 2 processes x 2
+    (started by ``accelerate launch``)."""
     root = tmp_path_factory.mktemp("dp")
-    runs = (root / "one", root / "two")
-    for run, processes in zip(runs, (1, 2), strict=True):
-        args = train_args(tiny_model_dir, run, 4 // processes, "--option", "dropout=0")
-        result = run_mcqtune(args, processes)
-        assert result.returncode == 0, result.stderr[-3000:]
-    return runs
+    one, two = root / "one", root / "two"
+    result = run_mcqtune(train_args(tiny_model_dir, one, 4, "--option", "dropout=0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    command = accelerate_launch(train_args(tiny_model_dir, two, 2, "--option", "dropout=0"), 2)
+    result = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return one, two
 
 
 def test_two_processes_train_like_one_at_the_same_global_batch(one_and_two):
