@@ -180,6 +180,8 @@ def test_sharded_eval_gives_exactly_the_single_process_metrics(tmp_path, tiny_mo
         args = ["eval", "--model", str(tiny_model_dir), "--data", "arc_easy", "--limit", "13"]
         result = run_mcqtune([*args, "--batch-size", "4", "--output", str(out), *extra], processes)
         assert result.returncode == 0, result.stderr[-3000:]
+        # one process group, one reporter: two unconnected processes would each print and write
+        assert result.stdout.count(f"wrote {out}") == 1
         outputs.append(without_wall_clock(json.loads(out.read_text())))
     assert outputs[0]["n"] == 13
     assert outputs[0] == outputs[1]
