@@ -377,12 +377,36 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
     return dataclasses.replace(config, **updates)
 
 
-def method_defaults(method: str) -> dict[str, Any]:
-    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
+# Keys of a configs/methods/<name>.yaml that describe the method rather than configure a run: a preset
+# names the method it presets and says what it is; ``lr_grid`` is the learning rates ``compare --tune lr``
+# tries.
+PRESET_OF = "preset_of"
+METHOD_FILE_KEYS = (PRESET_OF, "description", "lr_grid")
+
+
+def method_file(method: str) -> dict[str, Any]:
+    """A method's defaults file as written, with a preset's file laid over the file of the method it
+    presets (``preset_of``; options merged key by key): every default is written once."""
     resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
     if not resource.is_file():
         return {}
     data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    parent = data.get(PRESET_OF)
+    if parent is None:
+        return data
+    inherited = {k: v for k, v in method_file(parent).items() if k not in METHOD_FILE_KEYS}
+    options = {**(inherited.get("options") or {}), **(data.get("options") or {})}
+    return {**inherited, **data, "options": options}
+
+
+def method_presets() -> dict[str, dict[str, Any]]:
+    """Every preset's file (name -> merged file), read from configs/methods/*.yaml."""
+    return {name: file for name in method_file_names() if (file := method_file(name)).get(PRESET_OF)}
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
+    data = {k: v for k, v in method_file(method).items() if k not in METHOD_FILE_KEYS}
     if "options" in data:
         data["method_options"] = data.pop("options") or {}
     return data
@@ -393,11 +417,16 @@ def method_option_defaults(method: str) -> dict[str, Any]:
     return method_defaults(method).get("method_options") or {}
 
 
-def method_names_with_defaults() -> dict[str, dict[str, Any]]:
-    """Every method's option defaults, read from configs/methods/*.yaml without importing the methods."""
+def method_file_names() -> list[str]:
+    """The names of configs/methods/*.yaml: every method and preset, without importing the methods."""
     directory = resources.files("mcqtune") / "configs" / "methods"
-    names = sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
-    return {name: method_option_defaults(name) for name in names}
+    return sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
+
+
+def method_names_with_defaults() -> dict[str, dict[str, Any]]:
+    """Every method's option defaults (presets left out: they read their method's options)."""
+    presets = method_presets()
+    return {name: method_option_defaults(name) for name in method_file_names() if name not in presets}
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}

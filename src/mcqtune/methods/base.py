@@ -29,6 +29,9 @@ from mcqtune.models import ResolvedModel, load_model
 PLAIN_BASE = "plain"
 # The name load() gives the one artifact it attaches.
 SINGLE_ARTIFACT = "default"
+# Attribute a method's apply() may set on a trainable parameter: its learning rate is this multiple of the
+# configured one (LoRA+ trains B faster than A); make_optimizer puts each multiple in a group of its own.
+LR_RATIO = "mcqtune_lr_ratio"
 
 
 @dataclass
@@ -210,11 +213,22 @@ def check_master_weights(model: torch.nn.Module, method_name: str) -> None:
         )
 
 
+def lr_groups(params: list[torch.nn.Parameter], lr: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups, one per learning-rate multiple (:data:`LR_RATIO`), in first-seen order
+    (deterministic, so a resumed run's optimizer state fits its groups)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for param in params:
+        groups.setdefault(getattr(param, LR_RATIO, 1.0), []).append(param)
+    return [{"params": members, "lr": lr * ratio} for ratio, members in groups.items()]
+
+
 class Method(ABC):
     """A fine-tuning method. Subclasses are registered with :func:`register`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    # The method this one is a named preset of (configs/methods/<name>.yaml ``preset_of``), else None.
+    preset_of: ClassVar[str | None] = None
     # Whether scoring may pass a 4D attention mask and position ids (packed cloze options).
     supports_packing: ClassVar[bool] = True
     # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
@@ -272,9 +286,10 @@ class Method(ABC):
     ) -> torch.optim.Optimizer:
         """AdamW over the trainable parameters, fused kernel (CPU and CUDA): on CPU it is ~4x faster than
         foreach over LoRA's 420 small tensors (docs/PERFORMANCE.md)."""
+        lr = config.lr if config.lr is not None else 1e-4
         return torch.optim.AdamW(
-            params,
-            lr=config.lr if config.lr is not None else 1e-4,
+            lr_groups(params, lr),
+            lr=lr,
             weight_decay=config.weight_decay or 0.0,
             fused=device.type in ("cpu", "cuda"),
         )
@@ -328,6 +343,17 @@ METHODS: dict[str, Method] = {}
 def register(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls()
     return cls
+
+
+def register_presets() -> None:
+    """Register every preset in configs/methods/ as a method of its own name: the class of the method it
+    presets, so it has every capability of that method; only its name, description and defaults differ."""
+    from mcqtune.config import PRESET_OF, method_presets
+
+    for name, file in method_presets().items():
+        parent = get_method(file[PRESET_OF])
+        attributes = {"name": name, "description": file["description"], "preset_of": parent.name}
+        register(type(f"{type(parent).__name__}[{name}]", (type(parent),), attributes))
 
 
 def get_method(name: str) -> Method:

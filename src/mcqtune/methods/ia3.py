@@ -27,15 +27,15 @@ from transformers import PreTrainedModel
 from mcqtune.methods.base import PeftMethod, register
 
 
-def _names(value: str | list[str]) -> list[str]:
+def module_names(value: str | list[str]) -> list[str]:
     """A list of module names from a YAML list or a comma-separated string."""
     items = value.split(",") if isinstance(value, str) else value
     return [str(item).strip() for item in items if str(item).strip()]
 
 
 def ia3_config(options: dict[str, Any]) -> IA3Config:
-    targets = _names(options["target_modules"])
-    feedforward = _names(options["feedforward_modules"])
+    targets = module_names(options["target_modules"])
+    feedforward = module_names(options["feedforward_modules"])
     if not targets:
         raise ValueError("ia3: target_modules is empty")
     outside = sorted(set(feedforward) - set(targets))

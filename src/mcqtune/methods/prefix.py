@@ -105,12 +105,17 @@ class PrefixMethod(PeftMethod):
         return peft_model
 
     def check_fits(self, config: Any, directory: Path) -> None:
-        # peft sizes the prefix from the saved config, not from the base: check that they agree.
-        saved = PeftConfig.from_pretrained(str(directory))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_width = head_dim * getattr(config, "num_key_value_heads", config.num_attention_heads)
-        if (saved.num_layers, saved.token_dim) != (config.num_hidden_layers, kv_width):
-            raise ValueError(
-                f"prefix for {saved.num_layers} layers of key/value width {saved.token_dim}, "
-                f"but the base has {config.num_hidden_layers} layers of width {kv_width}"
-            )
+        check_saved_shape(directory, config, kv_width, "prefix", "key/value width")
+
+
+def check_saved_shape(directory: Path, config: Any, width: int, what: str, width_name: str) -> None:
+    """peft sizes a prompt-learning artifact (prefix, soft prompt) from its saved config, not from the
+    base, and would load one made for another model: check that its layers and width are the base's."""
+    saved = PeftConfig.from_pretrained(str(directory))
+    if (saved.num_layers, saved.token_dim) != (config.num_hidden_layers, width):
+        raise ValueError(
+            f"{what} for {saved.num_layers} layers of {width_name} {saved.token_dim}, "
+            f"but the base has {config.num_hidden_layers} layers of width {width}"
+        )
