@@ -29,6 +29,8 @@ from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.inference import Predictor
 from mcqtune.methods import METHODS, get_method, parameter_report
 from mcqtune.methods.base import tensor_digest
+from mcqtune.methods.ia3 import module_names
+from mcqtune.methods.lora import MUTATING_INITS
 from mcqtune.models import load_model, resolve_model
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze
@@ -46,19 +48,18 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
 # (case id, method, options, objectives): every registered method with both objectives (found through the
 # registry, so a new method is tested here without being listed), then variants of its options, which
 # run the ranking objective only to keep this file fast.
-CASES = [(name, name, TINY_OPTIONS.get(name, {}), ("letter", "ranking")) for name in sorted(METHODS)] + [
+# A named preset (DoRA of LoRA...) runs the ranking objective only: its method runs both.
+CASES = [
+    (name, name, TINY_OPTIONS.get(name, {}), ("ranking",) if METHODS[name].preset_of else ("letter", "ranking"))
+    for name in sorted(METHODS)
+] + [
     (
         "subset-head",
         "subset",
         {"top_k": 1, "train_head": True, "extra_trainable": ["layers.0.input_layernorm"]},
         ("ranking",),
     ),
-    (
-        "adapter-houlsby",
-        "adapter",
-        {"config": "houlsby", "bottleneck": 32, "non_linearity": "swish"},
-        ("ranking",),
-    ),
+    ("houlsby-swish", "houlsby", {"bottleneck": 32, "non_linearity": "swish"}, ("ranking",)),
     (
         "prefix-mlp",
         "prefix",
@@ -72,6 +73,9 @@ CASES = [(name, name, TINY_OPTIONS.get(name, {}), ("letter", "ranking")) for nam
         ("ranking",),
     ),
     ("ia3-attention", "ia3", {"target_modules": "q_proj, v_proj", "feedforward_modules": []}, ("ranking",)),
+    ("ln_tuning-final", "ln_tuning", {"target_modules": "norm"}, ("ranking",)),
+    ("prompt_tuning-random", "prompt_tuning", {"num_virtual_tokens": 3, "init": "random"}, ("ranking",)),
+    ("pissa-rslora-dora", "pissa", {"r": 4, "use_rslora": True, "use_dora": True}, ("ranking",)),
 ]
 RUNS = [
     pytest.param((method, options, objective), id=f"{case}-{objective}")
@@ -80,8 +84,9 @@ RUNS = [
 ]
 
 
-def expected_trainable(method: str, options: dict[str, Any], cfg) -> tuple[int, Any]:
+def expected_trainable(name: str, options: dict[str, Any], cfg) -> tuple[int, Any]:
     """(trainable parameter count, predicate on trainable names) worked out from the tiny config."""
+    method = get_method(name).preset_of or name  # a preset trains what its method trains, by its options
     h, inter, n_layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
     layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h  # attention + MLP + two norms
@@ -115,7 +120,15 @@ def expected_trainable(method: str, options: dict[str, Any], cfg) -> tuple[int, 
         return t * out, lambda n: "prompt_encoder" in n
     if method in ("lora", "qlora"):
         shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]
-        return n_layers * options["r"] * sum(i + o for i, o in shapes), lambda n: "lora_" in n
+        magnitudes = sum(o for _, o in shapes) if options["use_dora"] else 0  # DoRA: one per output
+        return n_layers * (options["r"] * sum(i + o for i, o in shapes) + magnitudes), lambda n: "lora_" in n
+    if method == "ln_tuning":
+        targets = module_names(options["target_modules"])
+        per_layer = sum(t.endswith("layernorm") for t in targets)  # input_ and post_attention_layernorm
+        final = h if "norm" in targets else 0
+        return n_layers * per_layer * h + final, lambda n: ".ln_tuning_layers." in n
+    if method == "prompt_tuning":
+        return options["num_virtual_tokens"] * h, lambda n: "prompt_encoder" in n
     if method == "ia3":  # one scale per output channel, per input channel for feed-forward targets
         widths = {  # (in, out) of each Llama linear
             "q_proj": (h, h),
@@ -273,8 +286,14 @@ def test_reloaded_artifact_scores_identically(run, reloaded, arc_rows):
         before = score_examples(run["result"].model, encoder, arc_rows, scoring, **kwargs)
         again = score_examples(loaded.model, encoder, arc_rows, scoring, **kwargs)
         np.testing.assert_array_equal(before.predictions, again.predictions)
-        # prefix_projection: in memory the MLP runs under autocast; the artifact holds its fp32 output
-        atol = 5e-3 if run["options"].get("prefix_projection") else 1e-5
+        # prefix_projection: in memory the MLP runs under autocast; the artifact holds its fp32 output.
+        # PiSSA/OLoRA: in memory bf16(W - B0 A0) + B A, reloaded bf16(W) + (B A - B0 A0): rounded apart.
+        # DoRA's weight norm reads the stored weight outside autocast: bf16 in training, fp32 here.
+        options = run["options"]
+        rounded = (
+            options.get("prefix_projection") or options.get("init") in MUTATING_INITS or options.get("use_dora")
+        )
+        atol = 5e-3 if rounded else 1e-5
         np.testing.assert_allclose(before.scores, again.scores, atol=atol, rtol=0)
 
 
@@ -308,7 +327,9 @@ def test_artifact_refuses_another_base(run, other_base_dir):
 def test_artifact_holds_only_what_was_trained(run):
     artifact = run["output"] / ADAPTER_DIR
     size = sum(f.stat().st_size for f in artifact.iterdir())
-    assert size <= 4 * run["applied"].report.trainable + 64 * 1024  # fp32 tensors + small config files
+    # PiSSA/OLoRA are saved as the plain LoRA B A - B0 A0 of rank 2r: twice the trained tensors
+    converted = 2 if run["options"].get("init") in MUTATING_INITS else 1
+    assert size <= 4 * converted * run["applied"].report.trainable + 64 * 1024  # fp32 + small configs
     assert all(f.suffix in (".safetensors", ".json", ".md") for f in artifact.iterdir())
     if run["method"].name == "subset":  # exactly the trained tensors (top-K layers, see above), by name
         from safetensors import safe_open
