@@ -10,7 +10,8 @@ Options:
 - ``target_modules``: names of the norm layers to tune, a list or a comma-separated string.
 
 The scales start as the model's own, so step 0 is the zero-shot model. Norms act per position, so packed
-cloze scoring works; :meth:`LnTuningMethod.merge` puts the tuned copies in place of the originals, so
+cloze scoring works. Artifacts tuning different norms share one model (:meth:`LnTuningMethod.activate`).
+:meth:`LnTuningMethod.merge` puts the tuned copies in place of the originals, so
 ``mcqtune export`` writes a plain model. The artifact is a standard peft directory.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 from peft import LNTuningConfig, TaskType, get_peft_model
+from peft.tuners.ln_tuning.layer import LNTuningLayer
 from transformers import PreTrainedModel
 
 from mcqtune.methods.base import PeftMethod, register
@@ -44,6 +46,16 @@ class LnTuningMethod(PeftMethod):
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         return get_peft_model(model, ln_tuning_config(options))
+
+    def activate(self, model: torch.nn.Module, name: str | None) -> torch.nn.Module:
+        """peft makes ``name`` active in every tuned norm, also in norms another attached artifact tunes
+        and this one does not, which then fail; those compute as the base's norm instead."""
+        model = super().activate(model, name)
+        if name is not None:
+            for module in model.modules():
+                if isinstance(module, LNTuningLayer) and name not in module.ln_tuning_layers:
+                    module.set_adapter([])
+        return model
 
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:
         return model.merge_and_unload()

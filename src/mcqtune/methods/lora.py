@@ -62,6 +62,9 @@ def init_choice(options: dict[str, Any]) -> str:
     init = str(options["init"]).lower()
     if init not in INITS:
         raise ValueError(f"lora: init must be one of {', '.join(INITS)}, got '{init}'")
+    if init in MUTATING_INITS and bool(options["use_dora"]):
+        # peft's conversion to a plain LoRA leaves DoRA's magnitudes measured on the changed base
+        raise ValueError(f"lora: init '{init}' cannot be combined with use_dora")
     return init
 
 
