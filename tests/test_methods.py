@@ -359,7 +359,7 @@ def assert_4bit_base(model: torch.nn.Module, report) -> None:
     assert report.frozen_base_bytes < 4 * (report.total - report.trainable)
 
 
-@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32", "ia3"])
+@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32", "ia3", "ln_tuning", "dora", "olora-rslora"])
 def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_rows):
     method_name, options = next((m, o) for c, m, o, _ in CASES if c == case)
     config = build_config(
@@ -372,8 +372,9 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
             "max_steps": 3,
             "batch_size": 2,
             "train_limit": 8,
-            # a large update, so that a lost or doubled merge would show (IA3's scales start at one)
-            "lr": 0.5 if method_name == "ia3" else 1e-2,
+            # a large update, so that a lost or doubled merge would show (IA3's and the norms' scales
+            # start at one)
+            "lr": 0.5 if method_name in ("ia3", "ln_tuning") else 1e-2,
             "method_options": options,
         }
     )
@@ -423,6 +424,11 @@ REAL_ARTIFACT_MIB = {  # (min, max) artifact size on SmolLM2-135M with the YAML 
     "prefix": (0.8, 1.2),  # 20 tokens x 30 layers x 2 x 192
     "qlora": (15, 20),  # LoRA r=16 on all linears, fp32
     "ia3": (0.2, 0.3),  # 30 layers x (192 + 192 + 1536) scales, fp32
+    "ln_tuning": (0.1, 0.2),  # (30 x 2 + 1) x 576 norm scales
+    "prompt_tuning": (0.03, 0.08),  # 20 x 576 input embeddings
+    "houlsby": (4, 5),  # twice the adapter's
+    "dora": (18, 21),  # LoRA's + one magnitude per output channel
+    "pissa": (35, 40),  # saved as a plain LoRA of rank 2r: twice LoRA's
 }
 
 
