@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +337,22 @@ def option_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
         raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
 
 
+def option_choice(options: dict[str, Any], key: str, allowed: Iterable[str], method_name: str) -> str:
+    """Option ``key`` as one of the ``allowed`` names (case-insensitive); ValueError naming them if not."""
+    value = str(options[key]).lower()
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{method_name}: {key} must be one of {', '.join(allowed)}, got '{value}'")
+    return value
+
+
+def positive_int_option(options: dict[str, Any], key: str, method_name: str) -> int:
+    value = int(options[key])
+    if value < 1:
+        raise ValueError(f"{method_name}: {key} must be positive, got {value}")
+    return value
+
+
 METHODS: dict[str, Method] = {}
 
 
@@ -396,3 +412,11 @@ class PeftMethod(Method):
         if name is not None:
             model.set_adapter(name)
         return model
+
+
+class MergeablePeftMethod(PeftMethod):
+    """A peft method whose update folds into the base's own weights (LoRA, IA3, LayerNorm tuning), so
+    ``mcqtune export`` can write a plain model."""
+
+    def merge(self, model: torch.nn.Module) -> PreTrainedModel:
+        return model.merge_and_unload()

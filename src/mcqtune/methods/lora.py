@@ -28,7 +28,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
-from mcqtune.methods.base import LR_RATIO, PeftMethod, register
+from mcqtune.methods.base import LR_RATIO, MergeablePeftMethod, option_choice, register
 
 TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -59,9 +59,7 @@ def lora_config(options: dict[str, Any]) -> LoraConfig:
 
 
 def init_choice(options: dict[str, Any]) -> str:
-    init = str(options["init"]).lower()
-    if init not in INITS:
-        raise ValueError(f"lora: init must be one of {', '.join(INITS)}, got '{init}'")
+    init = option_choice(options, "init", INITS, "lora")
     if init in MUTATING_INITS and bool(options["use_dora"]):
         # peft's conversion to a plain LoRA leaves DoRA's magnitudes measured on the changed base
         raise ValueError(f"lora: init '{init}' cannot be combined with use_dora")
@@ -84,7 +82,7 @@ def keep_initial_adapter(model: PeftModel) -> None:
 
 
 @register
-class LoraMethod(PeftMethod):
+class LoraMethod(MergeablePeftMethod):
     name = "lora"
     description = "low-rank update B·A on frozen linear layers (peft)"
     compare_order = 50
@@ -113,6 +111,3 @@ class LoraMethod(PeftMethod):
         model.save_pretrained(
             str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=initial.name
         )
-
-    def merge(self, model: torch.nn.Module) -> PreTrainedModel:
-        return model.merge_and_unload()

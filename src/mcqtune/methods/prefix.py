@@ -32,7 +32,7 @@ import torch
 from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from transformers import AutoTokenizer, PreTrainedModel
 
-from mcqtune.methods.base import PeftMethod, register
+from mcqtune.methods.base import PeftMethod, option_choice, positive_int_option, register
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,8 @@ INITS = ("text", "random", "zero")
 
 
 def prefix_config(options: dict[str, Any]) -> PrefixTuningConfig:
-    n_tokens = int(options["num_virtual_tokens"])
-    if n_tokens < 1:
-        raise ValueError(f"prefix: num_virtual_tokens must be positive, got {n_tokens}")
-    init = str(options["init"]).lower()
-    if init not in INITS:
-        raise ValueError(f"prefix: init must be one of {', '.join(INITS)}, got '{init}'")
+    n_tokens = positive_int_option(options, "num_virtual_tokens", "prefix")
+    init = option_choice(options, "init", INITS, "prefix")
     encoder_hidden_size = options["encoder_hidden_size"]
     return PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
