@@ -74,7 +74,6 @@ CASES = [
         ("ranking",),
     ),
     ("ia3-attention", "ia3", {"target_modules": "q_proj, v_proj", "feedforward_modules": []}, ("ranking",)),
-    ("ln_tuning-final", "ln_tuning", {"target_modules": "norm"}, ("ranking",)),
     ("prompt_tuning-random", "prompt_tuning", {"num_virtual_tokens": 3, "init": "random"}, ("ranking",)),
     ("olora-rslora", "olora", {"r": 4, "use_rslora": True}, ("ranking",)),
 ]
