@@ -12,7 +12,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 import yaml
 
 from mcqtune.errors import ConfigError
+from mcqtune.method_files import METHOD_FILE_KEYS, method_file, method_file_names, method_presets
 from mcqtune.models import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
 
@@ -377,33 +377,6 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
     return dataclasses.replace(config, **updates)
 
 
-# Keys of a configs/methods/<name>.yaml that describe the method rather than configure a run: a preset
-# names the method it presets and says what it is; ``lr_grid`` is the learning rates ``compare --tune lr``
-# tries.
-PRESET_OF = "preset_of"
-METHOD_FILE_KEYS = (PRESET_OF, "description", "lr_grid")
-
-
-def method_file(method: str) -> dict[str, Any]:
-    """A method's defaults file as written, with a preset's file laid over the file of the method it
-    presets (``preset_of``; options merged key by key): every default is written once."""
-    resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
-    if not resource.is_file():
-        return {}
-    data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
-    parent = data.get(PRESET_OF)
-    if parent is None:
-        return data
-    inherited = {k: v for k, v in method_file(parent).items() if k not in METHOD_FILE_KEYS}
-    options = {**(inherited.get("options") or {}), **(data.get("options") or {})}
-    return {**inherited, **data, "options": options}
-
-
-def method_presets() -> dict[str, dict[str, Any]]:
-    """Every preset's file (name -> merged file), read from configs/methods/*.yaml."""
-    return {name: file for name in method_file_names() if (file := method_file(name)).get(PRESET_OF)}
-
-
 def method_defaults(method: str) -> dict[str, Any]:
     """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
     data = {k: v for k, v in method_file(method).items() if k not in METHOD_FILE_KEYS}
@@ -415,12 +388,6 @@ def method_defaults(method: str) -> dict[str, Any]:
 def method_option_defaults(method: str) -> dict[str, Any]:
     """Every option a method reads, with its default: the only place these defaults are written."""
     return method_defaults(method).get("method_options") or {}
-
-
-def method_file_names() -> list[str]:
-    """The names of configs/methods/*.yaml: every method and preset, without importing the methods."""
-    directory = resources.files("mcqtune") / "configs" / "methods"
-    return sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
 
 
 def method_names_with_defaults() -> dict[str, dict[str, Any]]:

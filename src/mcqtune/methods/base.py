@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from mcqtune.errors import ConfigError, UserError
+from mcqtune.method_files import PRESET_OF, method_presets
 from mcqtune.models import ResolvedModel, load_model
 
 # base_key() of every method whose artifacts attach to the plain (unquantized) base, as zero-shot uses it.
@@ -364,8 +365,6 @@ def register(cls: type[Method]) -> type[Method]:
 def register_presets() -> None:
     """Register every preset in configs/methods/ as a method of its own name: the class of the method it
     presets, so it has every capability of that method; only its name, description and defaults differ."""
-    from mcqtune.config import PRESET_OF, method_presets
-
     for name, file in method_presets().items():
         parent = get_method(file[PRESET_OF])
         attributes = {"name": name, "description": file["description"], "preset_of": parent.name}
