@@ -332,6 +332,9 @@ def test_artifact_holds_only_what_was_trained(run):
     # PiSSA/OLoRA are saved as the plain LoRA B A - B0 A0 of rank 2r: twice the trained tensors
     converted = 2 if run["options"].get("init") in MUTATING_INITS else 1
     assert size <= 4 * converted * run["applied"].report.trainable + 64 * 1024  # fp32 + small configs
+    if converted == 2:  # a plain LoRA that attaches to the unchanged base
+        saved = json.loads((artifact / "adapter_config.json").read_text())
+        assert saved["r"] == 2 * run["options"]["r"] and saved["init_lora_weights"] is True
     assert all(f.suffix in (".safetensors", ".json", ".md") for f in artifact.iterdir())
     if run["method"].name == "subset":  # exactly the trained tensors (top-K layers, see above), by name
         from safetensors import safe_open
