@@ -399,15 +399,18 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
     assert np.abs(merged - plain).max() > 0.2  # the update is really in the merged weights
 
 
-def test_prefix_text_init_equals_prepending_the_text(tiny_model_dir, tokenizer):
-    """init: text makes the untrained prefix behave exactly like the text written before the input."""
+# prompt tuning: peft tokenizes init_text with the tokenizer's special tokens (a BOS comes first)
+@pytest.mark.parametrize(("method_name", "special_tokens"), [("prefix", False), ("prompt_tuning", True)])
+def test_text_init_equals_prepending_the_text(method_name, special_tokens, tiny_model_dir, tokenizer):
+    """init: text makes the untrained prefix (soft prompt) behave exactly like the text written before
+    the input."""
     from mcqtune.config import method_option_defaults
 
-    method = get_method("prefix")
+    method = get_method(method_name)
     base = load_model(resolve_model(str(tiny_model_dir)))
-    options = {**method_option_defaults("prefix"), "num_virtual_tokens": 5}
+    options = {**method_option_defaults(method_name), "num_virtual_tokens": 5}
     model = method.apply(base, options)
-    text_ids = tokenizer(options["init_text"], add_special_tokens=False)["input_ids"][:5]
+    text_ids = tokenizer(options["init_text"], add_special_tokens=special_tokens)["input_ids"][:5]
     ids = torch.tensor(
         [tokenizer("Question: what is 2 + 2?\nAnswer: 4", add_special_tokens=False)["input_ids"]]
     )
@@ -415,7 +418,8 @@ def test_prefix_text_init_equals_prepending_the_text(tiny_model_dir, tokenizer):
         with_prefix = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         with model.disable_adapter():
             written = model(input_ids=torch.cat([torch.tensor([text_ids]), ids], dim=1)).logits
-    torch.testing.assert_close(with_prefix, written[:, 5:], atol=1e-4, rtol=0)
+    # a soft prompt also returns logits at its own 5 positions: compare the input's
+    torch.testing.assert_close(with_prefix[:, -ids.shape[1] :], written[:, 5:], atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------ the bundled model, one short run each

@@ -9,7 +9,8 @@ Options:
 
 - ``num_virtual_tokens`` (default 20): soft prompt length;
 - ``init``: ``text`` (default) starts the soft prompt as the embeddings of ``init_text``'s tokens (cycled
-  or cut to ``num_virtual_tokens``; peft's TEXT init), so step 0 is the model reading that text first;
+  or cut to ``num_virtual_tokens``; peft's TEXT init, which tokenizes with the tokenizer's special
+  tokens, so a BOS comes first), so step 0 is the model reading that text first (tested);
   ``random`` is peft's random init;
 - ``init_text``: the text for ``init: text``.
 
