@@ -40,6 +40,15 @@ SHARED = {
     "adapter-b": ("adapter", {"config": "houlsby", "bottleneck": 4}),
     "prefix-a": ("prefix", {"num_virtual_tokens": 3, "init": "random"}),
     "prefix-b": ("prefix", {"num_virtual_tokens": 2, "init": "random"}),
+    "ln_tuning-a": ("ln_tuning", {}),
+    "ln_tuning-b": ("ln_tuning", {"target_modules": "norm"}),
+    "prompt_tuning-a": ("prompt_tuning", {"num_virtual_tokens": 3, "init": "random"}),
+    "prompt_tuning-b": ("prompt_tuning", {"num_virtual_tokens": 2}),
+    "dora-a": ("dora", {"r": 2}),
+    "houlsby-a": ("houlsby", {"bottleneck": 4}),
+    # saved converted to plain LoRA (B A - B0 A0) of the unchanged base: must score as trained
+    "pissa-a": ("pissa", {"r": 2}),
+    "olora-a": ("olora", {"r": 2, "target_modules": "mlp"}),
 }
 OWN = {
     "full": ("full", {}),
@@ -118,7 +127,7 @@ def test_many_artifacts_share_one_base_and_score_as_trained(artifacts, tiny_mode
     predictor = Predictor(str(tiny_model_dir), device=CPU, precision="fp32")
     for name in SHARED:
         predictor.attach(name, artifacts[name][0])
-    assert len(count_loads) == 1  # the base, once, for eight artifacts of four methods
+    assert len(count_loads) == 1  # the base, once, for every artifact of every method
     base = predictor.base()
     plain = _scores(load_model(resolve_model(str(tiny_model_dir))), predictor.tokenizer, rows)
     # interleaved, so that every switch (including back to zero-shot) is exercised

@@ -102,7 +102,24 @@ def _predict_json(capsys, model_dir: Path, adapter: Path | None) -> dict:
 
 @pytest.mark.parametrize("name", [None, "lora", "subset"])
 def test_answers_equal_mcqtune_predict(client, runs, tiny_model_dir, capsys, name):
-    expected = _predict_json(capsys, tiny_model_dir, runs[name] if name else None)
+    assert_answer_equals_predict(client, tiny_model_dir, capsys, name, runs[name] if name else None)
+
+
+def test_new_methods_serve_beside_lora_on_one_base(runs, tiny_model_dir, tmp_path, capsys):
+    """Prompt tuning, LayerNorm tuning and the DoRA and Houlsby presets answer in ``serve`` beside LoRA,
+    on the one base, exactly as ``mcqtune predict`` answers with each alone."""
+    named = {"lora": runs["lora"]}
+    for method in ("prompt_tuning", "ln_tuning", "dora", "houlsby"):
+        named[method] = _train(tiny_model_dir, tmp_path / method, method, "ranking", "--lr", "0.05")
+    engine = open_engine(str(tiny_model_dir), "fp32", 16)
+    with _client(engine, named) as served:
+        for name in [*named, None, *reversed(named)]:
+            assert_answer_equals_predict(served, tiny_model_dir, capsys, name, named.get(name))
+    assert len(engine.predictor._bases) == 1
+
+
+def assert_answer_equals_predict(client, model_dir: Path, capsys, name: str | None, run: Path | None) -> None:
+    expected = _predict_json(capsys, model_dir, run)
     response = client.post("/v1/answer", json={**QUESTION, "adapter": name})
     assert response.status_code == 200, response.text
     body = response.json()

@@ -12,7 +12,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 import yaml
 
 from mcqtune.errors import ConfigError
+from mcqtune.method_files import LR_GRID, METHOD_FILE_KEYS, method_file, method_file_names, method_presets
 from mcqtune.models import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
 
@@ -385,21 +385,9 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
     return dataclasses.replace(config, **updates)
 
 
-LR_GRID = "lr_grid"  # the key of a method's defaults file listing its `compare --tune lr` candidates
-
-
-def _method_file(method: str) -> dict[str, Any]:
-    resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
-    if not resource.is_file():
-        return {}
-    return yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
-
-
 def method_defaults(method: str) -> dict[str, Any]:
-    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options; the
-    tuning grid is not a training key and stays out)."""
-    data = _method_file(method)
-    data.pop(LR_GRID, None)
+    """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
+    data = {k: v for k, v in method_file(method).items() if k not in METHOD_FILE_KEYS}
     if "options" in data:
         data["method_options"] = data.pop("options") or {}
     return data
@@ -407,7 +395,7 @@ def method_defaults(method: str) -> dict[str, Any]:
 
 def method_lr_grid(method: str) -> list[float]:
     """The learning rates ``compare --tune lr`` tries for ``method``: its defaults file's ``lr_grid``."""
-    grid = _method_file(method).get(LR_GRID)
+    grid = method_file(method).get(LR_GRID)
     where = f"configs/methods/{method}.yaml"
     if grid is None:
         raise ConfigError(
@@ -429,10 +417,9 @@ def method_option_defaults(method: str) -> dict[str, Any]:
 
 
 def method_names_with_defaults() -> dict[str, dict[str, Any]]:
-    """Every method's option defaults, read from configs/methods/*.yaml without importing the methods."""
-    directory = resources.files("mcqtune") / "configs" / "methods"
-    names = sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
-    return {name: method_option_defaults(name) for name in names}
+    """Every method's option defaults (presets left out: they read their method's options)."""
+    presets = method_presets()
+    return {name: method_option_defaults(name) for name in method_file_names() if name not in presets}
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}

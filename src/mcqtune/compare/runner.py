@@ -180,10 +180,13 @@ class CompareResult:
 
 # ------------------------------------------------------------------------------------------- planning
 def default_methods() -> list[str]:
-    """Every registered method, in the order the methods give (``Method.compare_order``, then name)."""
+    """Every registered method except the presets (DoRA, rsLoRA, ...: ask for them with ``--methods``, or
+    a default compare would train LoRA five times over), in the order the methods give
+    (``Method.compare_order``, then name)."""
     from mcqtune.methods import METHODS
 
-    return sorted(METHODS, key=lambda name: (METHODS[name].compare_order, name))
+    methods = [name for name, method in METHODS.items() if method.preset_of is None]
+    return sorted(methods, key=lambda name: (METHODS[name].compare_order, name))
 
 
 def parse_methods(text: str | None) -> list[str] | None:
