@@ -69,3 +69,21 @@ def test_mean_and_spread_over_seeds():
     assert mean_and_spread([0.6]) == (0.6, 0.0)
     mean, spread = mean_and_spread([0.60, 0.64])
     assert mean == pytest.approx(0.62) and spread == pytest.approx(0.028284, rel=1e-4)
+
+
+def test_seeds_pair_run_by_run_and_bootstrap_whole_questions():
+    # Two seeds of each method on 100 questions: a-only 15 and b-only 5 in each seed, as above.
+    a = np.array([1] * 60 + [0] * 20 + [1] * 15 + [0] * 5, dtype=bool)
+    b = np.array([1] * 60 + [0] * 20 + [0] * 15 + [1] * 5, dtype=bool)
+    two = compare_paired(np.stack([a, a]), np.stack([b, b]), seed=1)
+    assert (two.n, two.runs) == (100, 2)
+    assert (two.only_a_correct, two.only_b_correct) == (30, 10)  # McNemar counts every pair of runs
+    assert two.mcnemar_p == pytest.approx(mcnemar_exact(30, 10))
+    # The same answers in both seeds add no information about the questions: the bootstrap interval,
+    # which resamples questions, equals the single-run one.
+    assert two.difference_ci == compare_paired(a, b, seed=1).difference_ci
+    # A single run (zero-shot) pairs with every seed of the other.
+    zero = compare_paired(b, np.stack([a, a]))
+    assert (zero.runs, zero.only_a_correct, zero.only_b_correct) == (2, 10, 30)
+    with pytest.raises(ValueError):
+        compare_paired(np.stack([a, a, a]), np.stack([b, b]))

@@ -6,7 +6,10 @@ way train saves them), so each has known in-memory scores to be reproduced after
 
 from __future__ import annotations
 
+import gc
 import shutil
+import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,15 @@ SHARED = {
     "adapter-b": ("adapter", {"config": "houlsby", "bottleneck": 4}),
     "prefix-a": ("prefix", {"num_virtual_tokens": 3, "init": "random"}),
     "prefix-b": ("prefix", {"num_virtual_tokens": 2, "init": "random"}),
+    "ln_tuning-a": ("ln_tuning", {}),
+    "ln_tuning-b": ("ln_tuning", {"target_modules": "norm"}),
+    "prompt_tuning-a": ("prompt_tuning", {"num_virtual_tokens": 3, "init": "random"}),
+    "prompt_tuning-b": ("prompt_tuning", {"num_virtual_tokens": 2}),
+    "dora-a": ("dora", {"r": 2}),
+    "houlsby-a": ("houlsby", {"bottleneck": 4}),
+    # saved converted to plain LoRA (B A - B0 A0) of the unchanged base: must score as trained
+    "pissa-a": ("pissa", {"r": 2}),
+    "olora-a": ("olora", {"r": 2, "target_modules": "mlp"}),
 }
 OWN = {
     "full": ("full", {}),
@@ -115,7 +127,7 @@ def test_many_artifacts_share_one_base_and_score_as_trained(artifacts, tiny_mode
     predictor = Predictor(str(tiny_model_dir), device=CPU, precision="fp32")
     for name in SHARED:
         predictor.attach(name, artifacts[name][0])
-    assert len(count_loads) == 1  # the base, once, for eight artifacts of four methods
+    assert len(count_loads) == 1  # the base, once, for every artifact of every method
     base = predictor.base()
     plain = _scores(load_model(resolve_model(str(tiny_model_dir))), predictor.tokenizer, rows)
     # interleaved, so that every switch (including back to zero-shot) is exercised
@@ -151,6 +163,62 @@ def test_qlora_shares_one_4bit_base_and_full_gets_its_own(artifacts, tiny_model_
     assert _storage(predictor.module("full")).isdisjoint(_storage(predictor.base()))
 
 
+def _live_tensors() -> list[torch.Tensor]:
+    """Every tensor alive in this process (isinstance on some torch objects warns of deprecations)."""
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+
+# one artifact of every method, detached while another of its method (and the rest) stay attached
+DETACHED = ["lora-a", "subset-a", "adapter-a", "prefix-a", "qlora-a", "full"]
+
+
+def test_detach_frees_an_artifact_and_the_others_answer_identically(artifacts, tiny_model_dir, rows):
+    predictor = Predictor(str(tiny_model_dir), device=CPU, precision="fp32")
+    keep = [n for n in [*SHARED, *OWN] if n not in DETACHED]
+    for name in keep:
+        predictor.attach(name, artifacts[name][0])
+    before = {name: predictor.score(rows, name).scored.scores for name in [None, *keep]}
+    for name in DETACHED:
+        existing = _live_tensors()  # held, so that no new tensor can reuse an id
+        known = {id(t) for t in existing}
+        predictor.attach(name, artifacts[name][0])
+        predictor.module(name)  # active: detach must first switch it off (subset: base tensors back)
+        own = [weakref.ref(t) for t in _live_tensors() if id(t) not in known]
+        assert own, name
+        predictor.detach(name)
+        del existing
+        gc.collect()
+        alive = [ref for ref in own if ref() is not None]
+        assert not alive, f"{name}: {len(alive)} of its {len(own)} tensors are still held"
+        with pytest.raises(ArtifactError, match=f"no artifact named '{name}'"):
+            predictor.score(rows, name)
+        for other, scores in before.items():
+            np.testing.assert_array_equal(
+                predictor.score(rows, other).scored.scores, scores, err_msg=str(other)
+            )
+    predictor.attach("lora-a", artifacts["lora-a"][0])  # the name is free again, and scores as trained
+    np.testing.assert_allclose(
+        predictor.score(rows, "lora-a").scored.scores, artifacts["lora-a"][1], atol=1e-5, rtol=0
+    )
+
+
+def test_lora_artifacts_share_a_forward_pass_with_their_own_answers(artifacts, tiny_model_dir, rows):
+    names = ["lora-a", "lora-b", "qlora-a", "adapter-a"]
+    predictor = Predictor.open(str(tiny_model_dir), {n: artifacts[n][0] for n in names}, precision="fp32")
+    assert predictor.mix_key("lora-a") == predictor.mix_key("lora-b") is not None
+    assert predictor.mix_key("qlora-a") not in (None, predictor.mix_key("lora-a"))  # another base
+    assert predictor.mix_key("adapter-a") is None and predictor.mix_key(None) is None
+    owners = ["lora-b", "lora-a"] * 3
+    mixed = predictor.score_mixed(rows, owners).scores
+    for row, owner in enumerate(owners):
+        np.testing.assert_allclose(mixed[row], artifacts[owner][1][row], atol=1e-5, rtol=0)
+    with pytest.raises(ArtifactError, match="cannot share a forward pass"):
+        predictor.score_mixed(rows[:2], ["lora-a", "adapter-a"])
+
+
 def test_bf16_base_is_stored_once_in_bf16_and_scores_alike(artifacts, tiny_model_dir, rows):
     shared = Predictor.open(str(tiny_model_dir), {n: artifacts[n][0] for n in SHARED}, precision="bf16")
     for name in ("lora-a", "subset-b", "adapter-a"):
@@ -160,6 +228,28 @@ def test_bf16_base_is_stored_once_in_bf16_and_scores_alike(artifacts, tiny_model
         )
     linear = shared.base().model.layers[0].self_attn.q_proj.weight
     assert linear.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["lora-a", "adapter-b"])
+def test_bf16_artifact_linear_weights_are_stored_in_bf16_with_the_same_scores(
+    artifacts, tiny_model_dir, rows, name
+):
+    """Attached LoRA/adapter matrices are kept in bf16 under bf16 scoring (half their memory): the
+    scores equal those of the artifact's fp32 weights under bf16 autocast bit for bit."""
+    method_name, options = {**SHARED, **OWN}[name]
+    options = method_defaults(method_name)["method_options"] | options
+    method = get_method(method_name)
+    base = load_model(resolve_model(str(tiny_model_dir)))
+    fp32_weights = method.load(base, artifacts[name][0] / ADAPTER_DIR, options)
+    assert {p.dtype for p in fp32_weights.parameters()} == {torch.float32}
+    encoder = PromptEncoder(models.load_tokenizer(resolve_model(str(tiny_model_dir))), PromptConfig())
+    expected = score_examples(fp32_weights, encoder, rows, "cloze", precision="bf16", device=CPU).scores
+
+    predictor = Predictor.open(str(tiny_model_dir), {name: artifacts[name][0]}, precision="bf16")
+    model = predictor.module(name)
+    trained = [p for n, p in model.named_parameters() if name in n and p.dim() == 2]
+    assert trained and {p.dtype for p in trained} == {torch.bfloat16}
+    np.testing.assert_array_equal(predictor.score(rows, name).scored.scores, expected)
 
 
 def test_an_artifact_for_another_base_is_refused(artifacts, tmp_path, tokenizer):

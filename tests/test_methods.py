@@ -29,6 +29,8 @@ from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.inference import Predictor
 from mcqtune.methods import METHODS, get_method, parameter_report
 from mcqtune.methods.base import tensor_digest
+from mcqtune.methods.ia3 import module_names
+from mcqtune.methods.lora import MUTATING_INITS
 from mcqtune.models import load_model, resolve_model
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze
@@ -46,19 +48,19 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
 # (case id, method, options, objectives): every registered method with both objectives (found through the
 # registry, so a new method is tested here without being listed), then variants of its options, which
 # run the ranking objective only to keep this file fast.
-CASES = [(name, name, TINY_OPTIONS.get(name, {}), ("letter", "ranking")) for name in sorted(METHODS)] + [
+# A named preset (DoRA of LoRA...) runs the ranking objective only: its method runs both.
+BOTH_OBJECTIVES = ("letter", "ranking")
+CASES = [
+    (name, name, TINY_OPTIONS.get(name, {}), ("ranking",) if METHODS[name].preset_of else BOTH_OBJECTIVES)
+    for name in sorted(METHODS)
+] + [
     (
         "subset-head",
         "subset",
         {"top_k": 1, "train_head": True, "extra_trainable": ["layers.0.input_layernorm"]},
         ("ranking",),
     ),
-    (
-        "adapter-houlsby",
-        "adapter",
-        {"config": "houlsby", "bottleneck": 32, "non_linearity": "swish"},
-        ("ranking",),
-    ),
+    ("houlsby-swish", "houlsby", {"bottleneck": 32, "non_linearity": "swish"}, ("ranking",)),
     (
         "prefix-mlp",
         "prefix",
@@ -72,6 +74,8 @@ CASES = [(name, name, TINY_OPTIONS.get(name, {}), ("letter", "ranking")) for nam
         ("ranking",),
     ),
     ("ia3-attention", "ia3", {"target_modules": "q_proj, v_proj", "feedforward_modules": []}, ("ranking",)),
+    ("prompt_tuning-random", "prompt_tuning", {"num_virtual_tokens": 3, "init": "random"}, ("ranking",)),
+    ("olora-rslora", "olora", {"r": 4, "use_rslora": True}, ("ranking",)),
 ]
 RUNS = [
     pytest.param((method, options, objective), id=f"{case}-{objective}")
@@ -80,8 +84,9 @@ RUNS = [
 ]
 
 
-def expected_trainable(method: str, options: dict[str, Any], cfg) -> tuple[int, Any]:
+def expected_trainable(name: str, options: dict[str, Any], cfg) -> tuple[int, Any]:
     """(trainable parameter count, predicate on trainable names) worked out from the tiny config."""
+    method = get_method(name).preset_of or name  # a preset trains what its method trains, by its options
     h, inter, n_layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
     layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h  # attention + MLP + two norms
@@ -115,7 +120,15 @@ def expected_trainable(method: str, options: dict[str, Any], cfg) -> tuple[int, 
         return t * out, lambda n: "prompt_encoder" in n
     if method in ("lora", "qlora"):
         shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]
-        return n_layers * options["r"] * sum(i + o for i, o in shapes), lambda n: "lora_" in n
+        magnitudes = sum(o for _, o in shapes) if options["use_dora"] else 0  # DoRA: one per output
+        return n_layers * (options["r"] * sum(i + o for i, o in shapes) + magnitudes), lambda n: "lora_" in n
+    if method == "ln_tuning":
+        targets = module_names(options["target_modules"])
+        per_layer = sum(t.endswith("layernorm") for t in targets)  # input_ and post_attention_layernorm
+        final = h if "norm" in targets else 0
+        return n_layers * per_layer * h + final, lambda n: ".ln_tuning_layers." in n
+    if method == "prompt_tuning":
+        return options["num_virtual_tokens"] * h, lambda n: "prompt_encoder" in n
     if method == "ia3":  # one scale per output channel, per input channel for feed-forward targets
         widths = {  # (in, out) of each Llama linear
             "q_proj": (h, h),
@@ -273,8 +286,16 @@ def test_reloaded_artifact_scores_identically(run, reloaded, arc_rows):
         before = score_examples(run["result"].model, encoder, arc_rows, scoring, **kwargs)
         again = score_examples(loaded.model, encoder, arc_rows, scoring, **kwargs)
         np.testing.assert_array_equal(before.predictions, again.predictions)
-        # prefix_projection: in memory the MLP runs under autocast; the artifact holds its fp32 output
-        atol = 5e-3 if run["options"].get("prefix_projection") else 1e-5
+        # prefix_projection: in memory the MLP runs under autocast; the artifact holds its fp32 output.
+        # DoRA's weight norm reads the stored weight outside autocast: bf16 in training, fp32 here.
+        # PiSSA/OLoRA: in memory bf16(W - B0 A0) + B A, reloaded bf16(W) + (B A - B0 A0), whose two
+        # large terms cancel in bf16 (in fp32 they agree to 1e-5: tests/test_inference.py).
+        options = run["options"]
+        atol = 1e-5
+        if options.get("prefix_projection") or options.get("use_dora"):
+            atol = 5e-3
+        if options.get("init") in MUTATING_INITS:
+            atol = 2e-2
         np.testing.assert_allclose(before.scores, again.scores, atol=atol, rtol=0)
 
 
@@ -308,7 +329,12 @@ def test_artifact_refuses_another_base(run, other_base_dir):
 def test_artifact_holds_only_what_was_trained(run):
     artifact = run["output"] / ADAPTER_DIR
     size = sum(f.stat().st_size for f in artifact.iterdir())
-    assert size <= 4 * run["applied"].report.trainable + 64 * 1024  # fp32 tensors + small config files
+    # PiSSA/OLoRA are saved as the plain LoRA B A - B0 A0 of rank 2r: twice the trained tensors
+    converted = 2 if run["options"].get("init") in MUTATING_INITS else 1
+    assert size <= 4 * converted * run["applied"].report.trainable + 64 * 1024  # fp32 + small configs
+    if converted == 2:  # a plain LoRA that attaches to the unchanged base
+        saved = json.loads((artifact / "adapter_config.json").read_text())
+        assert saved["r"] == 2 * run["options"]["r"] and saved["init_lora_weights"] is True
     assert all(f.suffix in (".safetensors", ".json", ".md") for f in artifact.iterdir())
     if run["method"].name == "subset":  # exactly the trained tensors (top-K layers, see above), by name
         from safetensors import safe_open
@@ -335,7 +361,7 @@ def assert_4bit_base(model: torch.nn.Module, report) -> None:
     assert report.frozen_base_bytes < 4 * (report.total - report.trainable)
 
 
-@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32", "ia3"])
+@pytest.mark.parametrize("case", ["lora", "qlora", "qlora-fp32", "ia3", "ln_tuning", "dora", "olora-rslora"])
 def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_rows):
     method_name, options = next((m, o) for c, m, o, _ in CASES if c == case)
     config = build_config(
@@ -348,8 +374,9 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
             "max_steps": 3,
             "batch_size": 2,
             "train_limit": 8,
-            # a large update, so that a lost or doubled merge would show (IA3's scales start at one)
-            "lr": 0.5 if method_name == "ia3" else 1e-2,
+            # a large update, so that a lost or doubled merge would show (IA3's and the norms' scales
+            # start at one)
+            "lr": 0.5 if method_name in ("ia3", "ln_tuning") else 1e-2,
             "method_options": options,
         }
     )
@@ -372,15 +399,18 @@ def test_merge_matches_the_unmerged_model(case, tiny_model_dir, tmp_path, arc_ro
     assert np.abs(merged - plain).max() > 0.2  # the update is really in the merged weights
 
 
-def test_prefix_text_init_equals_prepending_the_text(tiny_model_dir, tokenizer):
-    """init: text makes the untrained prefix behave exactly like the text written before the input."""
+# prompt tuning: peft tokenizes init_text with the tokenizer's special tokens (a BOS comes first)
+@pytest.mark.parametrize(("method_name", "special_tokens"), [("prefix", False), ("prompt_tuning", True)])
+def test_text_init_equals_prepending_the_text(method_name, special_tokens, tiny_model_dir, tokenizer):
+    """init: text makes the untrained prefix (soft prompt) behave exactly like the text written before
+    the input."""
     from mcqtune.config import method_option_defaults
 
-    method = get_method("prefix")
+    method = get_method(method_name)
     base = load_model(resolve_model(str(tiny_model_dir)))
-    options = {**method_option_defaults("prefix"), "num_virtual_tokens": 5}
+    options = {**method_option_defaults(method_name), "num_virtual_tokens": 5}
     model = method.apply(base, options)
-    text_ids = tokenizer(options["init_text"], add_special_tokens=False)["input_ids"][:5]
+    text_ids = tokenizer(options["init_text"], add_special_tokens=special_tokens)["input_ids"][:5]
     ids = torch.tensor(
         [tokenizer("Question: what is 2 + 2?\nAnswer: 4", add_special_tokens=False)["input_ids"]]
     )
@@ -388,7 +418,8 @@ def test_prefix_text_init_equals_prepending_the_text(tiny_model_dir, tokenizer):
         with_prefix = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         with model.disable_adapter():
             written = model(input_ids=torch.cat([torch.tensor([text_ids]), ids], dim=1)).logits
-    torch.testing.assert_close(with_prefix, written[:, 5:], atol=1e-4, rtol=0)
+    # a soft prompt also returns logits at its own 5 positions: compare the input's
+    torch.testing.assert_close(with_prefix[:, -ids.shape[1] :], written[:, 5:], atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------ the bundled model, one short run each
@@ -399,6 +430,11 @@ REAL_ARTIFACT_MIB = {  # (min, max) artifact size on SmolLM2-135M with the YAML 
     "prefix": (0.8, 1.2),  # 20 tokens x 30 layers x 2 x 192
     "qlora": (15, 20),  # LoRA r=16 on all linears, fp32
     "ia3": (0.2, 0.3),  # 30 layers x (192 + 192 + 1536) scales, fp32
+    "ln_tuning": (0.1, 0.2),  # (30 x 2 + 1) x 576 norm scales
+    "prompt_tuning": (0.03, 0.08),  # 20 x 576 input embeddings
+    "houlsby": (4, 5),  # twice the adapter's
+    "dora": (18, 21),  # LoRA's + one magnitude per output channel
+    "pissa": (35, 40),  # saved as a plain LoRA of rank 2r: twice LoRA's
 }
 
 
@@ -447,3 +483,48 @@ def test_real_model_trains_saves_reloads_and_evaluates(method_name, objective, d
     before = score_examples(result.model, encoder, rows, scoring, **kwargs)
     np.testing.assert_array_equal(before.predictions, again.predictions)
     assert compute_metrics(again)["accuracy"] == metrics["validation"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("method_name", "options", "message"),
+    [
+        ("pissa", {"use_dora": True}, "init 'pissa' cannot be combined with use_dora"),
+        ("lora", {"init": "svd"}, "init must be one of kaiming, gaussian, pissa, olora"),
+        ("loraplus", {"loraplus_lr_ratio": 0}, "loraplus_lr_ratio must be positive"),
+        ("prompt_tuning", {"init": "vocab"}, "init must be one of text, random"),
+        ("ln_tuning", {"target_modules": []}, "target_modules is empty"),
+    ],
+)
+def test_bad_variant_options_are_config_errors(method_name, options, message, tiny_model_dir, tmp_path):
+    from mcqtune.errors import ConfigError
+
+    config = build_config(
+        {
+            "method": method_name,
+            "model": str(tiny_model_dir),
+            "train": "arc_easy",
+            "output": str(tmp_path / "run"),
+            "max_steps": 1,
+            "train_limit": 2,
+            "method_options": options,
+        }
+    )
+    with pytest.raises(ConfigError, match=message):
+        train(config, show_progress=False)
+    assert not (tmp_path / "run" / ADAPTER_DIR).exists()  # nothing half-written
+
+
+def test_loraplus_trains_b_at_the_ratio_of_a(tiny_model_dir):
+    """LoRA+ (the loraplus preset): B's parameter group runs at 16x the configured learning rate."""
+    from mcqtune.config import method_option_defaults
+
+    method = get_method("loraplus")
+    options = method_option_defaults("loraplus")
+    model = method.apply(load_model(resolve_model(str(tiny_model_dir))), options)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    config = build_config({"method": "loraplus", "output": "unused", "lr": 1e-3})
+    optimizer = method.make_optimizer(list(named.values()), config, CPU)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert {lr_of[id(p)] for n, p in named.items() if ".lora_A." in n} == {1e-3}
+    assert options["loraplus_lr_ratio"] == 16.0
+    assert {lr_of[id(p)] for n, p in named.items() if ".lora_B." in n} == {1e-3 * 16.0}

@@ -102,7 +102,24 @@ def _predict_json(capsys, model_dir: Path, adapter: Path | None) -> dict:
 
 @pytest.mark.parametrize("name", [None, "lora", "subset"])
 def test_answers_equal_mcqtune_predict(client, runs, tiny_model_dir, capsys, name):
-    expected = _predict_json(capsys, tiny_model_dir, runs[name] if name else None)
+    assert_answer_equals_predict(client, tiny_model_dir, capsys, name, runs[name] if name else None)
+
+
+def test_new_methods_serve_beside_lora_on_one_base(runs, tiny_model_dir, tmp_path, capsys):
+    """Prompt tuning, LayerNorm tuning and the DoRA and Houlsby presets answer in ``serve`` beside LoRA,
+    on the one base, exactly as ``mcqtune predict`` answers with each alone."""
+    named = {"lora": runs["lora"]}
+    for method in ("prompt_tuning", "ln_tuning", "dora", "houlsby"):
+        named[method] = _train(tiny_model_dir, tmp_path / method, method, "ranking", "--lr", "0.05")
+    engine = open_engine(str(tiny_model_dir), "fp32", 16)
+    with _client(engine, named) as served:
+        for name in [*named, None, *reversed(named)]:
+            assert_answer_equals_predict(served, tiny_model_dir, capsys, name, named.get(name))
+    assert len(engine.predictor._bases) == 1
+
+
+def assert_answer_equals_predict(client, model_dir: Path, capsys, name: str | None, run: Path | None) -> None:
+    expected = _predict_json(capsys, model_dir, run)
     response = client.post("/v1/answer", json={**QUESTION, "adapter": name})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -277,7 +294,7 @@ def test_cli_refuses_a_public_address_without_a_key(capsys):
         parse_named_paths(["runs/lora"])
 
 
-def test_load_on_a_real_loopback_server_has_no_errors(engine, runs):
+def test_load_on_a_real_loopback_server_has_no_errors(engine, runs, record_property):
     registry = ArtifactRegistry(engine, runs)
     registry.load_named()
     app = create_app(registry, ServeSettings())
@@ -285,6 +302,8 @@ def test_load_on_a_real_loopback_server_has_no_errors(engine, runs):
     with running_server(app) as url:
         result = run_load(f"{url}/v1/answer", payloads, clients=8, total=400)
     print("tiny-model load test:", result.summary())
+    for key, value in result.summary().items():  # in the JUnit XML of a CI run (--junitxml)
+        record_property(key, value)
     assert result.errors == []
     assert len(result.latencies_ms) == 400
     assert result.percentile(99) >= result.percentile(50) > 0
@@ -323,3 +342,45 @@ def test_debias_removes_the_saved_letter_prior(engine):
     assert fixed["debiased"] and not raw["debiased"]
     expected = np.asarray(raw["probabilities"]) / np.asarray([0.6, 0.3, 0.1])
     assert fixed["probabilities"] == pytest.approx(list(expected / expected.sum()), abs=1e-9)
+
+
+def test_the_batch_window_stretches_to_a_share_of_a_slow_pass():
+    """After a 2 s pass the window is 100 ms (5%), not the 1 ms asked: questions 10 ms apart share a batch."""
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from mcqtune.data import MCQExample
+    from mcqtune.serving.batching import WINDOW_SHARE, DynamicBatcher
+    from mcqtune.serving.engine import Scores
+
+    class SlowEngine:
+        def score_groups(self, groups):
+            time.sleep(2.0)
+            return {name: Scores("cloze", [np.zeros(2)] * len(examples)) for name, examples in groups.items()}
+
+    class Registry:
+        engine = SlowEngine()
+
+        def loadable_together(self, names):
+            return [names]
+
+        def ensure(self, name, keep=()):
+            pass
+
+    question = MCQExample("q", "q?", ("a", "b"), None)
+
+    async def scenario() -> list[int]:
+        batcher = DynamicBatcher(Registry(), window_ms=1.0, max_batch=16)
+        await batcher.start()
+        first = await batcher.submit([question], [None])
+        second = asyncio.create_task(batcher.submit([question], [None]))
+        await asyncio.sleep(0.01)
+        third = asyncio.create_task(batcher.submit([question], [None]))
+        sizes = [first[0].batch_size, (await second)[0].batch_size, (await third)[0].batch_size]
+        await batcher.stop()
+        return sizes
+
+    assert WINDOW_SHARE * 2.0 >= 0.05
+    assert asyncio.run(scenario()) == [1, 2, 2]

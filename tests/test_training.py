@@ -191,7 +191,7 @@ def test_one_step_is_one_optimizer_step_over_grad_accum_micro_batches(
     before = {n: p.detach().clone() for n, p in trainer.named_trainable.items()}
     # the same three micro-batches, stepped by hand: mean loss, one clipped AdamW step
     probe = Trainer(config, resolve_model(str(tiny_model_dir)), PromptEncoder(tokenizer), arc_examples[:12])
-    groups = [next(probe.stream) for _ in range(3)]
+    groups = [next(probe.stream).features for _ in range(3)]
     result = trainer.step()
     assert result.questions == 6
     assert result.real_tokens == sum(probe.objective.collate(g).real_tokens for g in groups)

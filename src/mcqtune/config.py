@@ -12,7 +12,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 import yaml
 
 from mcqtune.errors import ConfigError
+from mcqtune.method_files import LR_GRID, METHOD_FILE_KEYS, method_file, method_file_names, method_presets
 from mcqtune.models import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
 
@@ -122,6 +122,14 @@ class TrainConfig:
     output: str | None = setting(None, "run directory for the artifact, config and metrics", required=True)
     max_steps: int | None = setting(
         200, "optimizer steps", check="positive", none_means="unset: --epochs decides", tags=_SHARED_FLAG
+    )
+    max_train_seconds: float | None = setting(
+        None,
+        "stop training once its steps have taken this many seconds (compare --budget time=...); "
+        "the run keeps its best validated state so far",
+        check="positive",
+        none_means="no time limit",
+        tags=(TAG_SHARED,),
     )
     epochs: float | None = setting(
         None,
@@ -379,13 +387,28 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str)
 
 def method_defaults(method: str) -> dict[str, Any]:
     """The per-method defaults file, as TrainConfig overrides (``options`` becomes method_options)."""
-    resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
-    if not resource.is_file():
-        return {}
-    data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    data = {k: v for k, v in method_file(method).items() if k not in METHOD_FILE_KEYS}
     if "options" in data:
         data["method_options"] = data.pop("options") or {}
     return data
+
+
+def method_lr_grid(method: str) -> list[float]:
+    """The learning rates ``compare --tune lr`` tries for ``method``: its defaults file's ``lr_grid``."""
+    grid = method_file(method).get(LR_GRID)
+    where = f"configs/methods/{method}.yaml"
+    if grid is None:
+        raise ConfigError(
+            f"{where}: no '{LR_GRID}' to tune from; add one (e.g. the method's lr x1/3, x1, x3), "
+            "or compare without --tune"
+        )
+    if (
+        not isinstance(grid, list)
+        or not grid
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < 1 for x in grid)
+    ):
+        raise ConfigError(f"{where}: '{LR_GRID}' must be a non-empty list of learning rates in (0, 1)")
+    return [float(x) for x in grid]
 
 
 def method_option_defaults(method: str) -> dict[str, Any]:
@@ -394,10 +417,9 @@ def method_option_defaults(method: str) -> dict[str, Any]:
 
 
 def method_names_with_defaults() -> dict[str, dict[str, Any]]:
-    """Every method's option defaults, read from configs/methods/*.yaml without importing the methods."""
-    directory = resources.files("mcqtune") / "configs" / "methods"
-    names = sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
-    return {name: method_option_defaults(name) for name in names}
+    """Every method's option defaults (presets left out: they read their method's options)."""
+    presets = method_presets()
+    return {name: method_option_defaults(name) for name in method_file_names() if name not in presets}
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}

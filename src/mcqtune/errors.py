@@ -47,6 +47,10 @@ class ExportError(UserError, ValueError):
     """The run cannot be exported, or the merged model does not reproduce it."""
 
 
+class BackendError(UserError, RuntimeError):
+    """An execution backend (Ray) is not installed or cannot be reached; the message says what to do."""
+
+
 class PriorError(ConfigError):
     """A saved letter prior that is unreadable or does not fit the model/scoring it is applied to."""
 

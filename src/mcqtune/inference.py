@@ -1,19 +1,22 @@
 """Inference: one base model in memory, trained artifacts attached to it by name, one chosen per call.
 
 A :class:`Predictor` loads each kind of base it needs once (the plain base, which zero-shot scoring also
-uses; a 4-bit base per quantization layout for QLoRA), attaches run directories under names and scores
-questions with one of them or with none (zero-shot). Artifacts of methods that share the base never copy
-its weights: each method keeps its artifacts on its own *view* of the base (:func:`shared_view`: new
-module objects over the same tensors) so that peft's injected layers or AdapterHub's modules never touch
-the base or another method; activating an artifact first deactivates the previous one (subset artifacts
-swap tensors of the shared base in and out). A ``full`` artifact replaces every weight, so it gets a model
-of its own (``Method.shares_base``). ``eval``, ``predict``, ``export`` and ``compare`` load through here.
+uses; a 4-bit base per quantization layout for QLoRA), attaches run directories under names (and
+detaches them, freeing what only they hold) and scores questions with one of them or with none
+(zero-shot), or several LoRA artifacts' questions in one pass (``score_mixed``). Artifacts of methods
+that share the base never copy its weights: each method keeps its artifacts on its own *view* of the
+base (:func:`shared_view`: new module objects over the same tensors) so that peft's injected layers or
+AdapterHub's modules never touch the base or another method; activating an artifact first deactivates
+the previous one (subset artifacts swap tensors of the shared base in and out). A ``full`` artifact
+replaces every weight, so it gets a model of its own (``Method.shares_base``). ``eval``, ``predict``,
+``export`` and ``compare`` load through here.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,9 +32,15 @@ from mcqtune.config import resolve_scoring
 from mcqtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQExample
 from mcqtune.errors import ArtifactError, DataError
 from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
-from mcqtune.evaluation.evaluate import resolve_precision
+from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.metrics import ScoredExamples
 from mcqtune.methods import Method, get_method
-from mcqtune.methods.base import PLAIN_BASE, load_plain_base, store_linear_weights
+from mcqtune.methods.base import (
+    PLAIN_BASE,
+    cast_frozen_matmul_weights,
+    load_plain_base,
+    store_linear_weights,
+)
 from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
 from mcqtune.preflight import check_adapter_dir
 from mcqtune.prompt import PromptConfig, PromptEncoder
@@ -76,6 +85,10 @@ class Artifact:
     @property
     def prompt(self) -> PromptConfig:
         return PromptConfig.from_dict(self.manifest.get("prompt"))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.manifest.get("method_options", {})
 
     @property
     def packed(self) -> bool:
@@ -186,9 +199,14 @@ class Predictor:
     def model_id(self) -> str:
         return self.resolved.model_id
 
+    @property
+    def _linear_dtype(self) -> torch.dtype:
+        """Under bf16 scoring every linear weight is stored in bf16: autocast rounds it to bf16 for each
+        matmul anyway, so the scores are the same bit for bit, and the weights take half the memory."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
     def _prepared(self, base: PreTrainedModel) -> PreTrainedModel:
-        """Under bf16 scoring, frozen linear weights are stored in bf16: the same scores, half the memory."""
-        store_linear_weights(base, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        store_linear_weights(base, self._linear_dtype)
         return base.eval()
 
     def base(
@@ -212,7 +230,7 @@ class Predictor:
                 raise ArtifactError(f"an artifact named '{name}' is already attached")
             manifest = check_adapter_dir(run_dir, allow_pickle=self.allow_pickle)
             method = get_method(manifest["method"])
-            options = manifest.get("method_options", {})
+            options = manifest.get("method_options", {})  # Artifact.options once attached
             if method.shares_base:
                 key = (method, method.base_key(options))
                 base = self.base(key[1], method, options)
@@ -230,9 +248,62 @@ class Predictor:
                 raise ArtifactError(
                     f"{run_dir}/{ADAPTER_DIR}: could not load the {manifest['method']} artifact: {exc}"
                 ) from None
-            self._holders[key] = holder.eval() if method.shares_base else self._prepared(holder)
+            if method.shares_base:
+                # The artifact's own linear layers (LoRA, bottleneck adapters) too; nothing else is cast,
+                # and no base tensor is copied (the base's linear weights are already stored so).
+                cast_frozen_matmul_weights(holder, self._linear_dtype, frozen_only=False)
+                self._holders[key] = holder.eval()
+            else:
+                self._holders[key] = self._prepared(holder)
             self.artifacts[name] = Artifact(name, str(run_dir), manifest, method, key)
             return self.artifacts[name]
+
+    def detach(self, name: str) -> None:
+        """Remove artifact ``name`` and free the tensors only it holds (a server unloading the least
+        recently used one); every other artifact keeps computing exactly as before."""
+        with self._lock:
+            artifact = self._artifact(name)
+            if self._active is artifact:
+                self._deactivate()
+            del self.artifacts[name]
+            if any(other.holder == artifact.holder for other in self.artifacts.values()):
+                artifact.method.detach(self._holders[artifact.holder], name)
+            else:
+                del self._holders[artifact.holder]  # its last artifact: the whole view (or own model) goes
+
+    def mix_key(self, adapter: str | None) -> tuple | None:
+        """Artifacts with equal keys can be scored in one forward pass (:meth:`score_mixed`): their
+        method mixes artifacts per row on the model that holds them all, and they score alike
+        (formulation, prompt, packing). None: this one is scored on its own."""
+        artifact = self._artifact(adapter)
+        if artifact is None or not artifact.method.mixes_in_batch(
+            artifact.manifest.get("method_options", {})
+        ):
+            return None
+        prompt = json.dumps(artifact.prompt.to_dict(), sort_keys=True)
+        return (artifact.holder, artifact.scoring, prompt, artifact.packed)
+
+    def score_mixed(
+        self, examples: list[MCQExample], adapters: Sequence[str], *, batch_size: int = 16
+    ) -> ScoredExamples:
+        """Score each example with its own artifact, all in shared forward passes; the artifacts must
+        have one :meth:`mix_key`."""
+        keys = {self.mix_key(name) for name in adapters}
+        if len(keys) != 1 or None in keys:
+            raise ArtifactError(f"artifacts {sorted(set(adapters))} cannot share a forward pass")
+        with self._lock:
+            first = self.artifacts[adapters[0]]
+            return score_examples(
+                self.module(first.name),
+                PromptEncoder(self.tokenizer, first.prompt),
+                examples,
+                first.scoring,
+                batch_size=batch_size,
+                packed=first.packed,
+                precision=self.precision,
+                device=self.device,
+                row_adapters=adapters,
+            )
 
     def _check_base(self, run_dir: Path | str, manifest: dict[str, Any], base: PreTrainedModel) -> None:
         found = config_hash(base)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mcqtune.cli.backend_args import add_backend_args, execution_from_args
 from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
 from mcqtune.quiet import quiet_libraries
 
@@ -136,11 +137,47 @@ def config_flags(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, A
     return {key: getattr(args, key) for key in keys}
 
 
+def _launch_processes(args: argparse.Namespace) -> int | None:
+    """``--num-processes N`` outside a launcher: start N processes of this same command and return
+    their exit code (None: run here, in this process, which may be one of a launch's processes)."""
+    from mcqtune.config import ConfigError
+    from mcqtune.distributed import join_launch, launched_processes, relaunch
+
+    wanted, launched = args.num_processes, launched_processes()
+    if wanted is not None and wanted < 1:
+        raise ConfigError(f"--num-processes must be a positive integer, got {wanted}")
+    if wanted is None or wanted == launched:
+        join_launch()
+        return None
+    if launched > 1:
+        raise ConfigError(f"--num-processes {wanted}, but the launcher started {launched} processes")
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    return relaunch(wanted, _without_option(argv, "--num-processes"))
+
+
+def _without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less ``flag VALUE`` and ``flag=VALUE``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(f"{flag}="):
+            kept.append(arg)
+    return kept
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from mcqtune.config import build_config, flag_keys
     from mcqtune.training.recipe import TrainingInterrupted, train
+
+    launched = _launch_processes(args)
+    if launched is not None:
+        return launched
 
     flags = config_flags(args, flag_keys()) | field_config_from_args(args)
     options = {**method_option_flags(args), **parse_option_pairs(args.option)}
@@ -166,9 +203,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         import shlex
 
+        from mcqtune.distributed import is_main_process, launched_processes
+
         argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--overwrite"]
-        command = shlex.join(["mcqtune", *argv, *([] if "--resume" in argv else ["--resume"])])
-        print(f"\n{stop}\nresume with:\n    {command}", file=sys.stderr)
+        argv += [] if "--resume" in argv else ["--resume"]
+        if launched_processes() > 1 and args.num_processes is None:  # started by a launcher
+            argv += ["--num-processes", str(launched_processes())]
+        if is_main_process():
+            print(f"\n{stop}\nresume with:\n    {shlex.join(['mcqtune', *argv])}", file=sys.stderr)
         return 130
     return 0
 
@@ -253,6 +295,10 @@ def _analyses(args: argparse.Namespace, predictor, adapter: str | None, examples
         calibration_source=calibration_source,
         seed=args.seed,
     )
+    from mcqtune.distributed import is_main_process
+
+    if not is_main_process():  # the main process warns and writes for the launch
+        return result
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.save_prior and result.prior is not None:
@@ -274,6 +320,7 @@ def _data_label(spec: str, split: str, path: Path) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from mcqtune.atomic import atomic_write_json
     from mcqtune.data import load_examples, resolve_data
+    from mcqtune.distributed import is_main_process
     from mcqtune.evaluation.format import (
         format_confusion,
         format_debias_summary,
@@ -283,14 +330,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.progress import task
 
+    launched = _launch_processes(args)
+    if launched is not None:
+        return launched
     prior = _check_eval_args(args)
     path = resolve_data(args.data, "validation")
     data = load_examples(
         path, args.format, on_bad_rows=args.on_bad_rows, field_map=field_map_from_args(args), limit=args.limit
     )
     predictor, adapter = _predictor(args)
-    with task(f"eval ({args.data})"):
+    with task(f"eval ({args.data})" if is_main_process() else None):
         result = _analyses(args, predictor, adapter, data.examples, prior, batch_size=args.batch_size)
+    if not is_main_process():  # every process scored its share; the main one reports and writes
+        return 0
     metrics = compute_metrics(result.scored)
     metrics["data"] = str(path)
     metrics["model"] = predictor.model_id
@@ -414,7 +466,7 @@ def _compare_permutations(flag: str | None, objective: str | None) -> str | None
 def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from mcqtune.compare.runner import CompareSettings, parse_methods, run_compare
+    from mcqtune.compare.runner import CompareSettings, parse_budget, parse_methods, run_compare
     from mcqtune.config import TAG_COMPARE, keys_tagged
 
     settings = CompareSettings(
@@ -427,8 +479,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data_fields=field_config_from_args(args),
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
+        tune=args.tune,
+        dev_size=args.dev_size,
+        seeds=args.seeds,
+        eval_data=args.eval_data or [],
+        time_budget=parse_budget(args.budget),
         echo=not args.quiet,
         command=shlex.join(["mcqtune", *args.argv]),
+        execution=execution_from_args(args),
     )
     result = run_compare(settings)
     failed = [r["method"] for r in result.rows if r["status"] != "ok"]
@@ -589,6 +647,16 @@ def add_config_flags(
         action.listed = Listed(choices) if callable(choices) else None  # type: ignore[attr-defined]
 
 
+def add_num_processes(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help=f"{what}: starts N processes with torchrun (gloo on CPU, NCCL on GPUs); under torchrun or "
+        "accelerate launch, the launcher's count (default: one, or the launcher's)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mcqtune import __version__
     from mcqtune.config import (
@@ -663,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .bin weights")
     tr.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    add_num_processes(tr, "data-parallel training processes; --batch-size is per process")
     add_data_args(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -729,6 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
         "original plus K-1 random ones; reports order-averaged and circular accuracy",
     )
     ev.add_argument("--report", metavar="DIR", help="write metrics.json, summary.md and PNG charts here")
+    add_num_processes(ev, "processes that each score a share of the questions")
     add_debias_args(ev)
     add_data_args(ev)
     ev.set_defaults(func=cmd_eval)
@@ -776,7 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
     demo.set_defaults(func=cmd_demo)
 
-    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET
+    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET, TUNE_CHOICES
+    from mcqtune.compare.trials import DEV_SIZE, QUICK_DEV_SIZE
 
     cmp = sub.add_parser(
         "compare",
@@ -808,7 +879,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop a method after this long (failure) (default: no limit)",
     )
+    cmp.add_argument(
+        "--tune",
+        choices=TUNE_CHOICES,
+        help="choose each method's learning rate from its lr_grid (configs/methods/<name>.yaml) by "
+        "successive halving on a dev split of the training data, never on the validation rows "
+        "(default: off: each method's own lr)",
+    )
+    cmp.add_argument(
+        "--dev-size",
+        type=int,
+        metavar="N",
+        help=f"--tune: training rows held out as the dev split (default: {DEV_SIZE}; "
+        f"--quick: {QUICK_DEV_SIZE})",
+    )
+    cmp.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="final runs per method (seeds seed, seed+1, ...); the table shows mean and spread and tests "
+        "every method against the best on the same questions (default: %(default)s)",
+    )
+    cmp.add_argument(
+        "--eval-data",
+        nargs="+",
+        metavar="DATA",
+        help="further data sets (files or bundled names; a bundled name's validation split) every run "
+        "and zero-shot are also scored on, each with its own majority baseline and CI (default: none)",
+    )
+    cmp.add_argument(
+        "--budget",
+        metavar="steps|time=DURATION",
+        help="equal optimizer steps per method, or equal training time (time=5m, time=90s): each method "
+        "then trains as many steps as fit (default: steps)",
+    )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
+    add_backend_args(cmp)
     add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mcqtune.atomic import atomic_write_bytes, atomic_write_text
+from mcqtune.compare.evidence import ZERO_SHOT, pareto_front
 
-ZERO_SHOT = "zero-shot"
 PLOT_FILES = ("accuracy_vs_params.png", "accuracy_vs_time.png", "peak_memory.png", "learning_curves.png")
 CSV_COLUMNS = (
     "method",
@@ -28,10 +28,15 @@ CSV_COLUMNS = (
     "lr",
     "n_eval",
     "accuracy",
+    "accuracy_spread",
+    "seeds",
     "ci95_low",
     "ci95_high",
     "majority_baseline",
     "accuracy_minus_baseline",
+    "vs_best_mcnemar_p",
+    "vs_best_significant",
+    "lr_tuned",
     "predicted_letter_distribution",
     "letter_tv_distance",
     "permutation_accuracy",
@@ -141,6 +146,8 @@ TABLE_HEADER = (
     "95% CI",
     "majority baseline",
     "acc − baseline (pts)",
+    "vs best: McNemar p",
+    "lr",
     "predicted letters (%)",
     "letter TV",
     "perm. accuracy",
@@ -165,17 +172,74 @@ def _unpacked(row: dict[str, Any]) -> bool:
     return row.get("packed_options") is False and row.get("scoring") == "cloze"
 
 
-def table_cells(row: dict[str, Any]) -> list[str]:
-    """One row of the table, as shown in both report.md and report.html."""
+# Each further data set's column group (--eval-data), after the in-domain columns.
+TRANSFER_HEADER = ("accuracy", "95% CI", "majority baseline", "vs best: McNemar p")
+
+
+def fmt_accuracy(scores: dict[str, Any]) -> str:
+    """Accuracy; over several seeds their mean ± spread (sample standard deviation), in points."""
+    text = fmt_pct(scores.get("accuracy"))
+    if (scores.get("seed_accuracies") and len(scores["seed_accuracies"]) > 1) and scores.get(
+        "accuracy_spread"
+    ) is not None:
+        text += f" ± {scores['accuracy_spread'] * 100:.1f}"
+    return text
+
+
+def fmt_p(scores: dict[str, Any]) -> str:
+    """The paired test against the best method: its McNemar p, starred when significant at 5%."""
+    if scores.get("is_best"):
+        return "best"
+    test = scores.get("vs_best")
+    if not test:
+        return DASH
+    return f"{test['mcnemar_p']:.2g}" + (" *" if test["significant"] else "")
+
+
+def fmt_lr(row: dict[str, Any]) -> str:
+    if row.get("lr") is None:
+        return DASH
+    return f"{row['lr']:g}" + (" (tuned)" if row.get("lr_tuned") else "")
+
+
+def transfer_sets(rows: list[dict[str, Any]]) -> list[str]:
+    """The further data sets the rows were scored on, in the order given."""
+    return list(dict.fromkeys(name for r in rows for name in r.get("transfer") or {}))
+
+
+def table_header(rows: list[dict[str, Any]]) -> list[str]:
+    return list(TABLE_HEADER) + [f"{name}: {h}" for name in transfer_sets(rows) for h in TRANSFER_HEADER]
+
+
+def _transfer_cells(row: dict[str, Any], sets: list[str]) -> list[str]:
+    cells = []
+    for name in sets:
+        scores = (row.get("transfer") or {}).get(name) or {}
+        cells += [
+            fmt_accuracy(scores),
+            fmt_ci(scores.get("ci95_low"), scores.get("ci95_high")),
+            fmt_pct(scores.get("majority_baseline")),
+            fmt_p(scores | {"is_best": row.get("is_best")}) if scores else DASH,
+        ]
+    return cells
+
+
+def table_cells(row: dict[str, Any], sets: list[str] | None = None) -> list[str]:
+    """One row of the table, as shown in both report.md and report.html (``sets``: the further data
+    sets' column groups)."""
+    sets = sets or []
     if row.get("status") != "ok":
         error = (row.get("error") or "failed").replace("|", "/")
-        return [row["method"], f"FAILED: {error}"] + [DASH] * (len(TABLE_HEADER) - 2)
+        width = len(TABLE_HEADER) + len(TRANSFER_HEADER) * len(sets)
+        return [row["method"], f"FAILED: {error}"] + [DASH] * (width - 2)
     return [
         row["method"],
-        fmt_pct(row["accuracy"]),
+        fmt_accuracy(row),
         fmt_ci(row["ci95_low"], row["ci95_high"]),
         fmt_pct(row["majority_baseline"]),
         fmt_points(row["accuracy_minus_baseline"]),
+        fmt_p(row),
+        fmt_lr(row),
         fmt_letters(row["predicted_letter_distribution"]),
         fmt_tv(row["letter_tv_distance"]),
         fmt_pct(row["permutation_accuracy"]),
@@ -186,14 +250,18 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         fmt_rate(row["train_tokens_per_second"], 0) + (UNPACKED_MARK if _unpacked(row) else ""),
         fmt_mib(row["peak_memory_bytes"]),
         fmt_rate(row["eval_questions_per_second"]),
+        *_transfer_cells(row, sets),
     ]
 
 
 def _shown_columns(rows: list[dict[str, Any]]) -> list[int]:
-    """Drop the permutation column while nothing fills it (letter scoring run with --permutations none)."""
-    keep = list(range(len(TABLE_HEADER)))
+    """Drop the permutation column while nothing fills it (letter scoring run with --permutations none),
+    and the paired-test column while there is nothing to test (a single method)."""
+    keep = list(range(len(table_header(rows))))
     if all(r.get("permutation_accuracy") is None for r in rows):
         keep.remove(TABLE_HEADER.index("perm. accuracy"))
+    if not any(r.get("vs_best") for r in rows):
+        keep.remove(TABLE_HEADER.index("vs best: McNemar p"))
     return keep
 
 
@@ -207,6 +275,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         out["predicted_letter_distribution"] = fmt_letters(row.get("predicted_letter_distribution")).replace(
             DASH, ""
         )
+        test = row.get("vs_best") or {}
+        out["vs_best_mcnemar_p"], out["vs_best_significant"] = test.get("mcnemar_p"), test.get("significant")
         writer.writerow({k: "" if out.get(k) is None else out[k] for k in CSV_COLUMNS})
     atomic_write_text(path, buffer.getvalue())
 
@@ -218,13 +288,32 @@ def _setup_sentence(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     scoring = next((r["scoring"] for r in rows if r.get("scoring")), "?")
     objective = next((r["objective"] for r in rows if r.get("objective") and r["method"] != ZERO_SHOT), None)
     trained = [r for r in rows if r["method"] != ZERO_SHOT]
+    budget = results.get("budget") or {}
+    if budget.get("kind") == "time":
+        length = (
+            f"for {fmt_seconds(budget['seconds'])} of training each (as many steps as fit; steps per "
+            f"method in results.json) × batch {shared.get('batch_size')} × accumulation "
+            f"{shared.get('grad_accum')} (seed {shared.get('seed')})"
+        )
+    else:
+        length = (
+            f"for {shared.get('max_steps')} steps × batch {shared.get('batch_size')} × accumulation "
+            f"{shared.get('grad_accum')} ({results.get('examples_seen')} examples seen, "
+            f"seed {shared.get('seed')})"
+        )
+    seeds = results.get("seeds") or 1
+    first_seed = shared.get("seed", 0)
+    repeats = (
+        f" Each method trained {seeds} times (seeds {first_seed}–{first_seed + seeds - 1}):"
+        " accuracy is the mean ± the sample standard deviation over seeds, its CI the mean of theirs."
+        if seeds > 1
+        else ""
+    )
     return (
         f"{len(trained)} method(s) trained on `{shared.get('train')}` with the "
-        f"{objective or shared.get('objective')} objective for {shared.get('max_steps')} steps × batch "
-        f"{shared.get('batch_size')} × accumulation {shared.get('grad_accum')} "
-        f"({results.get('examples_seen')} examples seen, seed {shared.get('seed')}), model "
+        f"{objective or shared.get('objective')} objective {length}, model "
         f"`{shared.get('model')}`; all rows evaluated on the same {n} `{shared.get('validation')}` "
-        f"questions with {scoring} scoring."
+        f"questions with {scoring} scoring.{repeats}"
         + (
             " Cloze scoring reads each option after the question alone, so option order cannot change it:"
             " its permutation-averaged accuracy is its accuracy."
@@ -236,10 +325,11 @@ def _setup_sentence(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     keep = _shown_columns(rows)
-    header = [TABLE_HEADER[i] for i in keep]
+    full_header, sets = table_header(rows), transfer_sets(rows)
+    header = [full_header[i] for i in keep]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
-        cells = table_cells(row)
+        cells = table_cells(row, sets)
         lines.append("| " + " | ".join(cells[i] for i in keep) + " |")
     return "\n".join(lines)
 
@@ -390,8 +480,12 @@ def reading_of_results(results: dict[str, Any]) -> list[str]:
             + "; ".join(biased)
             + "."
         )
+    lines += _tuning_lines(results) + _paired_lines(rows) + _transfer_lines(rows) + _pareto_lines(rows)
     for r in failed:
         lines.append(f"{r['method']} failed: {r.get('error') or 'unknown error'}.")
+    for r in rows:
+        for note in r.get("failed_seeds") or []:
+            lines.append(f"{r['method']}: a seed failed and is left out of its mean ({note}).")
     machine = results.get("machine") or {}
     cpus = machine.get("logical_cpus")
     loads = [machine.get(k) for k in ("load_average_at_start", "load_average_now") if machine.get(k)]
@@ -402,6 +496,79 @@ def reading_of_results(results: dict[str, Any]) -> list[str]:
             "throughputs are inflated and their ratios less reliable than on an idle machine."
         )
     return lines
+
+
+def _tuning_lines(results: dict[str, Any]) -> list[str]:
+    tuning = results.get("tuning")
+    if not tuning:
+        return []
+    dev = tuning["dev"]
+    chosen = "; ".join(
+        f"{m} **{v['chosen']:g}** (from {', '.join(f'{x:g}' for x in v['grid'])})"
+        for m, v in tuning["methods"].items()
+    )
+    return [
+        f"Learning rates tuned on a dev split of {dev['size']} training rows (seed {dev['seed']}; no "
+        f"validation or further-set question among them, {dev['excluded_overlaps']} training rows repeating "
+        f"one kept out), trials trained on the other {dev['train_rows']} and pruned by successive halving: "
+        f"{chosen}."
+    ]
+
+
+def _paired_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """In plain words, which methods differ from the best at 5% (McNemar's exact test, same questions)."""
+    best = next((r for r in rows if r.get("is_best")), None)
+    tested = [r for r in rows if r.get("vs_best")]
+    if best is None or not tested:
+        return []
+    test = tested[0]["vs_best"]
+    seeds = f" × {test['runs']} seeds (run k paired with run k)" if test["runs"] > 1 else ""
+    behind = [r for r in tested if r["vs_best"]["significant"]]
+    level = [r for r in tested if not r["vs_best"]["significant"]]
+    summary = (
+        f"Paired tests against the best, **{best['method']}**, on the same {test['n']} questions{seeds}: "
+        + (
+            f"significantly different at 5%: {_names(behind)}"
+            if behind
+            else "no method differs significantly at 5%"
+        )
+        + (f"; not distinguishable from it: {_names(level)}" if level else "")
+        + "."
+    )
+    return [summary] + [r["vs_best"]["verdict"] for r in tested]
+
+
+def _transfer_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    ok = [r for r in rows if _ok(r)]
+    best = next((r["method"] for r in rows if r.get("is_best")), None)
+    for name in transfer_sets(rows):
+        scored = [r for r in ok if name in (r.get("transfer") or {})]
+        if not scored:
+            continue
+        first = scored[0]["transfer"][name]
+        accuracies = ", ".join(f"{r['method']} {fmt_accuracy(r['transfer'][name])}" for r in scored)
+        differ = [r for r in scored if (r["transfer"][name].get("vs_best") or {}).get("significant")]
+        verdict = (
+            f"different from {best} (the in-domain best) at 5%: {_names(differ)}"
+            if differ
+            else f"none differs significantly from {best} (the in-domain best) at 5%"
+        )
+        lines.append(
+            f"Transfer to **{name}** (n={first['n_eval']}, majority baseline "
+            f"{fmt_pct(first['majority_baseline'])}): {accuracies}; {verdict}."
+        )
+    return lines
+
+
+PARETO_COSTS = (("trainable_params", "trainable parameters"), ("train_seconds", "training time"))
+
+
+def _pareto_lines(rows: list[dict[str, Any]]) -> list[str]:
+    parts = [f"by {label}: {', '.join(pareto_front(rows, key)) or 'none'}" for key, label in PARETO_COSTS]
+    if not any(_ok(r) and r["method"] != ZERO_SHOT for r in rows):
+        return []
+    return ["Pareto-optimal (no other method is both more accurate and cheaper): " + "; ".join(parts) + "."]
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -519,6 +686,18 @@ def _accuracy_scatter(rows, key, xlabel, title, log_x, colors):
             if r is members[0]:
                 label_x = x
         labels.append((label_x, members[0]["accuracy"] * 100, " / ".join(r["method"] for r in members)))
+    front = {r["method"]: r for r in points}
+    frontier = [front[m] for m in pareto_front(points, key)]
+    if len(frontier) > 1:
+        ax.plot(
+            [r[key] / scale for r in frontier],
+            [r["accuracy"] * 100 for r in frontier],
+            color="0.2",
+            lw=1.0,
+            alpha=0.6,
+            zorder=1,
+            label="Pareto front",
+        )
     _reference_lines(ax, rows)
     xs = [r[key] / scale for r in points]
     if log_x:
@@ -654,10 +833,21 @@ def _inline(md: str) -> str:
 
 def _html_table(rows: list[dict[str, Any]]) -> str:
     keep = _shown_columns(rows)
-    head = "".join(f"<th>{html.escape(TABLE_HEADER[i])}</th>" for i in keep)
+    full_header, sets = table_header(rows), transfer_sets(rows)
+    head = "".join(f"<th>{html.escape(full_header[i])}</th>" for i in keep)
+    groups = ""
+    if sets:  # a header row naming each column group: in-domain, then one per further data set
+        own = sum(1 for i in keep if i < len(TABLE_HEADER))
+        groups = (
+            f"<tr><th colspan='{own}'>in-domain (validation)</th>"
+            + "".join(
+                f"<th colspan='{len(TRANSFER_HEADER)}'>transfer: {html.escape(name)}</th>" for name in sets
+            )
+            + "</tr>"
+        )
     body = []
     for row in rows:
-        cells = table_cells(row)
+        cells = table_cells(row, sets)
         if row.get("status") != "ok":
             body.append(
                 f'<tr class="failed"><td>{html.escape(cells[0])}</td>'
@@ -666,7 +856,7 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
             continue
         cls = ' class="zero"' if row["method"] == ZERO_SHOT else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(cells[i])}</td>" for i in keep) + "</tr>")
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead>{groups}<tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     return f"<div class='scroll'>{table}</div>"
 
 
@@ -693,6 +883,39 @@ def _overlap_matrix(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _trial_cell(scores: dict[int, float | None], steps: int) -> str:
+    if steps not in scores:
+        return ""  # pruned before this rung
+    return "failed" if scores[steps] is None else fmt_pct(scores[steps])
+
+
+def _tuning_table(results: dict[str, Any]) -> str:
+    """Every trial of --tune: its dev accuracy after each rung's steps (blank: pruned before that rung)."""
+    tuning = results.get("tuning")
+    if not tuning:
+        return ""
+    steps = sorted(
+        {int(s) for v in tuning["methods"].values() for t in v["trials"] for s in t["dev_accuracy"]}
+    )
+    head = "".join(f"<th>dev accuracy after {s} steps</th>" for s in steps)
+    body = []
+    for method, v in tuning["methods"].items():
+        for trial in v["trials"]:
+            scores = {int(s): a for s, a in trial["dev_accuracy"].items()}
+            mark = " (chosen)" if trial["lr"] == v["chosen"] else ""
+            cells = "".join(f"<td>{_trial_cell(scores, s)}</td>" for s in steps)
+            body.append(f"<tr><td>{html.escape(method)}</td><td>{trial['lr']:g}{mark}</td>{cells}</tr>")
+    dev = tuning["dev"]
+    return (
+        "<h2>Learning-rate tuning</h2>"
+        f"<p class='note'>Dev split: {dev['size']} rows of the training data (seed {dev['seed']}), none "
+        f"repeating a validation or further-set question; trials trained on the other {dev['train_rows']} "
+        "rows. Successive halving: every candidate trains the first rung's steps, the better half twice as "
+        "many; the last rung's dev accuracy picks the learning rate.</p>"
+        f"<table><thead><tr><th>method</th><th>lr</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
 def _kv_table(data: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td class='text'>{html.escape(str(v))}</td></tr>"
@@ -702,9 +925,11 @@ def _kv_table(data: dict[str, Any]) -> str:
 
 
 _CAPTIONS = {
-    "accuracy_vs_params.png": "Accuracy (95% CI bars) vs trainable parameters, log axis. Dashed: zero-shot "
-    "(band: its CI); dotted: majority-letter baseline.",
-    "accuracy_vs_time.png": "Accuracy (95% CI bars) vs training wall time (training steps only).",
+    "accuracy_vs_params.png": "Accuracy (95% CI bars) vs trainable parameters, log axis; the solid line "
+    "joins the Pareto-optimal methods (none both cheaper and more accurate). Dashed: zero-shot (band: its "
+    "CI); dotted: majority-letter baseline.",
+    "accuracy_vs_time.png": "Accuracy (95% CI bars) vs training wall time (training steps only); the solid "
+    "line joins the Pareto-optimal methods.",
     "peak_memory.png": "Peak memory of each method's own process (RSS on CPU, CUDA max allocated on GPU).",
     "learning_curves.png": "Validation accuracy at each evaluation step (on the learning-curve subset).",
 }
@@ -761,6 +986,7 @@ def html_report(results: dict[str, Any], plots: list[Path]) -> str:
         "the training steps only; peak memory is each method's own process.</p>",
         f"<p class='note'>{html.escape(UNPACKED_NOTE)}</p>" if any(_unpacked(r) for r in rows) else "",
         _overlap_matrix(rows),
+        _tuning_table(results),
         "<h2>Plots</h2>",
         '<div class="plots">' + "".join(figures) + "</div>",
         "<h2>Command and configuration</h2>",

@@ -35,15 +35,25 @@ budget, which leaves room for a slower laptop or a busy machine.
 ``--quick``: 16 steps, curve at 0/8/16 on 24 questions, final evaluation on 64 questions: ~4 min.
 Its CIs are +-12 points: ``--quick`` checks the pipeline, it does not pick a method.
 ``--permutations cyclic`` scores the final set 4 more times (~+10 min for the default budget).
+
+Every unit of work is a :class:`~mcqtune.compare.backends.Job` (one training run or the zero-shot
+evaluation, and its evaluations) executed by :func:`run_units` on a backend (in turn, ``--parallel K``,
+``--backend ray``): the final runs (``--seeds N``: N per method), and with ``--tune lr`` the
+learning-rate trials of :mod:`mcqtune.compare.trials`, rung by rung. :mod:`mcqtune.compare.evidence`
+folds the runs into table rows (mean +- spread, paired tests against the best, ``--eval-data`` transfer
+columns). ``--budget time=5m`` gives every method the same seconds of training instead of the same steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -54,20 +64,29 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
+from mcqtune.compare.backends import (
+    CHECKPOINT_GRACE_SECONDS,
+    RUN_RECORD,
+    Backend,
+    Execution,
+    Job,
+    open_backend,
+)
+from mcqtune.compare.evidence import ANSWERS, IN_DOMAIN, ZERO_SHOT
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
+from mcqtune.evaluation.metrics import PER_QUESTION
 from mcqtune.progress import task
 
 log = logging.getLogger(__name__)
 
-ZERO_SHOT = "zero-shot"
 RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
-RUN_RECORD = "compare_run.json"  # written by the worker into its run directory
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
 PLAN_FILE = "compare_plan.json"
@@ -96,6 +115,8 @@ QUICK_BUDGET: dict[str, Any] = {
     "final_eval_limit": 64,
 }
 
+TUNE_CHOICES = ("lr",)
+BUDGET_KINDS = ("steps", "time")  # --budget: equal optimizer steps (default) or equal training seconds
 WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
 
 # Keys that must be identical across methods for the comparison to be fair (checked after resolving).
@@ -117,10 +138,36 @@ class CompareSettings:
     permutations: str | None = (
         None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
     )
+    tune: str | None = None  # "lr": pick each method's learning rate on a dev split (compare/trials.py)
+    dev_size: int | None = None  # rows of that dev split (None: trials.DEV_SIZE or QUICK_DEV_SIZE)
+    seeds: int = 1  # final runs per method, seeds seed, seed+1, ...
+    eval_data: list[str] = field(default_factory=list)  # further data sets every row is scored on
+    time_budget: float | None = None  # seconds of training per method (--budget time=...); None: steps
     echo: bool = True
     command: str | None = None
     # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
     worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.runner", "--worker"])
+    # Where and how many jobs run at once (mcqtune.compare.backends): sequential unless asked.
+    execution: Execution = field(default_factory=Execution)
+
+
+def make_job(settings: CompareSettings, name: str, row: str, kind: str, config: dict[str, Any]) -> Job:
+    """One unit of work in ``OUTPUT/runs/<name>``: final runs (one per method and seed), tuning trials and
+    the zero-shot evaluation alike; ``row`` is the table row (or the tuned method) it belongs to."""
+    permutations, eval_data = settings.permutations, tuple(settings.eval_data)
+    return Job(
+        name=name,
+        row=row,
+        kind=kind,
+        config=config,
+        fingerprint=fingerprint(config, kind, permutations, eval_data),
+        run_dir=settings.output / RUNS_DIR / name,
+        permutations=permutations,
+        eval_data=eval_data,
+    )
+
+
+TRAIN = "train"
 
 
 @dataclass
@@ -133,10 +180,13 @@ class CompareResult:
 
 # ------------------------------------------------------------------------------------------- planning
 def default_methods() -> list[str]:
-    """Every registered method, in the order the methods give (``Method.compare_order``, then name)."""
+    """Every registered method except the presets (DoRA, rsLoRA, ...: ask for them with ``--methods``, or
+    a default compare would train LoRA five times over), in the order the methods give
+    (``Method.compare_order``, then name)."""
     from mcqtune.methods import METHODS
 
-    return sorted(METHODS, key=lambda name: (METHODS[name].compare_order, name))
+    methods = [name for name, method in METHODS.items() if method.preset_of is None]
+    return sorted(methods, key=lambda name: (METHODS[name].compare_order, name))
 
 
 def parse_methods(text: str | None) -> list[str] | None:
@@ -159,6 +209,34 @@ def _check_methods(methods: list[str]) -> None:
         raise ConfigError("--methods: no method to compare")
 
 
+def parse_budget(text: str | None) -> float | None:
+    """``--budget``: ``steps`` (None: equal optimizer steps) or ``time=5m`` / ``time=90s`` / ``time=1h``
+    (seconds of training per method)."""
+    from mcqtune.config import ConfigError
+
+    if text is None or text.strip().lower() == "steps":
+        return None
+    kind, _, amount = text.strip().lower().partition("=")
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    scale = units.get(amount[-1:]) if amount else None
+    number = amount[:-1] if scale else amount
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if kind != "time" or not seconds > 0:
+        raise ConfigError(
+            f"--budget: expected 'steps' or 'time=DURATION' (e.g. time=5m, time=90s), got {text!r}"
+        )
+    return seconds
+
+
+def eval_set_name(ref: str) -> str:
+    """How reports name a further data set: a bundled name as given, a file by its stem."""
+    path = Path(ref).expanduser()
+    return path.stem if path.is_file() else ref
+
+
 def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     """Resolve every method's TrainConfig (user errors surface here, before an hour of training)."""
     from mcqtune.config import ConfigError, build_config
@@ -167,11 +245,21 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     _check_methods(methods)
     budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
     runs = settings.output / RUNS_DIR
+    if settings.seeds < 1:
+        raise ConfigError(f"--seeds must be a positive integer, got {settings.seeds}")
+    if settings.tune is not None and settings.tune not in TUNE_CHOICES:
+        raise ConfigError(f"--tune: one of {', '.join(TUNE_CHOICES)}, got {settings.tune!r}")
 
     def resolve(method: str, name: str):
-        given = {**settings.overrides, **settings.data_fields}
+        given = {**settings.overrides, **settings.data_fields, "max_train_seconds": settings.time_budget}
         flags = {**given, "method": method, "output": str(runs / name)}
-        return build_config(flags, settings.config_file, defaults=budget)
+        config = build_config(flags, settings.config_file, defaults=budget)
+        ceiling = time_budget_steps(config)
+        if not ceiling:
+            return config
+        # as many learning-curve points as under the step budget
+        every = max(1, round(ceiling * config.eval_steps / config.max_steps))
+        return dataclasses.replace(config, max_steps=ceiling, eval_steps=every)
 
     configs = {method: resolve(method, method) for method in methods}
     # Zero-shot: the same evaluation keys; the method only picks which defaults file is read.
@@ -181,15 +269,69 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
             f"--data {zero.train}: a data file has no implicit validation split; pass --validation"
         )
     reference = zero.to_dict()
+    # With a time budget each method's step count is its own (what fits in the time); the time is shared.
+    per_method = ("max_steps", "eval_steps") if settings.time_budget else ()
+    shared_keys = [k for k in SHARED_KEYS if k not in per_method]
     for method, config in configs.items():
         data = config.to_dict()
-        different = [k for k in SHARED_KEYS if data[k] != reference[k]]
+        different = [k for k in shared_keys if data[k] != reference[k]]
         if different:  # only possible if a method's defaults file sets a shared key
             raise ConfigError(
                 f"method '{method}' resolves {', '.join(different)} differently from the others; "
                 "set them in --config or on the command line so every method gets the same budget"
             )
-    return {"methods": methods, "configs": configs, "zero_shot": zero}
+    if settings.tune:
+        from mcqtune.config import method_lr_grid
+
+        for method in methods:
+            method_lr_grid(method)  # a missing grid is an error now, not after the first method
+    names = [eval_set_name(ref) for ref in settings.eval_data]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--eval-data: two data sets named {', '.join(repeated)}; rename a file")
+    # Loaded now, so a bad file fails before any training (and --tune keeps their questions out of dev).
+    eval_sets = {name: _load_rows(zero, ref) for name, ref in zip(names, settings.eval_data, strict=True)}
+    return {"methods": methods, "configs": configs, "zero_shot": zero, "eval_sets": eval_sets}
+
+
+def _load_rows(config, ref: str) -> list[Any]:
+    from mcqtune.training.recipe import load_split
+
+    return load_split(resolve_data_path(ref), config, None)[0]
+
+
+def resolve_data_path(ref: str) -> Path:
+    """A further data set's file: a file as given, a bundled name's validation split."""
+    from mcqtune.data import resolve_data
+
+    return resolve_data(ref, "validation")
+
+
+def _on_reference_machine(config) -> bool:
+    """Whether the measured per-method speeds apply: the bundled model on a CPU."""
+    import torch
+
+    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
+
+    return not torch.cuda.is_available() and MODEL_ALIASES.get(config.model, config.model) == DEFAULT_MODEL
+
+
+def seconds_per_step(config) -> float | None:
+    """Measured training seconds per optimizer step of ``config``'s method and batch (None off the
+    reference machine: bundled model, idle 2-core CPU)."""
+    from mcqtune.methods import get_method
+
+    if not _on_reference_machine(config):
+        return None
+    return get_method(config.method).step_seconds * config.batch_size * config.grad_accum / 4
+
+
+def time_budget_steps(config) -> int | None:
+    """Under a time budget, the steps that fit in it at the method's measured speed, so its learning-rate
+    schedule ends near the deadline (the deadline stops it either way); None: keep ``max_steps`` (no
+    time budget, or no measured speed, where ``max_steps`` stays the ceiling)."""
+    per_step = seconds_per_step(config) if config.max_train_seconds else None
+    return max(1, math.ceil(config.max_train_seconds / per_step)) if per_step else None
 
 
 def curve_points(max_steps: int, eval_steps: int) -> int:
@@ -197,16 +339,16 @@ def curve_points(max_steps: int, eval_steps: int) -> int:
     return 1 + len({s for s in range(eval_steps, max_steps + 1, eval_steps)} | {max_steps})
 
 
-def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> float | None:
-    """Wall time of a compare on an idle 2-core CPU with the bundled model; None for anything else."""
-    import torch
-
+def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float | None:
+    """Wall time of a compare on an idle 2-core CPU with the bundled model; None for anything else.
+    Counts every run: zero-shot, each method's seeds, and with --tune its trials (the halving schedule
+    is fixed by the grid sizes, only which candidates survive depends on the scores)."""
+    from mcqtune.compare import trials
     from mcqtune.data import load_examples, resolve_data
     from mcqtune.methods import Method, get_method
-    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
 
     zero = plan["zero_shot"]
-    if torch.cuda.is_available() or MODEL_ALIASES.get(zero.model, zero.model) != DEFAULT_MODEL:
+    if not _on_reference_machine(zero):
         return None
     try:
         path = resolve_data(zero.validation, "validation")
@@ -214,16 +356,24 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
     except Exception:  # the real run reports data problems properly
         return None
     final = min(zero.final_eval_limit or n_val, n_val)
-    scored_final = final * (5 if permutations else 1)  # + cyclic orders of 4 options
+    scored_final = final * (5 if settings.permutations else 1)  # + cyclic orders of 4 options
+    limit = zero.final_eval_limit
+    scored_final += sum(min(len(rows), limit or len(rows)) for rows in plan["eval_sets"].values())
     # zero-shot: the base model alone scores at the rate of a method that adds nothing to it
     total = WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
     for name, config in plan["configs"].items():
         method = get_method(name)
         questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)
-        questions += scored_final
-        scale = config.batch_size * config.grad_accum / 4
-        total += WORKER_START_SECONDS + method.step_seconds * config.max_steps * scale
-        total += method.eval_seconds_per_question * questions
+        training = seconds_per_step(config) * config.max_steps
+        one_run = (
+            WORKER_START_SECONDS + training + method.eval_seconds_per_question * (questions + scored_final)
+        )
+        total += one_run * settings.seeds
+        if settings.tune:
+            for steps in trials.trial_steps(config, len(trials.lr_candidates(name))):
+                dev = trials.dev_size(settings)
+                total += WORKER_START_SECONDS + seconds_per_step(config) * steps
+                total += method.eval_seconds_per_question * (dev + 2 * trials.TRIAL_CURVE_ROWS)
     return total
 
 
@@ -231,7 +381,9 @@ def estimate_seconds(plan: dict[str, Any], permutations: str | None = None) -> f
 ZERO_SHOT_KEYS = keys_tagged(TAG_ZERO_SHOT)
 
 
-def fingerprint(config_dict: dict[str, Any], kind: str, permutations: str | None = None) -> str:
+def fingerprint(
+    config_dict: dict[str, Any], kind: str, permutations: str | None = None, eval_data: Sequence[str] = ()
+) -> str:
     """What must match for --resume to reuse a finished row."""
     from mcqtune import __version__
 
@@ -240,7 +392,13 @@ def fingerprint(config_dict: dict[str, Any], kind: str, permutations: str | None
     else:
         data = {k: v for k, v in config_dict.items() if k != "output"}
     blob = json.dumps(
-        {"kind": kind, "config": data, "version": __version__, "permutations": permutations},
+        {
+            "kind": kind,
+            "config": data,
+            "version": __version__,
+            "permutations": permutations,
+            "eval_data": list(eval_data),
+        },
         sort_keys=True,
         default=str,
     )
@@ -277,7 +435,10 @@ class _EvalContext:
         }
 
 
-def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalContext:
+def _eval_context(
+    config, tokenizer=None, packed: bool | None = None, data_file: Path | None = None
+) -> _EvalContext:
+    """The final evaluation's setup on the validation data, or on ``data_file`` (a further data set)."""
     from mcqtune.data import load_examples, resolve_data
     from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.methods import get_method
@@ -288,7 +449,7 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
         tokenizer = load_tokenizer(resolve_model(config.model))
     device = default_device()
     data = load_examples(
-        resolve_data(config.validation, "validation"),
+        data_file or resolve_data(config.validation, "validation"),
         config.format,
         on_bad_rows=config.on_bad_rows,
         field_map=config.field_map(),
@@ -305,11 +466,12 @@ def _eval_context(config, tokenizer=None, packed: bool | None = None) -> _EvalCo
     )
 
 
-def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The base model, untrained, scored exactly like train()'s final evaluation."""
+def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]:
+    """The base model, untrained, scored exactly like train()'s final evaluation: its metrics file, the
+    model, the scoring and the evaluation setup (for the permutation and further data set scores)."""
     from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
     from mcqtune.evaluation.format import format_metrics
-    from mcqtune.evaluation.metrics import compute_metrics
+    from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
     from mcqtune.inference import Predictor
 
     predictor = Predictor(config.model, precision=config.precision)
@@ -326,7 +488,7 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
             packed=context.packed,
             batch_size=config.eval_batch_size,
         ).scored
-    metrics = compute_metrics(scored)
+    metrics = compute_metrics(scored) | {PER_QUESTION: per_question(scored)}
     print(format_metrics(metrics, f"validation ({name}, zero-shot, {scoring} scoring):"), flush=True)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     metrics_file = {
@@ -337,7 +499,34 @@ def _evaluate_zero_shot(config, permutations: str | None) -> tuple[dict[str, Any
         "validation": metrics,
         "history": [],
     }
-    return metrics_file, _permutation_accuracy(model, config, context, scoring, permutations)
+    return metrics_file, model, scoring, context
+
+
+# What a further data set's score keeps (compute_metrics' keys): enough for its column group and tests.
+TRANSFER_KEYS = ("n", "accuracy", "ci95", "majority_baseline", "scoring")
+
+
+def _score_further_sets(
+    model, config, scoring: str, packed: bool | None, eval_data: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, CI, majority baseline and per-question answers of ``model`` on each further data set
+    (first ``final_eval_limit`` rows, read with the same format and field flags as the validation data)."""
+    from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.evaluation.format import format_metrics
+    from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
+
+    out: dict[str, Any] = {}
+    for ref in eval_data:
+        name = eval_set_name(ref)
+        context = _eval_context(config, packed=packed, data_file=resolve_data_path(ref))
+        with task(f"further data set ({name})"):
+            scored = score_examples(
+                model, context.encoder, context.rows, scoring, **context.score_kwargs(config)
+            )
+        metrics = compute_metrics(scored)
+        print(format_metrics(metrics, f"further data set {name} ({scoring} scoring):"), flush=True)
+        out[name] = {k: metrics.get(k) for k in TRANSFER_KEYS} | {PER_QUESTION: per_question(scored)}
+    return out
 
 
 def _permutation_accuracy(
@@ -421,15 +610,20 @@ def worker_main(argv: list[str]) -> int:
         config = TrainConfig(**spec["config"])
         config.validate("compare")
         if kind == ZERO_SHOT:
-            metrics, permutation = _evaluate_zero_shot(config, spec.get("permutations"))
+            metrics, model, scoring, context = _evaluate_zero_shot(config)
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / METRICS, metrics)
+            packed = context.packed
         else:
             result = _train_one(config, bool(spec.get("resume")))
+            model, context = result.model, None
             scoring = (result.metrics.get("validation") or {}).get("scoring")
-            permutation = _permutation_accuracy(result.model, config, None, scoring, spec.get("permutations"))
+            packed = None  # the method's own (as train() scored it)
+        permutation = _permutation_accuracy(model, config, context, scoring, spec.get("permutations"))
         if permutation is not None:
             record["permutation"] = permutation
+        if spec.get("eval_data") and scoring:
+            record["transfer"] = _score_further_sets(model, config, scoring, packed, spec["eval_data"])
         record["status"] = "ok"
     except BaseException as exc:  # every failure becomes a row, including MemoryError and Ctrl-C
         traceback.print_exc()
@@ -491,24 +685,43 @@ class _MemoryPoller(threading.Thread):
             self.stop.wait(0.5)
 
 
-def _run_worker(
-    settings: CompareSettings, method: str, kind: str, config_dict: dict[str, Any], fp: str
+def run_job(
+    settings: CompareSettings,
+    job: Job,
+    env: Mapping[str, str],
+    started: Callable[[subprocess.Popen], None] | None = None,
 ) -> dict[str, Any]:
-    run_dir = settings.output / RUNS_DIR / method
+    """What a backend runs: one unit's worker, with ``env`` added (threads, GPU); returns its record."""
+    steps = job.config["max_steps"]
+    what = "zero-shot evaluation" if job.kind == ZERO_SHOT else f"training {steps} steps"
+    print(f"{job.name}: {what}...", flush=True)
+    return _run_worker(settings, job, env=env, started=started)
+
+
+def _run_worker(
+    settings: CompareSettings,
+    job: Job,
+    *,
+    env: Mapping[str, str] | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    method, kind, fp = job.name, job.kind, job.fingerprint
+    run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_RECORD).unlink(missing_ok=True)  # never read a stale record after a crash
     spec = {
         "kind": kind,
         "method": method,
         "run_dir": str(run_dir),
-        "config": config_dict,
+        "config": job.config,
         "fingerprint": fp,
         "resume": settings.resume,
-        "permutations": settings.permutations,
+        "permutations": job.permutations,
+        "eval_data": list(job.eval_data),
     }
     spec_path = run_dir / RUN_SPEC
     atomic_write_json(spec_path, spec)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     command = [sys.executable, *settings.worker_args, str(spec_path)]
     start = time.perf_counter()
     with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log_file:
@@ -516,6 +729,8 @@ def _run_worker(
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
         )
+        if started is not None:
+            started(proc)
         poller = _MemoryPoller(proc.pid)
         poller.start()
 
@@ -539,11 +754,15 @@ def _run_worker(
         except BaseException:
             # Ctrl-C reaches the worker too (same process group): give it time to save a checkpoint
             # that `compare --resume` continues from, then make sure no orphan keeps training.
-            print(f"  [{method}] interrupted: waiting up to 120 s for it to save a checkpoint", flush=True)
+            print(
+                f"  [{method}] interrupted: waiting up to {CHECKPOINT_GRACE_SECONDS:g} s for it to save "
+                "a checkpoint",
+                flush=True,
+            )
             try:
                 if proc.poll() is None:  # the signal may have reached only this process
                     proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=120)
+                proc.wait(timeout=CHECKPOINT_GRACE_SECONDS)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -689,6 +908,20 @@ def build_row(
     row["learning_curve"] = [
         [h["step"], h["val_accuracy"]] for h in metrics.get("history", []) if "val_accuracy" in h
     ]
+    row["seed"] = config_dict.get("seed")
+    row["transfer"] = {}
+    row[ANSWERS] = {IN_DOMAIN: val.get(PER_QUESTION)} if val.get(PER_QUESTION) else {}
+    for name, scores in (record.get("transfer") or {}).items():
+        low, high = scores["ci95"]
+        baseline = scores["majority_baseline"]
+        row["transfer"][name] = {
+            "n_eval": scores["n"],
+            "accuracy": scores["accuracy"],
+            "ci95_low": low,
+            "ci95_high": high,
+            "majority_baseline": baseline,
+        }
+        row[ANSWERS][name] = scores[PER_QUESTION]
     return row
 
 
@@ -764,17 +997,30 @@ def _write_outputs(
     }
 
 
+def final_runs(settings: CompareSettings, plan: dict[str, Any]) -> list[Job]:
+    """Zero-shot, then every method once per seed (seed, seed+1, ...): the runs the table is made of.
+    The first seed's run keeps the plain name ``runs/<method>``; the others are ``runs/<method>-seed<N>``."""
+    runs = [make_job(settings, ZERO_SHOT, ZERO_SHOT, ZERO_SHOT, plan["zero_shot"].to_dict())]
+    for method in plan["methods"]:
+        config = plan["configs"][method]
+        for k in range(settings.seeds):
+            name = method if k == 0 else f"{method}-seed{config.seed + k}"
+            output = str(settings.output / RUNS_DIR / name)
+            seeded = dataclasses.replace(config, seed=config.seed + k, output=output)
+            runs.append(make_job(settings, name, method, TRAIN, seeded.to_dict()))
+    return runs
+
+
 def run_compare(settings: CompareSettings) -> CompareResult:
-    """Train every method in its own process, one after another, then write the table, plots and report."""
+    """Tune (--tune), then train every method (x --seeds) and evaluate zero-shot, each run in its own
+    process, writing the table, plots and report after every run."""
     start = time.perf_counter()
     settings.output = Path(settings.output)
     plan = plan_configs(settings)
+    backend = open_backend(settings.execution)  # a missing Ray or unreachable cluster fails before any write
     settings.output.mkdir(parents=True, exist_ok=True)
     methods: list[str] = plan["methods"]
     zero_dict = plan["zero_shot"].to_dict()
-    order = [(ZERO_SHOT, ZERO_SHOT, zero_dict)] + [
-        (m, "train", plan["configs"][m].to_dict()) for m in methods
-    ]
     user_config_text = (
         Path(settings.config_file).read_text(encoding="utf-8") if settings.config_file else None
     )
@@ -785,27 +1031,25 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         "methods": methods,
         "shared": shared,
         "examples_seen": shared["max_steps"] * shared["batch_size"] * shared["grad_accum"],
-        "per_method": {
-            m: {"lr": c.lr, "weight_decay": c.weight_decay, "method_options": c.method_options}
-            for m, c in plan["configs"].items()
-        },
+        "budget": {"kind": "time", "seconds": settings.time_budget}
+        if settings.time_budget
+        else {"kind": "steps"},
+        "seeds": settings.seeds,
+        "eval_data": {eval_set_name(ref): ref for ref in settings.eval_data},
         "config_file": settings.config_file,
         "config_text": user_config_text,
         "machine": machine_info(),
         "versions": library_versions(),
     }
-    estimate = estimate_seconds(plan, settings.permutations)
+    estimate = estimate_seconds(plan, settings)
     if estimate is not None:
         meta["estimated_seconds"] = round(estimate)
         print(
-            f"compare: zero-shot + {len(methods)} method(s), {shared['max_steps']} steps x batch "
-            f"{shared['batch_size']} each; about {estimate / 60:.0f} min on an idle 2-core CPU",
+            f"compare: zero-shot + {len(methods)} method(s) x {settings.seeds} seed(s)"
+            + (f", tuning {settings.tune} first" if settings.tune else "")
+            + f"; about {estimate / 60:.0f} min on an idle 2-core CPU",
             flush=True,
         )
-    atomic_write_json(
-        settings.output / PLAN_FILE,
-        {**meta, "configs": {name: cfg for name, _, cfg in order}},
-    )
     rows: list[dict[str, Any]] = []
     files: dict[str, Path] = {}
     previous_handler = None
@@ -813,8 +1057,21 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         # SIGTERM (a job scheduler, `timeout`) stops the running method cleanly, like Ctrl-C.
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _run_all(settings, plan, order, meta, rows, files, start)
+        if settings.tune:
+            from mcqtune.compare.trials import tune_learning_rates
+
+            meta["tuning"] = tune_learning_rates(
+                settings, plan, lambda specs: _run_trials(settings, backend, specs)
+            )
+        meta["per_method"] = {
+            m: {"lr": c.lr, "weight_decay": c.weight_decay, "method_options": c.method_options}
+            for m, c in plan["configs"].items()
+        }
+        runs = final_runs(settings, plan)
+        atomic_write_json(settings.output / PLAN_FILE, {**meta, "configs": {j.name: j.config for j in runs}})
+        _run_final(settings, backend, plan, runs, meta, rows, files, start)
     finally:
+        backend.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     elapsed = time.perf_counter() - start
@@ -826,30 +1083,78 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
-def _run_all(settings, plan, order, meta, rows, files, start) -> None:
-    total = len(order)
-    for index, (name, kind, config_dict) in enumerate(order, start=1):
-        run_dir = settings.output / RUNS_DIR / name
-        fp = fingerprint(config_dict, kind, settings.permutations)
-        record = _finished(run_dir, fp) if settings.resume else None
-        if record is not None:
-            print(f"[{index}/{total}] {name}: already finished ({run_dir}), skipped (--resume)", flush=True)
+def _run_trials(
+    settings: CompareSettings, backend: Backend, specs: list[Any]
+) -> list[tuple[float | None, str | None]]:
+    """Tuning trials as ordinary runs; each one's dev accuracy (None when it failed) and error."""
+    jobs = [
+        make_job(
+            settings,
+            name,
+            method,
+            TRAIN,
+            dataclasses.replace(config, output=str(settings.output / RUNS_DIR / name)).to_dict(),
+        )
+        for name, method, config in specs
+    ]
+    rows = [
+        build_row(job.row, record, job.run_dir, job.config)
+        for job, record in zip(jobs, run_units(settings, backend, jobs), strict=True)
+    ]
+    return [(row["accuracy"], row["error"]) for row in rows]
+
+
+def run_units(
+    settings: CompareSettings,
+    backend: Backend,
+    jobs: Sequence[Job],
+    on_done: Callable[[Job, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Execute jobs on ``backend`` (in turn, in parallel or on Ray), reusing finished ones with --resume;
+    ``on_done`` is called after each. Every run of a compare, trials and seeds included, goes through here."""
+    records: dict[str, dict[str, Any]] = {}
+
+    def done(job: Job, record: dict[str, Any]) -> None:
+        records[job.name] = record
+        status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
+        print(
+            f"[{len(records)}/{len(jobs)}] {job.name}: {status} ({record.get('wall_seconds', 0):.0f} s)",
+            flush=True,
+        )
+        if on_done is not None:
+            on_done(job, record)
+
+    to_run = []
+    for job in jobs:
+        record = _finished(job.run_dir, job.fingerprint) if settings.resume else None
+        if record is None:
+            to_run.append(job)
         else:
-            what = (
-                "zero-shot evaluation"
-                if kind == ZERO_SHOT
-                else f"training {meta['shared']['max_steps']} steps"
-            )
-            print(f"[{index}/{total}] {name}: {what}...", flush=True)
-            record = _run_worker(settings, name, kind, config_dict, fp)
-            status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
-            print(f"[{index}/{total}] {name}: {status} ({record.get('wall_seconds', 0):.0f} s)", flush=True)
-        rows.append(build_row(name, record, run_dir, config_dict))
+            print(f"{job.name}: already finished ({job.run_dir}), skipped (--resume)", flush=True)
+            done(job, record)
+    backend.run(to_run, functools.partial(run_job, settings), done)
+    return [records[job.name] for job in jobs]
+
+
+def _run_final(settings, backend: Backend, plan, runs: list[Job], meta, rows, files, start) -> None:
+    from mcqtune.compare.evidence import table_rows
+
+    order = [ZERO_SHOT, *plan["methods"]]
+    run_rows: list[dict[str, Any]] = []
+
+    def finished(job: Job, record: dict[str, Any]) -> None:
+        row = build_row(job.row, record, job.run_dir, job.config)
+        row["lr_tuned"] = job.row in (meta.get("tuning") or {}).get("methods", {})
+        run_rows.append(row)
+        rows[:] = table_rows(run_rows, order)
         meta["seconds"] = round(time.perf_counter() - start, 1)
+        meta["runs"] = [{k: v for k, v in r.items() if k != ANSWERS} for r in run_rows]
         with contextlib.suppress(OSError):
             meta["machine"]["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
-        # Rewritten after every method: an interrupted compare still leaves a valid partial report.
-        files.update(_write_outputs(settings, plan, rows, {**meta, "complete": index == total}))
+        # Rewritten after every run: an interrupted compare still leaves a valid partial report.
+        files.update(_write_outputs(settings, plan, rows, {**meta, "complete": len(run_rows) == len(runs)}))
+
+    run_units(settings, backend, runs, finished)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,10 @@ paired bootstrap of the accuracy difference use it. Everything here is numpy in,
 
 McNemar's exact test is the two-sided binomial test of the discordant pairs against p = 1/2, written
 with :func:`math.comb` rather than adding scipy as a dependency for one formula (docs/DECISIONS.md).
+
+With several seeds, run k of one method is paired with run k of the other on the same questions:
+McNemar counts every such pair, and the bootstrap resamples *questions* with all their seeds together
+(a question answered by S runs is still one question), so its interval does not shrink with seeds.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ BOOTSTRAP_SAMPLES = 10_000
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """Method ``a`` against method ``b`` on the same ``n`` questions."""
+    """Method ``a`` against method ``b`` on the same ``n`` questions (``runs`` pairs of runs each)."""
 
     n: int
     accuracy_a: float
@@ -33,6 +37,7 @@ class PairedComparison:
     mcnemar_p: float
     difference: float  # accuracy_a - accuracy_b
     difference_ci: tuple[float, float]  # paired bootstrap, 95%
+    runs: int = 1  # seeds: pairs of runs on the same questions
 
     @property
     def significant(self) -> bool:
@@ -41,6 +46,7 @@ class PairedComparison:
     def to_dict(self) -> dict[str, float | int | bool | list[float]]:
         return {
             "n": self.n,
+            "runs": self.runs,
             "accuracy_a": round(self.accuracy_a, 4),
             "accuracy_b": round(self.accuracy_b, 4),
             "only_a_correct": self.only_a_correct,
@@ -66,8 +72,11 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 def paired_bootstrap_ci(
     correct_a: np.ndarray, correct_b: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
 ) -> tuple[float, float]:
-    """95% percentile interval of accuracy(a) - accuracy(b), resampling questions (pairs kept together)."""
-    diff = correct_a.astype(np.float64) - correct_b.astype(np.float64)
+    """95% percentile interval of accuracy(a) - accuracy(b), resampling questions (pairs kept together);
+    ``(runs, questions)`` matrices resample questions with every run's answer to them."""
+    diff = np.atleast_2d(correct_a).astype(np.float64).mean(axis=0) - np.atleast_2d(correct_b).astype(
+        np.float64
+    ).mean(axis=0)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(diff), size=(samples, len(diff)))
     means = diff[idx].mean(axis=1)
@@ -78,15 +87,18 @@ def paired_bootstrap_ci(
 def compare_paired(
     correct_a: Sequence[bool], correct_b: Sequence[bool], *, seed: int = 0
 ) -> PairedComparison:
-    """McNemar's exact test and a paired bootstrap for two per-question correctness vectors."""
-    a = np.asarray(correct_a, dtype=bool)
-    b = np.asarray(correct_b, dtype=bool)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+    """McNemar's exact test and a paired bootstrap for two per-question correctness vectors, or two
+    ``(runs, questions)`` matrices (one row per seed; a single run, such as zero-shot, pairs with each)."""
+    a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=bool))
+    same_runs = a.shape[0] == b.shape[0] or 1 in (a.shape[0], b.shape[0])
+    if a.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0 or not same_runs:
         raise ValueError(f"need two equally long, non-empty correctness vectors, got {a.shape} and {b.shape}")
+    a, b = np.broadcast_arrays(a, b)
     only_a = int((a & ~b).sum())
     only_b = int((~a & b).sum())
     return PairedComparison(
-        n=len(a),
+        n=a.shape[1],
         accuracy_a=float(a.mean()),
         accuracy_b=float(b.mean()),
         only_a_correct=only_a,
@@ -94,6 +106,7 @@ def compare_paired(
         mcnemar_p=mcnemar_exact(only_a, only_b),
         difference=float(a.mean() - b.mean()),
         difference_ci=paired_bootstrap_ci(a, b, seed=seed),
+        runs=a.shape[0],
     )
 
 

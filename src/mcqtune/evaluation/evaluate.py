@@ -6,8 +6,9 @@ under option permutations and debiasing is :mod:`mcqtune.evaluation.analysis`.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from mcqtune.data import MCQExample
+from mcqtune.distributed import gather_from_all, my_share
 from mcqtune.evaluation.metrics import ScoredExamples
 from mcqtune.progress import steps
 from mcqtune.prompt import PromptEncoder
@@ -57,8 +59,16 @@ def score_examples(
     packed: bool = True,
     precision: str = "fp32",
     device: torch.device | None = None,
+    row_adapters: Sequence[str] | None = None,
 ) -> ScoredExamples:
-    """Score every option of every question in length-sorted batches; one forward per batch."""
+    """Score every option of every question in length-sorted batches; one forward per batch.
+
+    ``row_adapters``: the artifact of each example, for a peft model holding several (its per-row
+    ``adapter_names``), so that questions for different artifacts share a forward pass.
+    Under a multi-process launch every process calls this with the same ``examples``: each scores
+    every N-th batch of the very batches one process would score (so each score is bit for bit the
+    single-process one) and the scores are gathered once, onto every process.
+    """
     device = device or next(model.parameters()).device
     autocast = autocast_context(device, precision)
     was_training = model.training
@@ -76,18 +86,28 @@ def score_examples(
         batches = _length_sorted_batches(encoded.features, lambda f: f.length, batch_size)
     else:
         raise ValueError(f"unknown scoring '{scoring}'")
-    for group in steps(batches, "batch"):
+    scored_rows: list[tuple[int, np.ndarray]] = []
+    for group in steps(my_share(batches), "batch"):
+        forward = model
+        if row_adapters is not None:
+            # One name per model row: unpacked cloze has a row per option.
+            names = [
+                row_adapters[f.index]
+                for f in group
+                for _ in range(1 if scoring == "letter" or packed else len(f.option_ids))
+            ]
+            forward = functools.partial(model, adapter_names=names)
         with autocast():
             if scoring == "letter":
                 batch = collate_letter(group, pad_id).to(device)
-                _, batch_scores = letter_forward(model, batch, with_loss=False)
+                _, batch_scores = letter_forward(forward, batch, with_loss=False)
             else:
                 batch = collate_cloze(group, pad_id, packed=packed).to(device)
-                batch_scores = cloze_forward(model, batch)
+                batch_scores = cloze_forward(forward, batch)
         values = batch_scores.float().cpu().numpy()
-        for row, index in enumerate(batch.indices):
-            k = len(examples[index].choices)
-            scores[index, :k] = values[row, :k]
+        scored_rows += [(i, values[row, : len(examples[i].choices)]) for row, i in enumerate(batch.indices)]
+    for index, option_scores in gather_from_all(scored_rows):
+        scores[index, : len(option_scores)] = option_scores
     if was_training:
         model.train()
     kept = np.ones(len(examples), dtype=bool)

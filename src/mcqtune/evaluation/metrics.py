@@ -161,6 +161,11 @@ def _letter_shares(letters: list[str], n_letters: int) -> dict[str, float]:
     return {LETTERS[i]: round(counts.get(LETTERS[i], 0) / total, 4) for i in range(n_letters)}
 
 
+def _answered(examples: list[MCQExample], predictions: np.ndarray) -> list[tuple[MCQExample, int]]:
+    """The labelled questions with their predicted option index."""
+    return [(e, int(p)) for e, p in zip(examples, predictions, strict=True) if e.answer is not None]
+
+
 def compute_metrics(scored: ScoredExamples) -> dict[str, Any]:
     """Accuracy with CI, majority baseline, letter distributions and per-subject accuracy."""
     examples = scored.examples
@@ -170,7 +175,7 @@ def compute_metrics(scored: ScoredExamples) -> dict[str, Any]:
     pred_letters = [LETTERS[int(p)] for p in predictions]
     metrics: dict[str, Any] = {"scoring": scored.scoring, "n": n, "skipped": len(scored.skipped)}
     metrics["predicted_letter_distribution"] = _letter_shares(pred_letters, n_letters)
-    answered = [(e, int(p)) for e, p in zip(examples, predictions, strict=True) if e.answer is not None]
+    answered = _answered(examples, predictions)
     if answered:
         correct = sum(e.answer == p for e, p in answered)
         gold_letters = [e.answer_letter for e, _ in answered]
@@ -201,6 +206,27 @@ def compute_metrics(scored: ScoredExamples) -> dict[str, Any]:
             }
     metrics["questions_per_second"] = round(n / scored.seconds, 2) if scored.seconds > 0 else None
     return metrics
+
+
+PER_QUESTION = "per_question"  # the metrics key holding each question's id and whether it was right
+
+
+def per_question(scored: ScoredExamples) -> dict[str, Any]:
+    """Which labelled questions were answered right, by id in scoring order: what paired tests between two
+    runs on the same questions need (``correct`` is a string of 0/1 to stay small in metrics.json)."""
+    answered = _answered(scored.examples, scored.predictions)
+    return {
+        "ids": [e.id for e, _ in answered],
+        "correct": "".join("1" if e.answer == p else "0" for e, p in answered),
+    }
+
+
+def correct_vector(metrics: dict[str, Any]) -> tuple[list[str], np.ndarray] | None:
+    """The ids and boolean correctness saved by :func:`per_question`, or None when it was not saved."""
+    saved = metrics.get(PER_QUESTION)
+    if not saved:
+        return None
+    return saved["ids"], np.array([c == "1" for c in saved["correct"]], dtype=bool)
 
 
 # ------------------------------------------------------------------------------------ letter bias

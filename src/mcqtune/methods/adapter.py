@@ -119,3 +119,6 @@ class AdapterMethod(Method):
     def activate(self, model: torch.nn.Module, name: str | None) -> torch.nn.Module:
         model.set_active_adapters(name)
         return model
+
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        model.delete_adapter(name)

@@ -12,8 +12,9 @@ Per-method defaults (learning rate, rank, bottleneck size...) live in ``configs/
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,16 @@ import torch
 from transformers import PreTrainedModel
 
 from mcqtune.errors import ConfigError, UserError
+from mcqtune.method_files import PRESET_OF, method_presets
 from mcqtune.models import ResolvedModel, load_model
 
 # base_key() of every method whose artifacts attach to the plain (unquantized) base, as zero-shot uses it.
 PLAIN_BASE = "plain"
 # The name load() gives the one artifact it attaches.
 SINGLE_ARTIFACT = "default"
+# Attribute a method's apply() may set on a trainable parameter: its learning rate is this multiple of the
+# configured one (LoRA+ trains B faster than A); make_optimizer puts each multiple in a group of its own.
+LR_RATIO = "mcqtune_lr_ratio"
 
 
 @dataclass
@@ -210,11 +215,22 @@ def check_master_weights(model: torch.nn.Module, method_name: str) -> None:
         )
 
 
+def lr_groups(params: list[torch.nn.Parameter], lr: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups, one per learning-rate multiple (:data:`LR_RATIO`), in first-seen order
+    (deterministic, so a resumed run's optimizer state fits its groups)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for param in params:
+        groups.setdefault(getattr(param, LR_RATIO, 1.0), []).append(param)
+    return [{"params": members, "lr": lr * ratio} for ratio, members in groups.items()]
+
+
 class Method(ABC):
     """A fine-tuning method. Subclasses are registered with :func:`register`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    # The method this one is a named preset of (configs/methods/<name>.yaml ``preset_of``), else None.
+    preset_of: ClassVar[str | None] = None
     # Whether scoring may pass a 4D attention mask and position ids (packed cloze options).
     supports_packing: ClassVar[bool] = True
     # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
@@ -272,9 +288,10 @@ class Method(ABC):
     ) -> torch.optim.Optimizer:
         """AdamW over the trainable parameters, fused kernel (CPU and CUDA): on CPU it is ~4x faster than
         foreach over LoRA's 420 small tensors (docs/PERFORMANCE.md)."""
+        lr = config.lr if config.lr is not None else 1e-4
         return torch.optim.AdamW(
-            params,
-            lr=config.lr if config.lr is not None else 1e-4,
+            lr_groups(params, lr),
+            lr=lr,
             weight_decay=config.weight_decay or 0.0,
             fused=device.type in ("cpu", "cuda"),
         )
@@ -301,6 +318,17 @@ class Method(ABC):
         computes as loaded) and return the module to run. The default suits one artifact per model."""
         return model
 
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        """Remove the attached artifact ``name`` from ``model``, which holds others too, and free its tensors.
+        (A model whose last artifact goes is dropped whole by its owner; a method that cannot hold several
+        artifacts on one model never gets this call.)"""
+        raise NotImplementedError(f"method '{self.name}' cannot remove one of several attached artifacts")
+
+    def mixes_in_batch(self, options: dict[str, Any]) -> bool:
+        """Whether this method's artifacts on one model can share a forward pass, each row naming its own
+        artifact (peft's per-row ``adapter_names``)."""
+        return False
+
     def load(self, base: PreTrainedModel, directory: Path, options: dict[str, Any]) -> torch.nn.Module:
         """Attach one saved artifact to a freshly loaded base, ready for inference."""
         model = self.attach(base, directory, options, SINGLE_ARTIFACT)
@@ -322,12 +350,37 @@ def option_errors(method_name: str, options: dict[str, Any]) -> Iterator[None]:
         raise ConfigError(f"method '{method_name}' (options {options}): {exc}") from exc
 
 
+def option_choice(options: dict[str, Any], key: str, allowed: Iterable[str], method_name: str) -> str:
+    """Option ``key`` as one of the ``allowed`` names (case-insensitive); ValueError naming them if not."""
+    value = str(options[key]).lower()
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{method_name}: {key} must be one of {', '.join(allowed)}, got '{value}'")
+    return value
+
+
+def positive_int_option(options: dict[str, Any], key: str, method_name: str) -> int:
+    value = int(options[key])
+    if value < 1:
+        raise ValueError(f"{method_name}: {key} must be positive, got {value}")
+    return value
+
+
 METHODS: dict[str, Method] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls()
     return cls
+
+
+def register_presets() -> None:
+    """Register every preset in configs/methods/ as a method of its own name: the class of the method it
+    presets, so it has every capability of that method; only its name, description and defaults differ."""
+    for name, file in method_presets().items():
+        parent = get_method(file[PRESET_OF])
+        attributes = {"name": name, "description": file["description"], "preset_of": parent.name}
+        register(type(f"{type(parent).__name__}[{name}]", (type(parent),), attributes))
 
 
 def get_method(name: str) -> Method:
@@ -370,3 +423,16 @@ class PeftMethod(Method):
         if name is not None:
             model.set_adapter(name)
         return model
+
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        with warnings.catch_warnings():  # "was active, now deleted": the caller has switched it off
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+            model.delete_adapter(name)
+
+
+class MergeablePeftMethod(PeftMethod):
+    """A peft method whose update folds into the base's own weights (LoRA, IA3, LayerNorm tuning), so
+    ``mcqtune export`` can write a plain model."""
+
+    def merge(self, model: torch.nn.Module) -> PreTrainedModel:
+        return model.merge_and_unload()

@@ -24,18 +24,18 @@ import torch
 from peft import IA3Config, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
-from mcqtune.methods.base import PeftMethod, register
+from mcqtune.methods.base import MergeablePeftMethod, register
 
 
-def _names(value: str | list[str]) -> list[str]:
+def module_names(value: str | list[str]) -> list[str]:
     """A list of module names from a YAML list or a comma-separated string."""
     items = value.split(",") if isinstance(value, str) else value
     return [str(item).strip() for item in items if str(item).strip()]
 
 
 def ia3_config(options: dict[str, Any]) -> IA3Config:
-    targets = _names(options["target_modules"])
-    feedforward = _names(options["feedforward_modules"])
+    targets = module_names(options["target_modules"])
+    feedforward = module_names(options["feedforward_modules"])
     if not targets:
         raise ValueError("ia3: target_modules is empty")
     outside = sorted(set(feedforward) - set(targets))
@@ -48,7 +48,7 @@ def ia3_config(options: dict[str, Any]) -> IA3Config:
 
 
 @register
-class IA3Method(PeftMethod):
+class IA3Method(MergeablePeftMethod):
     name = "ia3"
     description = "learned rescaling of keys, values and feed-forward activations (peft IA3)"
     compare_order = 70
@@ -59,6 +59,3 @@ class IA3Method(PeftMethod):
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
         return get_peft_model(model, ia3_config(options))
-
-    def merge(self, model: torch.nn.Module) -> PreTrainedModel:
-        return model.merge_and_unload()

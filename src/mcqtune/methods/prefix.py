@@ -32,7 +32,7 @@ import torch
 from peft import PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from transformers import AutoTokenizer, PreTrainedModel
 
-from mcqtune.methods.base import PeftMethod, register
+from mcqtune.methods.base import PeftMethod, option_choice, positive_int_option, register
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,8 @@ INITS = ("text", "random", "zero")
 
 
 def prefix_config(options: dict[str, Any]) -> PrefixTuningConfig:
-    n_tokens = int(options["num_virtual_tokens"])
-    if n_tokens < 1:
-        raise ValueError(f"prefix: num_virtual_tokens must be positive, got {n_tokens}")
-    init = str(options["init"]).lower()
-    if init not in INITS:
-        raise ValueError(f"prefix: init must be one of {', '.join(INITS)}, got '{init}'")
+    n_tokens = positive_int_option(options, "num_virtual_tokens", "prefix")
+    init = option_choice(options, "init", INITS, "prefix")
     encoder_hidden_size = options["encoder_hidden_size"]
     return PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
@@ -105,12 +101,17 @@ class PrefixMethod(PeftMethod):
         return peft_model
 
     def check_fits(self, config: Any, directory: Path) -> None:
-        # peft sizes the prefix from the saved config, not from the base: check that they agree.
-        saved = PeftConfig.from_pretrained(str(directory))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_width = head_dim * getattr(config, "num_key_value_heads", config.num_attention_heads)
-        if (saved.num_layers, saved.token_dim) != (config.num_hidden_layers, kv_width):
-            raise ValueError(
-                f"prefix for {saved.num_layers} layers of key/value width {saved.token_dim}, "
-                f"but the base has {config.num_hidden_layers} layers of width {kv_width}"
-            )
+        check_saved_shape(directory, config, kv_width, "prefix", "key/value width")
+
+
+def check_saved_shape(directory: Path, config: Any, width: int, what: str, width_name: str) -> None:
+    """peft sizes a prompt-learning artifact (prefix, soft prompt) from its saved config, not from the
+    base, and would load one made for another model: check that its layers and width are the base's."""
+    saved = PeftConfig.from_pretrained(str(directory))
+    if (saved.num_layers, saved.token_dim) != (config.num_hidden_layers, width):
+        raise ValueError(
+            f"{what} for {saved.num_layers} layers of {width_name} {saved.token_dim}, "
+            f"but the base has {config.num_hidden_layers} layers of width {width}"
+        )

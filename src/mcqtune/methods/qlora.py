@@ -42,7 +42,7 @@ from peft import (
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from mcqtune.methods.base import PeftMethod, register, release_mapped_weights
-from mcqtune.methods.lora import lora_config
+from mcqtune.methods.lora import LoraMethod, lora_config
 from mcqtune.models import ResolvedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class QLoraMethod(PeftMethod):
     eval_seconds_per_question = 0.078
     # the unmerged model runs its matmuls in bf16 (compute_dtype): scores move by a few hundredths
     export_tolerance = 0.1
+    mixes_in_batch = LoraMethod.mixes_in_batch  # the same LoRA layers, on 4-bit weights
 
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device

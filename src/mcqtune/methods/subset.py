@@ -125,6 +125,10 @@ class SubsetMethod(Method):
             params[param_name].data = tensor
         return model
 
+    def detach(self, model: torch.nn.Module, name: str) -> None:
+        """Forget the artifact's tensors (the caller has deactivated it: the base's own are in place)."""
+        del _swaps(model).artifacts[name]
+
 
 @dataclass
 class _Swaps:

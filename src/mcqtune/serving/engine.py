@@ -2,7 +2,7 @@
 
 This is the server's thin adapter over the inference layer (:class:`mcqtune.inference.Predictor`):
 :class:`Engine` is the interface the registry and the batcher use, and :class:`PredictorEngine` maps it
-onto the Predictor (plus an LRU ``detach``, which the Predictor does not have yet).
+onto the Predictor.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from mcqtune.data import MCQExample
 from mcqtune.inference import Predictor
@@ -130,40 +129,20 @@ class PredictorEngine:
         return artifact_info(name, Path(run_dir), artifact.manifest)
 
     def detach(self, name: str) -> None:
-        """Drop an artifact and the tensors only it holds.
-
-        ``Predictor`` has no detach of its own yet, so this reaches into it: deactivate the artifact,
-        forget it, then free what its method keeps: the whole model view when no other artifact uses it
-        (always so for ``full``, which has its own model), else its peft/AdapterHub named adapter or
-        its subset tensors.
-        """
-        predictor = self.predictor
-        with predictor._lock:
-            artifact = predictor.artifacts.pop(name, None)
-            if artifact is None:
-                return
-            if predictor._active is artifact:
-                predictor._deactivate()
-            holder = predictor._holders[artifact.holder]
-            if not any(other.holder == artifact.holder for other in predictor.artifacts.values()):
-                del predictor._holders[artifact.holder]  # its last artifact: the whole view goes
-            elif hasattr(holder, "mcqtune_subset_swaps"):
-                holder.mcqtune_subset_swaps.artifacts.pop(name, None)
-            elif hasattr(holder, "delete_adapter"):
-                holder.delete_adapter(name)
+        self.predictor.detach(name)
 
     def score(self, examples: list[MCQExample], adapter: str | None) -> Scores:
         result = self.predictor.score(examples, adapter, batch_size=self.batch_size)
         return Scores(result.scored.scoring, _rows(result.scored, len(examples)))
 
     def score_groups(self, groups: dict[str | None, list[MCQExample]]) -> dict[str | None, Scores]:
-        """Each artifact's questions; LoRA artifacts on one peft model that score alike share one
-        forward pass (peft's per-row ``adapter_names``), the others get one pass per artifact."""
+        """Each artifact's questions; artifacts that can share a forward pass (LoRA adapters on one
+        peft model that score alike: ``Predictor.mix_key``) get one together, the others one each."""
         buckets: dict[tuple, list[str]] = {}
         for adapter in groups:
-            key = self._mixed_batch_key(adapter)
+            key = self.predictor.mix_key(adapter)
             if key is not None:
-                buckets.setdefault(key, []).append(adapter)
+                buckets.setdefault(key, []).append(adapter)  # type: ignore[arg-type]  # key: a name
         results: dict[str | None, Scores] = {}
         for names in buckets.values():
             if len(names) > 1:
@@ -173,67 +152,17 @@ class PredictorEngine:
                 results[adapter] = self.score(examples, adapter)
         return results
 
-    def _mixed_batch_key(self, adapter: str | None) -> tuple | None:
-        """Artifacts with equal keys can share a pass: LoRA adapters (not DoRA, which peft cannot
-        mix) on the same peft model with the same formulation, prompt and packing; None otherwise."""
-        from peft import LoraConfig
-
-        artifact = self.predictor.artifacts.get(adapter) if adapter is not None else None
-        if artifact is None:
-            return None
-        holder = self.predictor._holders[artifact.holder]
-        config = getattr(holder, "peft_config", {}).get(artifact.name)
-        if not isinstance(config, LoraConfig) or config.use_dora:
-            return None
-        prompt = json.dumps(artifact.prompt.to_dict(), sort_keys=True)
-        return (artifact.holder, artifact.scoring, prompt, artifact.packed)
-
     def _score_mixed(self, groups: dict[str, list[MCQExample]]) -> dict[str, Scores]:
-        from mcqtune.evaluation.evaluate import autocast_context
-        from mcqtune.prompt import PromptEncoder
-        from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward
-
-        predictor = self.predictor
-        names = list(groups)
-        examples = [e for name in names for e in groups[name]]
-        owner = [name for name in names for _ in groups[name]]
-        first = predictor.artifacts[names[0]]
-        encoder = PromptEncoder(predictor.tokenizer, first.prompt)
-        pad_id = predictor.tokenizer.pad_token_id
-        rows: list[np.ndarray | None] = [None] * len(examples)
-        with predictor._lock:
-            model = predictor.module(names[0])
-            if first.scoring == "letter":
-                encoded = encoder.encode_letter(examples, with_answer=False)
-            else:
-                encoded = encoder.encode_cloze(examples)
-            if encoded.features:
-                # One adapter name per model row (unpacked cloze has a row per option).
-                per_row = [
-                    owner[f.index]
-                    for f in encoded.features
-                    for _ in range(1 if first.scoring == "letter" or first.packed else len(f.option_ids))
-                ]
-
-                def forward(**kwargs):
-                    return model(**kwargs, adapter_names=per_row)
-
-                with torch.no_grad(), autocast_context(predictor.device, predictor.precision)():
-                    if first.scoring == "letter":
-                        batch = collate_letter(encoded.features, pad_id).to(predictor.device)
-                        _, scores = letter_forward(forward, batch, with_loss=False)
-                    else:
-                        batch = collate_cloze(encoded.features, pad_id, packed=first.packed)
-                        scores = cloze_forward(forward, batch.to(predictor.device))
-                values = scores.float().cpu().numpy()
-                for row, index in enumerate(batch.indices):
-                    rows[index] = values[row, : len(examples[index].choices)].astype(np.float64)
+        examples = [e for examples in groups.values() for e in examples]
+        owners = [name for name, examples in groups.items() for _ in examples]
+        scored = self.predictor.score_mixed(examples, owners, batch_size=self.batch_size)
         self.mixed_passes += 1
+        rows = _rows(scored, len(examples))
         results: dict[str, Scores] = {}
         start = 0
-        for name in names:
-            results[name] = Scores(first.scoring, rows[start : start + len(groups[name])])
-            start += len(groups[name])
+        for name, examples in groups.items():
+            results[name] = Scores(scored.scoring, rows[start : start + len(examples)])
+            start += len(examples)
         return results
 
 

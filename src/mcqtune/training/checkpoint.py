@@ -7,9 +7,11 @@ either exists complete or not at all::
     best.safetensors        the best-so-far trainable state (when validation has picked one)
     optimizer.pt            optimizer.state_dict()   (torch.save; read back with weights_only=True)
     scheduler.pt            scheduler.state_dict()   (idem)
-    rng.safetensors         torch CPU (and CUDA) generator states
-    checkpoint.json         step, data position, history, best step/accuracy, python and numpy RNG
-                            states, the training config and data fingerprints, and the size and sha256
+    rng.safetensors         torch CPU (and CUDA) generator states (of every process of a
+                            multi-process run: those of rank R > 0 prefixed ``rankR/``)
+    checkpoint.json         step, data position, number of processes, history, best step/accuracy,
+                            python and numpy RNG states (``rng``: rank 0; ``rng_other_ranks``: the
+                            rest), the training config and data fingerprints, and the size and sha256
                             of every file above (written last)
 
 No file is unpickled: tensors come from safetensors, and the optimizer/scheduler files are loaded with
@@ -91,6 +93,9 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return plain, tensors
 
 
+RngState = tuple[dict[str, Any], dict[str, torch.Tensor]]
+
+
 def restore_rng(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     version, internal, gauss = plain["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -121,6 +126,10 @@ def checkpoint_root(run_dir: Path | str) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR
 
 
+def checkpoint_path(run_dir: Path | str, step: int) -> Path:
+    return checkpoint_root(run_dir) / f"step-{step}"
+
+
 def step_of(path: Path) -> int | None:
     match = _STEP_RE.match(path.name)
     return int(match.group(1)) if match else None
@@ -133,6 +142,12 @@ def list_checkpoints(run_dir: Path | str) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(found, key=lambda p: step_of(p) or 0)
+
+
+def _load_device(device: torch.device | str) -> str:
+    """safetensors and torch.load take "cpu", never "cpu:0" (accelerate's device for each CPU process)."""
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else str(device)
 
 
 @dataclass
@@ -159,17 +174,28 @@ class Checkpoint:
         return self.meta["fingerprint"]
 
     def trainable(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / "trainable.safetensors"), device=str(device))
+        return load_file(str(self.path / "trainable.safetensors"), device=_load_device(device))
 
     def best(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
         path = self.path / "best.safetensors"
-        return load_file(str(path), device=str(device)) if path.is_file() else None
+        return load_file(str(path), device=_load_device(device)) if path.is_file() else None
 
-    def rng_tensors(self) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / "rng.safetensors"))
+    @property
+    def processes(self) -> int:
+        """How many processes wrote this checkpoint (1 for checkpoints from before it was recorded)."""
+        return int(self.state.get("processes", 1))
+
+    def rng(self, rank: int = 0) -> RngState:
+        """Process ``rank``'s generator states, as :func:`restore_rng` takes them."""
+        tensors = load_file(str(self.path / "rng.safetensors"))
+        if rank == 0:
+            return self.meta["rng"], {k: v for k, v in tensors.items() if "/" not in k}
+        prefix = f"rank{rank}/"
+        mine = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        return self.meta["rng_other_ranks"][rank - 1], mine
 
     def torch_state(self, name: str, device: torch.device | str = "cpu") -> dict[str, Any]:
-        return torch.load(self.path / name, map_location=device, weights_only=True)
+        return torch.load(self.path / name, map_location=_load_device(device), weights_only=True)
 
 
 def save_checkpoint(
@@ -184,8 +210,12 @@ def save_checkpoint(
     config: dict[str, Any],
     fingerprint: dict[str, Any],
     keep: int,
+    rng: list[RngState] | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-{step}`` atomically, then delete all but the newest ``keep``."""
+    """Write ``run_dir/checkpoints/step-{step}`` atomically, then delete all but the newest ``keep``.
+
+    ``rng``: every process's generator states in rank order (default: this process's alone).
+    """
     root = checkpoint_root(run_dir)
     previous = list_checkpoints(run_dir)
     last_size = directory_bytes(previous[-1]) if previous else 0
@@ -198,8 +228,10 @@ def save_checkpoint(
         else "free some space or choose another --output"
     )
     ensure_free_space(root, int(estimate * 1.05) + MIB, f"checkpoint step-{step}", resume_hint)
-    rng_plain, rng_tensors = capture_rng()
-    target = root / f"step-{step}"
+    (rng_plain, rng_tensors), *other_ranks = rng or [capture_rng()]
+    for rank, (_, tensors) in enumerate(other_ranks, start=1):
+        rng_tensors = rng_tensors | {f"rank{rank}/{name}": t for name, t in tensors.items()}
+    target = checkpoint_path(run_dir, step)
     try:
         with atomic_directory(target) as tmp:
             save_file(_cpu_contiguous(trainable), str(tmp / "trainable.safetensors"))
@@ -214,6 +246,7 @@ def save_checkpoint(
                 "step": step,
                 "state": state,
                 "rng": rng_plain,
+                **({"rng_other_ranks": [plain for plain, _ in other_ranks]} if other_ranks else {}),
                 "config": config,
                 "fingerprint": fingerprint,
                 "files": files,

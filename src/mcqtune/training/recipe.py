@@ -8,6 +8,11 @@ Reliability (docs/RELIABILITY.md): everything is validated before the run direct
 checkpoint (``checkpoint.py``) is written every ``save_steps`` steps and on Ctrl-C/SIGTERM, and
 re-running the same command continues from the newest complete one with the same result as an
 uninterrupted run; the artifact is written atomically, ``metrics.json`` last.
+
+Several processes (docs/SCALING.md): every process runs this same code on its shard of the data; the
+main process alone holds the run lock and writes the run directory (checkpoints, artifact, config,
+metrics, progress), the others wait for it at barriers. Checks that read the run directory run on every
+process and reach the same verdict.
 """
 
 from __future__ import annotations
@@ -40,9 +45,18 @@ from mcqtune.artifacts import (
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
 from mcqtune.config import ConfigError, TrainConfig
 from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
+from mcqtune.distributed import (
+    any_process,
+    barrier,
+    from_main,
+    gather_from_all,
+    is_main_process,
+    launched_processes,
+    rank_and_size,
+)
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.format import format_metrics
-from mcqtune.evaluation.metrics import compute_metrics
+from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
 from mcqtune.methods.base import load_trainable_state, trainable_state
 from mcqtune.models import load_policy, load_tokenizer, resolve_model
 from mcqtune.preflight import MIB, DiskSpaceError, check_output_dir, ensure_free_space, mib
@@ -51,6 +65,8 @@ from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import (
     Checkpoint,
     CheckpointError,
+    capture_rng,
+    checkpoint_path,
     checkpoint_root,
     clean_checkpoint_dir,
     config_differences,
@@ -134,14 +150,16 @@ class RunProgress:
     losses: list[float] = field(default_factory=list)
     real_tokens: int = 0
     train_seconds: float = 0.0
+    last_step: int = 0  # the last step trained: total_steps unless max_train_seconds stopped it early
     best_accuracy: float | None = None
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
 
-    def checkpoint_state(self, total_steps: int, stream: dict[str, int]) -> dict[str, Any]:
+    def checkpoint_state(self, total_steps: int, stream: dict[str, int], processes: int) -> dict[str, Any]:
         return {
             "total_steps": total_steps,
             "stream": stream,
+            "processes": processes,
             "history": self.history,
             "losses": self.losses,
             "real_tokens": self.real_tokens,
@@ -159,6 +177,7 @@ class RunProgress:
             losses=list(state["losses"]),
             real_tokens=state["real_tokens"],
             train_seconds=state["train_seconds"],
+            last_step=checkpoint.step,
             best_accuracy=state["best_accuracy"] if best_state is not None else None,
             best_step=state["best_step"] if best_state is not None else None,
             best_state=best_state,
@@ -168,6 +187,7 @@ class RunProgress:
         self.losses.append(result.loss)
         self.real_tokens += result.real_tokens
         self.train_seconds += result.seconds
+        self.last_step = step
         self.history.append({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
 
     @property
@@ -180,7 +200,11 @@ def validation_name(config: TrainConfig) -> str:
     return Path(config.validation).name if config.validation else "none"
 
 
-def _evaluate(trainer: Trainer, rows: list[MCQExample], config: TrainConfig) -> dict[str, Any]:
+def _evaluate(
+    trainer: Trainer, rows: list[MCQExample], config: TrainConfig, keep_answers: bool = False
+) -> dict[str, Any]:
+    """Metrics on ``rows``; ``keep_answers`` adds each question's correctness (the final evaluation keeps
+    it, so runs scored on the same questions can be compared question by question)."""
     scored = score_examples(
         trainer.unwrapped,
         trainer.objective.encoder,
@@ -191,7 +215,10 @@ def _evaluate(trainer: Trainer, rows: list[MCQExample], config: TrainConfig) -> 
         precision=trainer.precision,
         device=trainer.device,
     )
-    return compute_metrics(scored)
+    metrics = compute_metrics(scored)
+    if keep_answers:
+        metrics[PER_QUESTION] = per_question(scored)
+    return metrics
 
 
 def _validate(
@@ -256,6 +283,14 @@ def _prepare_run_dir(
             + "\nre-run with the same settings to resume, pass --overwrite to start over, "
             "or choose another --output"
         )
+    processes = launched_processes()
+    if checkpoint.processes != processes:  # the data shards and per-process RNG states would not match
+        raise CheckpointError(
+            f"{output} has a checkpoint (step {checkpoint.step}) written by {checkpoint.processes} "
+            f"process(es), but this launch has {processes}; resume with {checkpoint.processes} "
+            f"(train --num-processes {checkpoint.processes}), pass --overwrite to start over, "
+            "or choose another --output"
+        )
     return checkpoint
 
 
@@ -276,22 +311,32 @@ def _check_fingerprint(checkpoint: Checkpoint, current: dict[str, Any]) -> None:
 
 @contextmanager
 def _run_lock(output: Path) -> Iterator[None]:
-    """One training process per run directory: a second one (the same command started again while the
-    first still runs) would interleave checkpoints with it."""
-    output.mkdir(parents=True, exist_ok=True)
-    handle = (output / LOCK_FILE).open("a")
-    try:
+    """One training launch per run directory: a second one (the same command started again while the
+    first still runs) would interleave checkpoints with it.
+
+    The main process takes the lock and tells the others whether it got it, so the N processes of one
+    launch are admitted together and a second launch is refused on all of its processes.
+    """
+    handle = refusal = None
+    if is_main_process():
+        output.mkdir(parents=True, exist_ok=True)
+        handle = (output / LOCK_FILE).open("a")
         if fcntl is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise CheckpointError(
+                refusal = (
                     f"{output} is being written by another mcqtune train process; "
                     "wait for it to finish or stop it (Ctrl-C saves a checkpoint) before running again"
-                ) from None
+                )
+    try:
+        refusal = from_main(refusal)
+        if refusal is not None:
+            raise CheckpointError(refusal)
         yield
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
 
 
 def _clear_previous_run(output: Path) -> None:
@@ -405,9 +450,12 @@ def _train(
 
     # Every check passed: from here on the run directory is written.
     held.enter_context(_run_lock(output))
-    _tidy_run_dir(output, overwrite, checkpoint)
+    if is_main_process():
+        _tidy_run_dir(output, overwrite, checkpoint)
+    barrier()
     say = trainer.accelerator.print
     say(f"method {trainer.method.name}: {trainer.parameters.describe()}")
+    say(trainer.describe_batch())
     objective = trainer.objective
     say(f"objective {objective.name} (scoring {objective.scoring}), precision {trainer.precision}")
     eval_rows = data.validation[: config.eval_limit] if config.eval_limit else data.validation
@@ -430,13 +478,16 @@ def _train(
             data.validation[: config.final_eval_limit] if config.final_eval_limit else data.validation
         )
         name = validation_name(config)
-        with task(f"final validation ({name})" if show_progress else None):
-            final = _evaluate(trainer, final_rows, config)
+        with task(f"final validation ({name})" if show_progress and is_main_process() else None):
+            final = _evaluate(trainer, final_rows, config, keep_answers=True)
         say(
             format_metrics(final, f"validation ({name}, {trainer.method.name}, {objective.scoring} scoring):")
         )
-    metrics = _save_results(output, config, trainer, data, run, final)
-    remove_tree(checkpoint_root(output))  # finished: checkpoints are only for resuming
+    metrics = _results(config, trainer, data, run, final)
+    if is_main_process():
+        metrics = _save_results(output, config, trainer, run, metrics)
+        remove_tree(checkpoint_root(output))  # finished: checkpoints are only for resuming
+    metrics = from_main(metrics)  # also: every process returns once the run directory is complete
     model = trainer.unwrapped if keep_model else None
     return TrainResult(output=output, metrics=metrics, history=run.history, model=model)
 
@@ -471,7 +522,7 @@ def _tidy_run_dir(output: Path, overwrite: bool, checkpoint: Checkpoint | None) 
 def _resume(trainer: Trainer, checkpoint: Checkpoint) -> RunProgress:
     run = RunProgress.from_checkpoint(checkpoint, trainer.device)
     trainer.restore(checkpoint, checkpoint.state["stream"])
-    restore_rng(checkpoint.meta["rng"], checkpoint.rng_tensors())  # last: nothing may draw after it
+    restore_rng(*checkpoint.rng(rank_and_size()[0]))  # last: nothing may draw after it
     trainer.accelerator.print(
         f"resuming from {checkpoint.path} (step {checkpoint.step} of {trainer.total_steps})"
     )
@@ -489,22 +540,30 @@ def _run_steps(
     show_progress: bool,
 ) -> None:
     """The loop: step, log, validate every ``eval_steps``, checkpoint every ``save_steps`` and on a
-    stop request (then raise :class:`TrainingInterrupted`)."""
+    stop request (then raise :class:`TrainingInterrupted`); stop after the step that reaches
+    ``max_train_seconds`` of training (validated there, so the time-limited run keeps its best state)."""
     total = trainer.total_steps
 
     def save(step: int) -> Path:
-        return save_checkpoint(
-            output,
-            step=step,
-            best=run.best_state,
-            state=run.checkpoint_state(total, trainer.stream_state()),
-            config=config.to_dict(),
-            fingerprint=fingerprint,
-            keep=config.keep_checkpoints,
-            **trainer.state_for_checkpoint(),
-        )
+        """The main process writes; the others hand it their RNG states and wait until it is done."""
+        rng = gather_from_all([capture_rng()])
+        if is_main_process():
+            save_checkpoint(
+                output,
+                step=step,
+                best=run.best_state,
+                state=run.checkpoint_state(total, trainer.stream_state(), trainer.processes),
+                config=config.to_dict(),
+                fingerprint=fingerprint,
+                keep=config.keep_checkpoints,
+                rng=rng,
+                **trainer.state_for_checkpoint(),
+            )
+        barrier()
+        return checkpoint_path(output, step)
 
-    progress = bar(total, f"train {trainer.method.name}", "step", start_step - 1, enabled=show_progress)
+    show = show_progress and is_main_process()
+    progress = bar(total, f"train {trainer.method.name}", "step", start_step - 1, enabled=show)
     with _StopRequest() as stop, closing(progress):
         for step in range(start_step, total + 1):
             run.record_step(step, trainer.step(), trainer.learning_rate)
@@ -512,23 +571,64 @@ def _run_steps(
             progress.set_postfix(
                 loss=f"{np.mean(run.losses[-10:]):.3f}", tok_s=f"{run.tokens_per_second:.0f}"
             )
-            if step % config.eval_steps == 0 or step == total:
+            limit = config.max_train_seconds
+            # every process must stop at the same step: the main process's clock alone would not do
+            out_of_time = limit is not None and any_process(run.train_seconds >= limit)
+            last = step == total or out_of_time
+            if step % config.eval_steps == 0 or last:
                 _validate(trainer, eval_rows, config, step, run)
             due = config.save_steps is not None and (step % config.save_steps == 0 or step == total)
-            stopping = stop.signal  # read once: a signal may arrive while the checkpoint is written
+            # read once (a signal may arrive while the checkpoint is written); all processes stop together
+            seen = stop.signal
+            stopping = (seen or "a signal to another process") if any_process(seen is not None) else None
             if due or stopping:
                 saved = save(step)
             if stopping:
                 raise TrainingInterrupted(stopping, step, total, saved)
+            if out_of_time and step < total:
+                trainer.accelerator.print(
+                    f"time budget reached: {run.train_seconds:.1f} s of training >= {limit:g} s "
+                    f"(--max-train-seconds); stopped after step {step} of {total}"
+                )
+                break
+
+
+def _results(
+    config: TrainConfig, trainer: Trainer, data: TrainData, run: RunProgress, final: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What metrics.json says about the run (every process computes it; the main process writes it)."""
+    metrics: dict[str, Any] = {
+        "method": trainer.method.name,
+        "objective": trainer.objective_name,
+        "parameters": trainer.parameters.to_dict(),
+        "train": {
+            "steps": run.last_step,  # below planned_steps when a time budget stopped the run
+            "planned_steps": trainer.total_steps,
+            "processes": trainer.processes,
+            "global_batch_size": trainer.global_batch_size,
+            "examples_seen": run.last_step * trainer.global_batch_size,
+            "seconds": round(run.train_seconds, 2),
+            "real_tokens": run.real_tokens,
+            "tokens_per_second": round(run.tokens_per_second, 1),
+            "final_loss": round(run.losses[-1], 5),
+            "mean_loss_last_10": round(float(np.mean(run.losses[-10:])), 5),
+        },
+        "data": {"train": config.train, "validation": config.validation},
+        "history": run.history,
+    }
+    if any(data.skipped.values()):
+        metrics["bad_rows_skipped"] = data.skipped
+    if final is not None:
+        zero_shot = next(
+            (h["val_accuracy"] for h in run.history if h["step"] == 0 and "val_accuracy" in h), None
+        )
+        metrics["validation"] = final
+        metrics["zero_shot_val_accuracy_subset"] = zero_shot
+    return metrics
 
 
 def _save_results(
-    output: Path,
-    config: TrainConfig,
-    trainer: Trainer,
-    data: TrainData,
-    run: RunProgress,
-    final: dict[str, Any] | None,
+    output: Path, config: TrainConfig, trainer: Trainer, run: RunProgress, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     """The artifact first, metrics.json last: metrics.json is what marks the run finished."""
     method, objective = trainer.method.name, trainer.objective_name
@@ -541,38 +641,14 @@ def _save_results(
         "prompt": trainer.objective.encoder.config.to_dict(),
         "packing": trainer.packed,
         "parameters": trainer.parameters.to_dict(),
-        "best_step": run.best_step if run.best_step is not None else trainer.total_steps,
+        "best_step": run.best_step if run.best_step is not None else run.last_step,
     }
     try:
         ensure_free_space(output, trainer.trainable_bytes + MIB, "the artifact", _RESUME_HINT)
         artifact_bytes = save_artifact(trainer.unwrapped, output, manifest)
         trainer.accelerator.print(f"saved {method} artifact to {output} ({artifact_bytes / 2**20:.2f} MiB)")
         atomic_write_yaml(output / CONFIG_FILE, config.to_dict() | {"objective": objective})
-        metrics: dict[str, Any] = {
-            "method": method,
-            "objective": objective,
-            "parameters": trainer.parameters.to_dict(),
-            "artifact_bytes": artifact_bytes,
-            "train": {
-                "steps": trainer.total_steps,
-                "examples_seen": trainer.total_steps * config.batch_size * config.grad_accum,
-                "seconds": round(run.train_seconds, 2),
-                "real_tokens": run.real_tokens,
-                "tokens_per_second": round(run.tokens_per_second, 1),
-                "final_loss": round(run.losses[-1], 5),
-                "mean_loss_last_10": round(float(np.mean(run.losses[-10:])), 5),
-            },
-            "data": {"train": config.train, "validation": config.validation},
-            "history": run.history,
-        }
-        if any(data.skipped.values()):
-            metrics["bad_rows_skipped"] = data.skipped
-        if final is not None:
-            zero_shot = next(
-                (h["val_accuracy"] for h in run.history if h["step"] == 0 and "val_accuracy" in h), None
-            )
-            metrics["validation"] = final
-            metrics["zero_shot_val_accuracy_subset"] = zero_shot
+        metrics = {**metrics, "artifact_bytes": artifact_bytes}
         atomic_write_json(output / METRICS, metrics)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

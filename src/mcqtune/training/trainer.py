@@ -2,10 +2,10 @@
 
 ``train()`` (``recipe.py``) and the benchmark (``bench/``) both use this class, so what is measured is
 what users run. Building is ``method.load_base -> prepare_base -> apply -> optimizer -> scheduler``
-and ``accelerate.Accelerator.prepare`` (one process by default, so GPUs and several processes need no
-rewrite); :meth:`Trainer.step` is one optimizer step: ``grad_accum`` micro-batches, gradient clipping,
-optimizer and scheduler. :meth:`Trainer.state_for_checkpoint` and :meth:`Trainer.restore` are what the
-checkpoint code saves and loads.
+and ``accelerate.Accelerator.prepare`` (DDP under a multi-process launch: docs/SCALING.md);
+:meth:`Trainer.step` is one optimizer step: ``grad_accum`` micro-batches of this process's shard of each
+global batch, gradient clipping, optimizer and scheduler. :meth:`Trainer.state_for_checkpoint` and
+:meth:`Trainer.restore` are what the checkpoint code saves and loads.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import Checkpoint, tensor_bytes
 from mcqtune.training.objectives import make_objective
-from mcqtune.training.stream import BatchStream
+from mcqtune.training.stream import BatchStream, Shard
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,19 @@ def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
     gradients differ from a bare ``torch.autocast`` in the last bits, and this is what every release
     trained with). Gradient accumulation is :meth:`Trainer.step`'s, so no step depends on accelerate's
     process-wide accumulation counter.
+
+    The scheduler steps once per optimizer step whatever the number of processes: by default accelerate's
+    prepared scheduler steps ``num_processes`` times per call, assuming the schedule was planned for one
+    process's share of the data; mcqtune plans ``total_steps`` in global batches, so that would run the
+    schedule N times too fast (``step_scheduler_with_optimizer=False`` makes it one ``scheduler.step()``).
     """
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision="bf16" if precision == "bf16" else "no")
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        step_scheduler_with_optimizer=False,
+    )
 
 
 def planned_steps(config: TrainConfig, batches_per_epoch: int) -> int:
@@ -123,7 +132,15 @@ class Trainer:
                 f"no training row fits max_length={encoder.config.max_length} tokens; raise --max-length",
                 file=str(data_file) if data_file is not None else None,
             )
-        self.stream = BatchStream(self.features, self.objective.length, config.batch_size, config.seed)
+        self.processes = self.accelerator.num_processes
+        self.stream = BatchStream(
+            self.features,
+            self.objective.length,
+            config.batch_size,
+            config.seed,
+            rank=self.accelerator.process_index,
+            processes=self.processes,
+        )
         self.total_steps = planned_steps(config, self.stream.batches_per_epoch)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
@@ -148,35 +165,62 @@ class Trainer:
         self.shuffling = config.shuffle_options and self.objective.order_sensitive
         self.model.train()
 
+    @property
+    def global_batch_size(self) -> int:
+        """Questions per optimizer step over all processes: per-device batch x processes x grad_accum."""
+        return self.stream.global_batch_size * self.config.grad_accum
+
+    def describe_batch(self) -> str:
+        config = self.config
+        return (
+            f"global batch {self.global_batch_size} = {config.batch_size} per device x {self.processes} "
+            f"process(es) x {config.grad_accum} accumulation"
+        )
+
     # ------------------------------------------------------------------------------------------ steps
+    def next_shard(self) -> Shard:
+        """This process's part of the stream's next global batch, options shuffled for this epoch when
+        the objective trains on order."""
+        shard = next(self.stream)
+        if not self.shuffling:
+            return shard
+        features = self.objective.shuffled(self.examples, shard.features, self.config.seed, self.stream.epoch)
+        return Shard(features, shard.weight, shard.global_size)
+
     def next_features(self) -> list[Any]:
-        """The stream's next batch, options shuffled for this epoch when the objective trains on order."""
-        features = next(self.stream)
-        if self.shuffling:
-            features = self.objective.shuffled(self.examples, features, self.config.seed, self.stream.epoch)
-        return features
+        return self.next_shard().features
 
     def step(self, features: list[Any] | None = None) -> StepResult:
         """One optimizer step over ``grad_accum`` micro-batches (the stream's, or ``features`` each time).
 
         The loss of each micro-batch is divided by ``grad_accum`` before backward, so the gradient is
-        the mean over the step's micro-batches; the returned loss is that mean too.
+        the mean over the step's micro-batches; the returned loss is that mean too. With several
+        processes each loss is also scaled by the process's share of the global batch (``Shard.weight``,
+        1.0 with one process), so DDP's mean over processes is the mean over the global batch, and the
+        returned loss, tokens and questions are summed over processes (one all-reduce per step).
         """
         start = time.perf_counter()
         accumulate = self.config.grad_accum
         loss_sum = 0.0
         real_tokens = questions = 0
         for micro in range(accumulate):
-            group = self.next_features() if features is None else features
-            batch = self.objective.collate(group).to(self.device)
+            shard = self.next_shard() if features is None else Shard(features, 1.0, len(features))
+            batch = self.objective.collate(shard.features).to(self.device)
             last = micro == accumulate - 1
             # DDP: gradients are all-reduced once, on the step's last micro-batch
             with nullcontext() if last else self.accelerator.no_sync(self.model), self.autocast():
                 loss = self.objective.loss(self.model, batch)
-                self.accelerator.backward(loss / accumulate)
-            loss_sum += loss.item() / accumulate
-            real_tokens += batch.real_tokens
-            questions += len(group)
+                share = loss if shard.weight == 1.0 else loss * shard.weight
+                self.accelerator.backward(share / accumulate)
+            loss_sum += loss.item() * shard.weight / accumulate
+            if shard.weight:  # a stand-in question (weight 0) is not work done
+                real_tokens += batch.real_tokens
+                questions += len(shard.features)
+        if self.processes > 1:
+            totals = torch.tensor([loss_sum, real_tokens, questions], dtype=torch.float64, device=self.device)
+            loss_total, tokens_total, questions_total = self.accelerator.reduce(totals, "sum").tolist()
+            loss_sum = loss_total / self.processes
+            real_tokens, questions = int(tokens_total), int(questions_total)
         if self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()

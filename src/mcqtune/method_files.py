@@ -1,0 +1,43 @@
+"""The per-method defaults files, ``configs/methods/<name>.yaml``, as written: read by the config layer
+(defaults of a run) and by the method registry (which presets to register), so it imports neither.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import yaml
+
+# Keys of a configs/methods/<name>.yaml that describe the method rather than configure a run: a preset
+# names the method it presets and says what it is; ``lr_grid`` is the learning rates ``compare --tune lr``
+# tries.
+PRESET_OF = "preset_of"
+LR_GRID = "lr_grid"
+METHOD_FILE_KEYS = (PRESET_OF, "description", LR_GRID)
+
+
+def method_file(method: str) -> dict[str, Any]:
+    """A method's defaults file as written, with a preset's file laid over the file of the method it
+    presets (``preset_of``; options merged key by key): every default is written once."""
+    resource = resources.files("mcqtune") / "configs" / "methods" / f"{method}.yaml"
+    if not resource.is_file():
+        return {}
+    data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    parent = data.get(PRESET_OF)
+    if parent is None:
+        return data
+    inherited = {k: v for k, v in method_file(parent).items() if k not in METHOD_FILE_KEYS}
+    options = {**(inherited.get("options") or {}), **(data.get("options") or {})}
+    return {**inherited, **data, "options": options}
+
+
+def method_presets() -> dict[str, dict[str, Any]]:
+    """Every preset's file (name -> merged file), read from configs/methods/*.yaml."""
+    return {name: file for name in method_file_names() if (file := method_file(name)).get(PRESET_OF)}
+
+
+def method_file_names() -> list[str]:
+    """The names of configs/methods/*.yaml: every method and preset, without importing the methods."""
+    directory = resources.files("mcqtune") / "configs" / "methods"
+    return sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
