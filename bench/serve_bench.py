@@ -1,6 +1,6 @@
 """Throughput of ``mcqtune serve`` with dynamic batching on vs off, in one run (docs/SERVING.md).
 
-    flock /tmp/heavy.lock .venv/bin/python bench/serve_bench.py [--requests 400] [--clients 8]
+    .venv/bin/python bench/serve_bench.py [--requests 400] [--clients 8]
         [--adapter NAME=DIR ...] [--output runs/serve-bench.json]
 
 Starts the real server (``mcqtune serve`` on a free loopback port, its own process) twice with the same

@@ -1,6 +1,6 @@
 """Memory of serving many artifacts on one base: RSS with 1 and with 5 artifacts of each method.
 
-    flock /tmp/heavy.lock .venv/bin/python bench/serve_memory.py [--runs DIR] [--methods lora,qlora,...]
+    .venv/bin/python bench/serve_memory.py [--runs DIR] [--methods lora,qlora,...]
         [--output memory.json]
 
 For each method it trains one tiny run on the bundled model (1 step: only the artifact's size matters;

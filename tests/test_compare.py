@@ -366,7 +366,8 @@ def test_parse_methods_and_default_order():
     assert parse_methods(None) is None and parse_methods("all") is None
     assert parse_methods(" full, lora,zero-shot,lora") == ["full", "lora"]
     order = default_methods()
-    assert set(order) == set(METHODS)
+    assert set(order) == {name for name, method in METHODS.items() if method.preset_of is None}
+    assert {"lora", "prompt_tuning", "ln_tuning"} <= set(order) and "dora" not in order  # presets on request
     canonical = [m for m in ("full", "subset", "adapter", "prefix", "lora", "qlora") if m in METHODS]
     assert [m for m in order if m in canonical] == canonical
     ranks = [(METHODS[m].compare_order, m) for m in order]  # the order is the methods' own
