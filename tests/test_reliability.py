@@ -78,6 +78,8 @@ def train_args(model_dir: Path, output: Path, *extra: str) -> list[str]:
         "--seed",
         "7",
         "--quiet",
+        "--option",
+        "dropout=0.05",  # not the default (0): the RNG restore needs random draws
         *extra,
     ]
 
