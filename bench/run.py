@@ -20,8 +20,12 @@ A-B-B-A order), so machine noise hits both; peak RSS and start-up need their own
 5. ``memory``: peak RSS of ``train()`` for every registered method at the same batch (own process
    each), frozen-base weight bytes;
 6. ``memory_curve``: RSS after every step of the Trainer over 200 steps (lora, full, adapter, ranking),
-   each in its own process; RSS at the last step over RSS at step 20 (target <= 1.1);
-7. ``startup``: ``mcqtune eval`` start to first scored batch, cached model vs first GGUF load.
+   each in its own process; the highest RSS after step 20 over the highest up to it (target <= 1.1;
+   RSS swings with batch length, see ``bench/helpers.rss_growth``), and step 200 / step 20 beside it;
+7. ``startup``: ``mcqtune eval`` start to first scored batch, cached model vs first GGUF load;
+8. ``lm_eval``: ``bench/lm_eval_parity.py``: questions/s of mcqtune's letter and cloze scoring against
+   lm-evaluation-harness's loglikelihood scoring of the same questions, and per-question agreement.
+   Its first run installs lm-eval into ``.bench-venv`` (the package index is needed once).
 
 Timings are never asserted (tests/test_bench.py checks only that the compared things are equal).
 """
@@ -50,7 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.spawn import log, run_worker  # noqa: E402  (after ROOT is on sys.path)
 
-SECTIONS = ("peak", "trl", "train", "cloze", "eval", "memory", "memory_curve", "startup")
+SECTIONS = ("peak", "trl", "train", "cloze", "eval", "memory", "memory_curve", "startup", "lm_eval")
 TARGETS = {
     "train_ratio": 3.0,
     "accuracy_points": 1.0,
@@ -60,6 +64,7 @@ TARGETS = {
     "eval_ratio": 20.0,
     "qlora_frozen_ratio": 0.35,
     "cached_load_seconds": 3.0,
+    "rss_growth": 1.10,
 }
 
 
@@ -87,6 +92,7 @@ class Settings:
     trl_steps: int  # section trl: LoRA steps of both whole-process recipes
     trl_batch_size: int
     trl_val_rows: int  # ... letter-scored validation rows of both artifacts afterwards
+    lm_eval_rows: int  # section lm_eval: MedMCQA validation rows scored by both tools
     startup_limit: int  # section 6: rows evaluated
     startup_cached_runs: int  # the cached case is run this many times, best kept
 
@@ -119,6 +125,7 @@ FULL = Settings(
     trl_steps=60,
     trl_batch_size=8,
     trl_val_rows=500,
+    lm_eval_rows=100,
     startup_limit=16,
     startup_cached_runs=2,
 )
@@ -145,6 +152,7 @@ QUICK = Settings(
     trl_steps=3,
     trl_batch_size=2,
     trl_val_rows=16,
+    lm_eval_rows=8,
     startup_limit=4,
     startup_cached_runs=1,
 )
@@ -385,6 +393,7 @@ def section_trl(ctx: Context) -> dict[str, Any]:
                 steps,
                 "--batch-size",
                 batch,
+                "--no-shuffle-options",  # the notebook's recipe keeps the data's option order: same inputs
                 "--output",
                 str(tmp / "mcqtune"),
             ],
@@ -609,10 +618,12 @@ def section_memory_curve(ctx: Context) -> dict[str, Any]:
             }
             record = run_worker("rss_curve", spec, Path(tmp) / "work")
             out["runs"][f"{method}/{objective}/b{batch_size}"] = record
-            if "late_over_early" in record:
+            if "peak_late_over_early" in record:
                 log(
-                    f"memory_curve: RSS step {record['late_step']} / step {record['early_step']} = "
-                    f"{record['late_over_early']} (peak {record['peak_rss_mib']:.0f} MiB)"
+                    f"memory_curve: highest RSS after step {record['early_step']} / up to it = "
+                    f"{record['peak_late_over_early']}; RSS step {record['late_step']} / step "
+                    f"{record['early_step']} = {record['last_over_early']} "
+                    f"(peak {record['peak_rss_mib']:.0f} MiB)"
                 )
     return out
 
@@ -644,6 +655,20 @@ def section_startup(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def section_lm_eval(ctx: Context) -> dict[str, Any]:
+    """Item 4 of issue 12: evaluation throughput against lm-evaluation-harness, same questions, same
+    batch size, each tool timed with its model loaded; predictions compared per question."""
+    out = ctx.out_dir / "lm_eval_parity"
+    rows = ctx.settings.lm_eval_rows
+    command = [sys.executable, str(ROOT / "bench" / "lm_eval_parity.py"), "--n", str(rows), "--out", str(out)]
+    log(f"lm_eval: {rows} MedMCQA rows, letter and cloze, mcqtune vs lm-eval")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if not (out / "parity.json").exists():
+        tail = (done.stdout + done.stderr).strip().splitlines()[-8:]
+        raise RuntimeError(f"lm_eval_parity failed (exit {done.returncode}): " + " | ".join(tail))
+    return json.loads((out / "parity.json").read_text())
+
+
 def section_levers(ctx: Context) -> dict[str, Any]:
     from bench.levers import run_levers
 
@@ -659,6 +684,7 @@ SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "memory": section_memory,
     "memory_curve": section_memory_curve,
     "startup": section_startup,
+    "lm_eval": section_lm_eval,
     "levers": section_levers,
 }
 
@@ -916,6 +942,49 @@ def summarize(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, st
                 "",
                 "<= 3 s",
                 _status(best["model_load"] <= TARGETS["cached_load_seconds"]),
+            )
+        )
+    curve = sec.get("memory_curve") or {}
+    for key, run in (curve.get("runs") or {}).items():
+        if "peak_late_over_early" not in run:
+            rows.append((f"5 RSS curve {key}", "failed", str(run.get("error", "")), "", "", "-"))
+            continue
+        rows.append(
+            (
+                f"5 max RSS steps {run['early_step'] + 1}-{run['late_step']} / 1-{run['early_step']}, {key}",
+                _fmt(run["peak_late_over_early"], ".3f", "x"),
+                f"step {run['late_step']} / {run['early_step']}: {run['last_over_early']:.2f}x; "
+                f"peak {run['peak_rss_mib']:.0f} MiB",
+                "",
+                f"<= {TARGETS['rss_growth']}x",
+                _status(run["peak_late_over_early"] <= TARGETS["rss_growth"]),
+            )
+        )
+    lm_eval = sec.get("lm_eval") or {}
+    for scoring in ("letter", "cloze"):
+        r = lm_eval.get(scoring)
+        if not r:
+            continue
+        ours = r["bf16"]
+        rows.append(
+            (
+                f"7 eval q/s vs lm-eval, {scoring} (n={lm_eval['rows']})",
+                _fmt(ours["questions_per_second"], ".2f")
+                + f" | fp32 {r['fp32']['questions_per_second']:.2f}",
+                _fmt(r["lm_eval_questions_per_second"], ".2f") + " (lm-eval fp32)",
+                _fmt(ours["speedup_vs_lm_eval"], ".2f", "x"),
+                "",
+                "-",
+            )
+        )
+        rows.append(
+            (
+                f"7 same answers as lm-eval, {scoring} (fp32 | bf16)",
+                f"{r['fp32']['identical_predictions']} | {ours['identical_predictions']}",
+                f"of {lm_eval['rows']}",
+                "",
+                "fp32 >= 99%",
+                _status(r["fp32"]["agreement"] >= 0.99),
             )
         )
     return rows

@@ -216,3 +216,51 @@ def test_summary_table_from_a_partial_result():
     text = format_table(rows)
     assert "4 eval q/s" in text and "25.0x" in text and "met" in text
     assert all(len(r) == 6 for r in rows)
+
+
+def test_summary_rows_for_the_memory_curve_and_lm_eval():
+    scored = {"identical_predictions": 100, "agreement": 1.0, "questions_per_second": 9.0}
+    results = {
+        "sections": {
+            "memory_curve": {
+                "runs": {
+                    "lora/letter/b8": {
+                        "late_step": 200,
+                        "early_step": 20,
+                        "peak_late_over_early": 1.02,
+                        "last_over_early": 1.3,
+                        "peak_rss_mib": 3000,
+                    },
+                    "full/letter/b4": {
+                        "late_step": 200,
+                        "early_step": 20,
+                        "peak_late_over_early": 1.25,
+                        "last_over_early": 1.0,
+                        "peak_rss_mib": 4000,
+                    },
+                }
+            },
+            "lm_eval": {
+                "rows": 100,
+                "letter": {
+                    "lm_eval_questions_per_second": 2.0,
+                    "fp32": scored,
+                    "bf16": scored | {"speedup_vs_lm_eval": 4.5},
+                },
+            },
+        }
+    }
+    rows = {r[0]: r for r in summarize(results)}
+    assert rows["5 max RSS steps 21-200 / 1-20, lora/letter/b8"][5] == "met"
+    assert rows["5 max RSS steps 21-200 / 1-20, full/letter/b4"][5] == "NOT MET"
+    assert rows["7 eval q/s vs lm-eval, letter (n=100)"][3] == "4.50x"
+    assert rows["7 same answers as lm-eval, letter (fp32 | bf16)"][5] == "met"
+
+
+def test_rss_growth_sees_growth_not_swings():
+    from bench.helpers import rss_growth
+
+    swinging = [4000, 2000, 2100, 1900, 3900, 2000, 2950]  # long batches come and go: no growth
+    growing = [1000, 1050, 1100, 1150, 1200, 1250, 1300]
+    assert rss_growth(swinging, 3)["peak_late_over_early"] < 1.0 < rss_growth(swinging, 3)["last_over_early"]
+    assert rss_growth(growing, 3)["peak_late_over_early"] > 1.1
