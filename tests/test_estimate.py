@@ -116,8 +116,14 @@ def test_activations_scale_with_tokens_and_checkpointing_keeps_less(config_only_
     step = activations(batch_size=8) - activations(batch_size=4)
     assert activations(batch_size=12) - activations(batch_size=8) == pytest.approx(step, rel=0.01)
     assert activations(batch_size=4) - step > 0
-    assert activations(max_length=256, gradient_checkpointing=True) < activations(max_length=256) / 2
+    dropout = {"options": {"dropout": 0.05}}  # its fp32 outputs make checkpointing's saving clearest
+    assert activations(max_length=256, gradient_checkpointing=True, **dropout) < (
+        activations(max_length=256, **dropout) / 2
+    )
+    assert activations(max_length=256, gradient_checkpointing=True) < activations(max_length=256)
     assert activations(precision="fp32") > activations(precision="bf16")
+    # LoRA's default (no dropout) keeps only autocast's bf16 copy of each added layer's input
+    assert activations() < activations(**dropout)
 
 
 def test_shipped_configs_match_the_published_parameter_counts():

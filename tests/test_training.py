@@ -118,7 +118,8 @@ def test_train_with_shuffle_options_runs(tiny_model_dir, tmp_path):
 # Per-step losses (history, rounded to 5 digits) of 6-step runs on the tiny Llama of conftest.py
 # (make_tiny_llama(tokenizer), seed 0), recorded with the code *before* the trainer was split out of
 # train() (commit 9cb1564), with the flags of _RECORDED_FLAGS plus the row's own; the refactor must
-# reproduce them (fp32: no autocast, so the numbers are exact on this machine's torch build).
+# reproduce them (fp32: no autocast, so the numbers are exact on this machine's torch build). LoRA rows
+# keep the dropout they were recorded with (0.05; the default is 0 since 2026-12-02).
 _RECORDED_FLAGS = {
     "train": "arc_easy",
     "validation": "arc_easy",
@@ -133,11 +134,11 @@ _RECORDED_FLAGS = {
 }
 _RECORDED_LOSSES = {
     "lora letter, grad_accum 2, options shuffled": (
-        {"method": "lora", "objective": "letter", "grad_accum": 2},
+        {"method": "lora", "objective": "letter", "grad_accum": 2, "method_options": {"dropout": 0.05}},
         [10.89815, 10.85214, 10.82248, 10.74284, 10.73214, 10.67204],
     ),
     "lora ranking": (
-        {"method": "lora", "objective": "ranking"},
+        {"method": "lora", "objective": "ranking", "method_options": {"dropout": 0.05}},
         [1.35878, 1.39642, 1.34023, 1.38983, 1.3857, 1.30705],
     ),
     "full letter": (

@@ -185,6 +185,7 @@ def activation_bytes(
     scored_tokens: int = 0,
     added_linear_inputs: int = 0,
     quantized_linear_inputs: int = 0,
+    added_input_bytes: int = 4,
 ) -> int:
     """What the forward of ``tokens`` tokens keeps for the backward (memory-efficient attention: no
     sequence x sequence scores).
@@ -196,8 +197,9 @@ def activation_bytes(
     fp32 input is kept, and one layer's activations are rebuilt at a time. The LM head keeps fp32 logits,
     their log-softmax and gradient for each scored position (3 x vocab x 4 bytes).
 
-    A method's own trainable linear layers (LoRA's A and B, adapter projections) keep their fp32 input
-    per token (LoRA: its dropout output), and bitsandbytes' 4-bit matmul keeps its input (compute dtype)
+    A method's own trainable linear layers (LoRA's A and B, adapter projections) keep their input per
+    token: ``added_input_bytes`` each, 4 when a dropout makes a new fp32 tensor of it, else the
+    compute dtype's cast copy; bitsandbytes' 4-bit matmul keeps its input (compute dtype)
     although its weight needs no gradient. Checked against the tensors autograd saves on the bundled
     architecture (docs/SCALING.md).
     """
@@ -208,7 +210,7 @@ def activation_bytes(
     kv_width = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     compute = PRECISIONS[precision]
     per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
-    per_layer += (4 * added_linear_inputs + compute * quantized_linear_inputs) / layers
+    per_layer += (added_input_bytes * added_linear_inputs + compute * quantized_linear_inputs) / layers
     kept = layers * 4 * hidden + per_layer if gradient_checkpointing else layers * per_layer
     return int(tokens * kept + scored_tokens * 3 * 4 * config.vocab_size)
 
@@ -322,6 +324,9 @@ def estimate_memory(
             scored_tokens=scored,
             added_linear_inputs=counts.added_linear_inputs,
             quantized_linear_inputs=counts.quantized_linear_inputs,
+            # a dropout before the added layers keeps its fp32 output; a dropout option of 0 leaves only
+            # autocast's cast copy (methods without the option: their fp32 input, as measured)
+            added_input_bytes=PRECISIONS[precision] if options.get("dropout", 1) == 0 else 4,
         )
         # bf16 autocast keeps a bf16 copy of every fp32 matmul weight from the forward to the backward
         # (a tied LM head, every weight of full fine-tuning); sharded with the weights they copy.
