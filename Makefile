@@ -33,7 +33,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests bench
 
 bench: setup
-	$(PY) -m pip install -q trl==1.16.0   # pyproject's `bench` extra: the TRL baseline, benchmark only
+	$(PY) -m pip install -q -e '.[bench]'   # the TRL baseline (pyproject's `bench` extra), benchmark only
 	$(PY) bench/run.py
 
 # Every method on the bundled ARC-Easy data, one table and report (~21 min on 2 idle cores; --quick ~4 min).

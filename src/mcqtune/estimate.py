@@ -326,7 +326,7 @@ def estimate_memory(
             quantized_linear_inputs=counts.quantized_linear_inputs,
             # a dropout before the added layers keeps its fp32 output; a dropout option of 0 leaves only
             # autocast's cast copy (methods without the option: their fp32 input, as measured)
-            added_input_bytes=PRECISIONS[precision] if options.get("dropout", 1) == 0 else 4,
+            added_input_bytes=PRECISIONS[precision] if "dropout" in options and not options["dropout"] else 4,
         )
         # bf16 autocast keeps a bf16 copy of every fp32 matmul weight from the forward to the backward
         # (a tied LM head, every weight of full fine-tuning); sharded with the weights they copy.
