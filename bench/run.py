@@ -1058,9 +1058,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a full run (no --quick/--only) rewrites the results block of docs/PERFORMANCE.md unless given",
     )
+    parser.add_argument(
+        "--trl-steps", type=int, help="trl: LoRA steps of both recipes (default 60; issue 12's long run: 300)"
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the JSON and table go")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
+    if args.trl_steps:
+        settings = dataclasses.replace(settings, trl_steps=args.trl_steps)
     sections = args.only.split(",") if args.only else list(SECTIONS) + (["levers"] if args.levers else [])
     unknown = [s for s in sections if s not in SECTION_FUNCS]
     if unknown:

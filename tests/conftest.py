@@ -7,9 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (and in every process a test starts),
+    # or the OpenMP threads of the two spin against each other (docs/PERFORMANCE.md, threads).
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_variable] = "1"
+
+import torch  # after the thread count
 
 
 @pytest.fixture(scope="session")

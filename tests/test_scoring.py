@@ -12,8 +12,20 @@ from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter
 EXAMPLES = [
     MCQExample("a", "Which gas do plants absorb?", ("Oxygen", "Carbon dioxide", "Helium", "Argon"), 1),
     MCQExample("b", "What is 2+2?", ("four", "five", "twenty two"), 0),
-    MCQExample("c", "Pick the largest planet of the solar system, please.", ("Mars", "Jupiter"), 1),
+    MCQExample(
+        "c",
+        "Of all the planets that orbit our sun, from the small rocky inner ones such as Mercury, Venus,"
+        " Earth and Mars to the outer gas and ice giants, which one is the largest by mass and by volume?",
+        ("Mars", "Jupiter"),
+        1,
+    ),
+    MCQExample("d", "1+1?", ("2", "3"), 0),
 ]
+LAYOUTS = {  # collate_cloze's keyword arguments
+    "a row per option": {"packed": False},
+    "a row per question": {"packed": True},
+    "questions share rows": {"packed": True, "pack_questions": True},
+}
 
 
 def reference_option_logprobs(model, context, option):
@@ -24,10 +36,14 @@ def reference_option_logprobs(model, context, option):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("packed", [True, False])
-def test_cloze_scores_equal_separate_sequences(tiny_model, tokenizer, packed):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cloze_scores_equal_separate_sequences(tiny_model, tokenizer, layout):
     features = PromptEncoder(tokenizer).encode_cloze(EXAMPLES).features
-    scores = cloze_forward(tiny_model, collate_cloze(features, tokenizer.pad_token_id, packed=packed))
+    batch = collate_cloze(features, tokenizer.pad_token_id, **LAYOUTS[layout])
+    if layout == "questions share rows":
+        assert len(batch.row_question) < len(features)  # the short questions did share a row
+        assert batch.input_ids.shape[1] == max(f.length for f in features)  # no row got wider
+    scores = cloze_forward(tiny_model, batch)
     for q, feature in enumerate(features):
         for k, option in enumerate(feature.option_ids):
             expected = reference_option_logprobs(tiny_model, feature.context_ids, option)
@@ -45,6 +61,14 @@ def test_packed_mask_hides_other_options(tokenizer):
     assert mask[second, first].item() is False  # option 2 cannot see option 1
     assert mask[second, c - 1].item() is True  # but sees the question
     assert batch.position_ids[0, second].item() == c  # positions restart after the question
+
+
+def test_questions_share_rows_only_with_the_same_key(tokenizer):
+    features = PromptEncoder(tokenizer).encode_cloze(EXAMPLES).features
+    shared = collate_cloze(features, tokenizer.pad_token_id, pack_questions=True, keys=["x"] * len(features))
+    apart = collate_cloze(features, tokenizer.pad_token_id, pack_questions=True, keys=list("abcd"))
+    assert len(shared.row_question) < len(features)
+    assert sorted(apart.row_question) == list(range(len(features)))
 
 
 @torch.no_grad()

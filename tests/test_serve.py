@@ -294,6 +294,15 @@ def test_cli_refuses_a_public_address_without_a_key(capsys):
         parse_named_paths(["runs/lora"])
 
 
+def test_cli_refuses_a_prior_for_an_artifact_it_does_not_serve(capsys, tmp_path):
+    prior = tmp_path / "prior.json"
+    prior.write_text("{}")
+    argv = ["serve", "--adapter", f"mine={tmp_path}", "--prior", f"typo={prior}"]
+    assert main(argv) == 2  # before any model loads
+    err = capsys.readouterr().err
+    assert "no artifact named 'typo'" in err and "zero-shot, mine" in err
+
+
 def test_load_on_a_real_loopback_server_has_no_errors(engine, runs, record_property):
     registry = ArtifactRegistry(engine, runs)
     registry.load_named()

@@ -40,6 +40,7 @@ from mcqtune.methods.base import (
     cast_frozen_matmul_weights,
     load_plain_base,
     store_linear_weights,
+    untie_output_head,
 )
 from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
 from mcqtune.preflight import check_adapter_dir
@@ -207,6 +208,7 @@ class Predictor:
 
     def _prepared(self, base: PreTrainedModel) -> PreTrainedModel:
         store_linear_weights(base, self._linear_dtype)
+        untie_output_head(base, self._linear_dtype)  # inference trains nothing: the head need not be tied
         return base.eval()
 
     def base(

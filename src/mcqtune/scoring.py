@@ -9,12 +9,15 @@ Both formulations reduce a question to one score per option, so training (loss) 
 - cloze: option k's score is the mean log-probability of its tokens after the question. By default the
   options are *packed* after one copy of the question, with positions restarting at the end of the
   question and a 4D attention mask that keeps options from seeing each other, which gives the same
-  numbers as K separate sequences at roughly 1/K of the question cost. Methods that cannot take a 4D
-  mask (prefix tuning prepends its own key/values) fall back to one row per option ("copies").
+  numbers as K separate sequences at roughly 1/K of the question cost. Scoring also lets short
+  questions share a row (``pack_questions``), each masked off from the others, so a batch of mixed
+  lengths (the server's) is not padded to its longest. Methods that cannot take a 4D mask (prefix tuning
+  prepends its own key/values) fall back to one row per option ("copies").
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,14 +51,15 @@ class ClozeBatch:
     input_ids: torch.Tensor  # (R, T), left-padded
     attention_mask: torch.Tensor  # (R, T) or (R, 1, T, T) bool when packed
     position_ids: torch.Tensor | None  # (R, T) when packed
-    keep: int
+    keep: int | torch.Tensor  # logits kept: a tail of this many columns, or these columns (C,)
     target_row: torch.Tensor  # (N,) row of each scored token
-    target_pos: torch.Tensor  # (N,) index into the kept tail of the logits that predict it
+    target_pos: torch.Tensor  # (N,) index into the kept logits of the one that predicts it
     target_token: torch.Tensor  # (N,)
     target_slot: torch.Tensor  # (N,) question * K + option
     option_mask: torch.Tensor  # (B, K)
     answers: torch.Tensor  # (B,)
     indices: list[int]
+    row_question: list[int]  # (R,) the question (index in the batch) of each row; rows share no artifact
     real_tokens: int
 
     def to(self, device: torch.device) -> ClozeBatch:
@@ -137,12 +141,28 @@ def collate_letter(features: list[LetterFeatures], pad_id: int, full_logits: boo
     )
 
 
+def kept_columns(keep: int | torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``logits_to_keep`` as column indices (C,), never as a count.
+
+    Given a count, transformers slices the hidden states (``h[:, -keep:, :]``); torch's linear takes that
+    strided 3D view down a batched-matmul path that copies the whole 49k x 576 LM head weight once per
+    row: 126 ms for a 7-token tail of one row vs 5.6 ms, 600 ms at 5 rows (bf16, this CPU; PERFORMANCE.md
+    lever log). Given indices, the hidden states are gathered into a fresh tensor and the head is one mm.
+    """
+    if isinstance(keep, torch.Tensor):
+        return keep
+    width = input_ids.shape[1]
+    return torch.arange(width - keep, width, device=input_ids.device)
+
+
 def letter_forward(
     model: torch.nn.Module, batch: LetterBatch, with_loss: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Returns (LM loss on labelled tokens or None, option log-probs (B, K) with -inf for absent options)."""
     logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        logits_to_keep=kept_columns(batch.keep, batch.input_ids),
     ).logits
     rows = torch.arange(logits.shape[0], device=logits.device)
     answer_logits = logits[rows, batch.score_pos].float()
@@ -157,62 +177,114 @@ def letter_forward(
     return loss, scores
 
 
-def collate_cloze(features: list[ClozeFeatures], pad_id: int, packed: bool = True) -> ClozeBatch:
-    """Build either one packed row per question or one row per (question, option)."""
+@dataclass
+class _Segment:
+    """One question's tokens inside a row: its context, then its option spans (row-relative columns)."""
+
+    question: int  # index in the batch
+    context: tuple[int, int]  # (start, end)
+    options: list[tuple[int, int, int]]  # (option k, start, end)
+
+
+def _pack_rows(features: list[ClozeFeatures], keys: Sequence[Hashable] | None) -> list[list[int]]:
+    """Questions per row, first-fit by decreasing length into rows no wider than the longest question;
+    only questions with the same key (the artifact that scores them) share a row."""
+    order = sorted(range(len(features)), key=lambda q: -features[q].length)
+    capacity = features[order[0]].length
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for q in order:
+        for r, row in enumerate(rows):
+            same_key = keys is None or keys[row[0]] == keys[q]
+            if same_key and used[r] + features[q].length <= capacity:
+                row.append(q)
+                used[r] += features[q].length
+                break
+        else:
+            rows.append([q])
+            used.append(features[q].length)
+    return rows
+
+
+def collate_cloze(
+    features: list[ClozeFeatures],
+    pad_id: int,
+    packed: bool = True,
+    pack_questions: bool = False,
+    keys: Sequence[Hashable] | None = None,
+) -> ClozeBatch:
+    """Build one packed row per question, several questions per packed row, or a row per option.
+
+    ``pack_questions`` (packed only): short questions share a row no wider than the batch's longest
+    question, each seeing only its own tokens (positions restart per question), so a batch of mixed
+    lengths has almost no padding; a row lays out every question's context first and all options
+    last, so the logits kept for scoring are the options' tail plus one column per context end.
+    ``keys``: one per question; only questions with equal keys share a row (the artifact of each
+    model row must be one).
+    """
     n_options = max(len(f.option_ids) for f in features)
+    if packed:
+        groups = _pack_rows(features, keys) if pack_questions else [[q] for q in range(len(features))]
+    else:
+        groups = [[q] for q, f in enumerate(features) for _ in f.option_ids]
     rows: list[list[int]] = []
     positions: list[list[int]] = []
-    blocks: list[list[tuple[int, int]]] = []  # per row: (start, end) of each option inside the row
-    owners: list[tuple[int, list[int]]] = []  # per row: (question idx in batch, option ids in the row)
-    for q, f in enumerate(features):
-        c = len(f.context_ids)
-        if packed:
-            ids = list(f.context_ids)
-            pos = list(range(c))
-            spans = []
-            for opt in f.option_ids:
-                spans.append((len(ids), len(ids) + len(opt)))
+    segments: list[list[_Segment]] = []
+    option_of_row = iter(k for f in features for k in range(len(f.option_ids)))
+    for group in groups:
+        ids: list[int] = []
+        pos: list[int] = []
+        row_segments = []
+        for q in group:  # every context first
+            c = features[q].context_ids
+            row_segments.append(_Segment(q, (len(ids), len(ids) + len(c)), []))
+            ids += c
+            pos += range(len(c))
+        for segment in row_segments:  # then the options, each after its own context's positions
+            f = features[segment.question]
+            c = len(f.context_ids)
+            chosen = range(len(f.option_ids)) if packed else [next(option_of_row)]
+            for k in chosen:
+                opt = f.option_ids[k]
+                segment.options.append((k, len(ids), len(ids) + len(opt)))
                 ids += opt
                 pos += range(c, c + len(opt))
-            rows.append(ids)
-            positions.append(pos)
-            blocks.append(spans)
-            owners.append((q, list(range(len(f.option_ids)))))
-        else:
-            for k, opt in enumerate(f.option_ids):
-                rows.append(list(f.context_ids) + opt)
-                positions.append(list(range(c + len(opt))))
-                blocks.append([(c, c + len(opt))])
-                owners.append((q, [k]))
+        rows.append(ids)
+        positions.append(pos)
+        segments.append(row_segments)
     width = max(len(r) for r in rows)
-    n_rows = len(rows)
-    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    pad_mask = torch.zeros((n_rows, width), dtype=torch.long)
-    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
-    tails = []
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pad_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     for r, ids in enumerate(rows):
         offset = width - len(ids)
         input_ids[r, offset:] = torch.tensor(ids)
         pad_mask[r, offset:] = 1
         position_ids[r, offset:] = torch.tensor(positions[r])
-        tails.append(len(ids) - blocks[r][0][0] + 1)  # first option start - 1 .. end
-    keep = max(tails)
 
-    target_row, target_pos, target_token, target_slot = [], [], [], []
+    # (row, column predicting it, token, slot) for every option token; columns are absolute.
+    targets: list[tuple[int, int, int, int]] = []
     for r, ids in enumerate(rows):
         offset = width - len(ids)
-        tail_start = width - keep  # absolute column of kept index 0
-        q, option_list = owners[r]
-        context_end = blocks[r][0][0]  # first option token; the token before it ends the context
-        for (start, end), k in zip(blocks[r], option_list, strict=True):
-            for j in range(start, end):
-                predictor = context_end - 1 if j == start else j - 1
-                target_row.append(r)
-                target_pos.append(offset + predictor - tail_start)
-                target_token.append(ids[j])
-                target_slot.append(q * n_options + k)
+        for segment in segments[r]:
+            context_end = segment.context[1]
+            for k, start, end in segment.options:
+                for j in range(start, end):
+                    predictor = context_end - 1 if j == start else j - 1
+                    targets.append((r, offset + predictor, ids[j], segment.question * n_options + k))
+    if all(len(row_segments) == 1 for row_segments in segments):  # a tail from the first context end
+        first = min(
+            width - len(ids) + row_segments[0].context[1] - 1
+            for ids, row_segments in zip(rows, segments, strict=True)
+        )
+        keep: int | torch.Tensor = width - first
+        kept_index = {column: column - first for column in range(first, width)}
+    else:  # several questions per row: only the columns that predict an option token
+        columns = sorted({column for _, column, _, _ in targets})
+        keep = torch.tensor(columns)
+        kept_index = {column: i for i, column in enumerate(columns)}
 
-    attention = _packed_attention_mask(width, [len(r) for r in rows], blocks) if packed else pad_mask
+    attention = _packed_attention_mask(width, [len(r) for r in rows], segments) if packed else pad_mask
     option_mask = torch.zeros((len(features), n_options), dtype=torch.bool)
     for q, f in enumerate(features):
         option_mask[q, : len(f.option_ids)] = True
@@ -221,38 +293,36 @@ def collate_cloze(features: list[ClozeFeatures], pad_id: int, packed: bool = Tru
         attention_mask=attention,
         position_ids=position_ids if packed else None,
         keep=keep,
-        target_row=torch.tensor(target_row),
-        target_pos=torch.tensor(target_pos),
-        target_token=torch.tensor(target_token),
-        target_slot=torch.tensor(target_slot),
+        target_row=torch.tensor([t[0] for t in targets]),
+        target_pos=torch.tensor([kept_index[t[1]] for t in targets]),
+        target_token=torch.tensor([t[2] for t in targets]),
+        target_slot=torch.tensor([t[3] for t in targets]),
         option_mask=option_mask,
         answers=_answers(features),
         indices=[f.index for f in features],
+        row_question=[group[0] for group in groups],
         real_tokens=int(pad_mask.sum()),
     )
 
 
-def _packed_attention_mask(
-    width: int, lengths: list[int], blocks: list[list[tuple[int, int]]]
-) -> torch.Tensor:
-    """Bool (R, 1, T, T): causal over the context, each option sees the context and itself only.
+def _packed_attention_mask(width: int, lengths: list[int], segments: list[list[_Segment]]) -> torch.Tensor:
+    """Bool (R, 1, T, T): each context causal over itself; each option sees its context and itself only.
 
     Padding queries attend to themselves so no softmax row is empty (an empty row gives NaN).
     """
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     mask = torch.zeros((len(lengths), 1, width, width), dtype=torch.bool)
-    eye = torch.eye(width, dtype=torch.bool)
     for r, n in enumerate(lengths):
         offset = width - n
-        context_end = offset + blocks[r][0][0]
-        m = causal.clone()
-        m[:, :offset] = False  # nobody sees padding
-        for start, end in blocks[r]:
-            s, e = offset + start, offset + end
-            # option tokens must not see tokens of earlier options
-            m[s:e, context_end:s] = False
-        m |= eye
-        mask[r, 0] = m
+        m = mask[r, 0]
+        for segment in segments[r]:
+            cs, ce = offset + segment.context[0], offset + segment.context[1]
+            m[cs:ce, cs:ce] = causal[cs:ce, cs:ce]
+            for _, start, end in segment.options:
+                s, e = offset + start, offset + end
+                m[s:e, cs:ce] = True
+                m[s:e, s:e] = causal[s:e, s:e]
+        m.fill_diagonal_(True)
     return mask
 
 
@@ -261,7 +331,7 @@ def cloze_forward(model: torch.nn.Module, batch: ClozeBatch, normalize: bool = T
     kwargs = {
         "input_ids": batch.input_ids,
         "attention_mask": batch.attention_mask,
-        "logits_to_keep": batch.keep,
+        "logits_to_keep": kept_columns(batch.keep, batch.input_ids),
     }
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids

@@ -540,12 +540,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mcqtune.evaluation.metrics import LetterPrior
-    from mcqtune.serving.app import ServeSettings, create_app
+    from mcqtune.serving.app import ZERO_SHOT, ServeSettings, create_app
     from mcqtune.serving.engine import open_engine
     from mcqtune.serving.registry import ArtifactRegistry, parse_named_paths
 
     named = parse_named_paths(args.adapter)
-    priors = {name: LetterPrior.load(path) for name, path in parse_named_paths(args.prior, "--prior").items()}
+    prior_paths = parse_named_paths(args.prior, "--prior")
+    for name in prior_paths:
+        in_dir = args.adapter_dir and (Path(args.adapter_dir) / name).is_dir()
+        if name != ZERO_SHOT and name not in named and not in_dir:
+            known = ", ".join([ZERO_SHOT, *named]) + (
+                f", or a run directory under {args.adapter_dir}" if args.adapter_dir else ""
+            )
+            raise ConfigError(
+                f"--prior {name}=...: no artifact named '{name}' is served; the names are {known}"
+            )
+    priors = {name: LetterPrior.load(path) for name, path in prior_paths.items()}
     max_batch = 1 if args.no_batching else args.max_batch
     engine = open_engine(args.model, args.precision, batch_size=max_batch)
     registry = ArtifactRegistry(

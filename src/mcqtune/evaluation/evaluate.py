@@ -88,21 +88,22 @@ def score_examples(
         raise ValueError(f"unknown scoring '{scoring}'")
     scored_rows: list[tuple[int, np.ndarray]] = []
     for group in steps(my_share(batches), "batch"):
-        forward = model
-        if row_adapters is not None:
-            # One name per model row: unpacked cloze has a row per option.
-            names = [
-                row_adapters[f.index]
-                for f in group
-                for _ in range(1 if scoring == "letter" or packed else len(f.option_ids))
-            ]
-            forward = functools.partial(model, adapter_names=names)
+        keys = [row_adapters[f.index] for f in group] if row_adapters is not None else None
         with autocast():
             if scoring == "letter":
                 batch = collate_letter(group, pad_id).to(device)
+                rows = range(len(group))
+            else:
+                # Packed: questions shorter than the batch's longest share its rows (no padding).
+                batch = collate_cloze(group, pad_id, packed=packed, pack_questions=packed, keys=keys)
+                batch = batch.to(device)
+                rows = batch.row_question
+            forward = model
+            if keys is not None:  # one artifact per model row
+                forward = functools.partial(model, adapter_names=[keys[q] for q in rows])
+            if scoring == "letter":
                 _, batch_scores = letter_forward(forward, batch, with_loss=False)
             else:
-                batch = collate_cloze(group, pad_id, packed=packed).to(device)
                 batch_scores = cloze_forward(forward, batch)
         values = batch_scores.float().cpu().numpy()
         scored_rows += [(i, values[row, : len(examples[i].choices)]) for row, i in enumerate(batch.indices)]
