@@ -22,8 +22,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/mcqtune demo
 
+# Two workers, one thread each, a test file per worker (docs/DECISIONS.md): ~12 min instead of ~18 here.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

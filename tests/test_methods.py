@@ -285,7 +285,6 @@ def test_reloaded_artifact_scores_identically(run, reloaded, arc_rows):
         kwargs = {"packed": loaded.manifest["packing"], "precision": precision, "device": CPU}
         before = score_examples(run["result"].model, encoder, arc_rows, scoring, **kwargs)
         again = score_examples(loaded.model, encoder, arc_rows, scoring, **kwargs)
-        np.testing.assert_array_equal(before.predictions, again.predictions)
         # prefix_projection: in memory the MLP runs under autocast; the artifact holds its fp32 output.
         # DoRA's weight norm reads the stored weight outside autocast: bf16 in training, fp32 here.
         # PiSSA/OLoRA: in memory bf16(W - B0 A0) + B A, reloaded bf16(W) + (B A - B0 A0), whose two
@@ -297,6 +296,11 @@ def test_reloaded_artifact_scores_identically(run, reloaded, arc_rows):
         if options.get("init") in MUTATING_INITS:
             atol = 2e-2
         np.testing.assert_allclose(before.scores, again.scores, atol=atol, rtol=0)
+        # Same answers, except that a near-tie (two options within the tolerance) may go either way.
+        flipped = np.flatnonzero(before.predictions != again.predictions)
+        chosen, other = before.predictions[flipped], again.predictions[flipped]
+        gap = before.scores[flipped, chosen] - before.scores[flipped, other]
+        assert (gap <= 2 * atol).all(), (flipped, gap)
 
 
 def test_packed_cloze_matches_one_row_per_option(run, reloaded, arc_rows, tokenizer):
