@@ -223,27 +223,29 @@ def collate_cloze(
     model row must be one).
     """
     n_options = max(len(f.option_ids) for f in features)
-    if packed:
-        groups = _pack_rows(features, keys) if pack_questions else [[q] for q in range(len(features))]
+    # Per row: (question, the options it holds) for each question in it.
+    every_option = [list(range(len(f.option_ids))) for f in features]
+    if not packed:
+        groups = [[(q, [k])] for q, options in enumerate(every_option) for k in options]
+    elif pack_questions:
+        groups = [[(q, every_option[q]) for q in row] for row in _pack_rows(features, keys)]
     else:
-        groups = [[q] for q, f in enumerate(features) for _ in f.option_ids]
+        groups = [[(q, options)] for q, options in enumerate(every_option)]
     rows: list[list[int]] = []
     positions: list[list[int]] = []
     segments: list[list[_Segment]] = []
-    option_of_row = iter(k for f in features for k in range(len(f.option_ids)))
     for group in groups:
         ids: list[int] = []
         pos: list[int] = []
         row_segments = []
-        for q in group:  # every context first
+        for q, _ in group:  # every context first
             c = features[q].context_ids
             row_segments.append(_Segment(q, (len(ids), len(ids) + len(c)), []))
             ids += c
             pos += range(len(c))
-        for segment in row_segments:  # then the options, each after its own context's positions
+        for segment, (_, chosen) in zip(row_segments, group, strict=True):  # then the options
             f = features[segment.question]
-            c = len(f.context_ids)
-            chosen = range(len(f.option_ids)) if packed else [next(option_of_row)]
+            c = len(f.context_ids)  # each option's positions continue its own context's
             for k in chosen:
                 opt = f.option_ids[k]
                 segment.options.append((k, len(ids), len(ids) + len(opt)))
@@ -300,7 +302,7 @@ def collate_cloze(
         option_mask=option_mask,
         answers=_answers(features),
         indices=[f.index for f in features],
-        row_question=[group[0] for group in groups],
+        row_question=[group[0][0] for group in groups],
         real_tokens=int(pad_mask.sum()),
     )
 

@@ -203,10 +203,10 @@ def store_linear_weights(base: torch.nn.Module, dtype: torch.dtype) -> None:
 def untie_output_head(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Give an LM head tied to the input embedding its own frozen copy in ``dtype``; returns its bytes.
 
-    For inference under bf16 only. The embedding stays fp32 (it feeds the fp32 residual stream), so a tied
-    head casts the whole 49k x 576 matrix to bf16 on every forward pass: measured, that cast was half of
-    a one-question forward of the bundled model (~60 of ~120 ms, docs/SERVING.md). A bf16 copy gives the
-    same numbers bit for bit (autocast rounds the weight to the same bf16 values) for 56 MiB more.
+    For inference under bf16 only. The embedding stays fp32 (it feeds the fp32 residual stream), so under
+    autocast a tied head casts the whole 49k x 576 matrix to bf16 on every forward pass: measured, ~15% of
+    a one-question forward of the bundled model (docs/PERFORMANCE.md). A bf16 copy gives the same numbers
+    bit for bit (autocast rounds the weight to the same bf16 values) for 56 MiB more.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
