@@ -21,7 +21,7 @@ from mcqtune.compare.runner import (
     plan_configs,
     run_compare,
 )
-from mcqtune.compare.stats import mcnemar_exact
+from mcqtune.compare.stats import sign_flip_p
 from mcqtune.compare.tuning import question_key
 from mcqtune.config import ConfigError, build_config, method_lr_grid
 from mcqtune.data import bundled_path, load_examples
@@ -124,18 +124,18 @@ def test_every_method_is_tested_against_the_best_on_the_same_questions(trusted):
     test = rows[ZERO_SHOT]["vs_best"]
     assert test["best"] == "lora" and test["n"] == FINAL_N and test["runs"] == 2
 
-    # Recompute McNemar's counts from the per-question answers saved in the run directories.
+    # Recompute the test from the per-question answers saved in the run directories: per question, the
+    # mean over the two run pairs of (best right) - (zero-shot right).
     def answers(name: str) -> np.ndarray:
         metrics = json.loads((out / RUNS_DIR / name / "metrics.json").read_text(encoding="utf-8"))
         return correct_vector(metrics["validation"])[1]
 
     best = np.stack([answers("lora"), answers("lora-seed43")])
-    zero = answers(ZERO_SHOT)
-    assert test["only_a_correct"] == int((best & ~zero).sum())
-    assert test["only_b_correct"] == int((~best & zero).sum())
-    assert test["mcnemar_p"] == pytest.approx(
-        mcnemar_exact(test["only_a_correct"], test["only_b_correct"]), abs=1e-6
-    )
+    per_question = best.mean(axis=0) - answers(ZERO_SHOT)
+    assert test["only_a_correct"] == int((per_question > 0).sum())
+    assert test["only_b_correct"] == int((per_question < 0).sum())
+    assert test["p_value"] == pytest.approx(sign_flip_p(per_question), abs=1e-6)
+    assert test["p_holm"] >= test["p_value"] and test["significant"] == (test["p_holm"] < 0.05)
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "Paired tests against the best, **lora**" in md and test["verdict"] in md
 
@@ -297,9 +297,16 @@ def test_table_rows_fold_seeds_and_test_against_the_best():
         0.0177, abs=1e-4
     )
     test = by["b"]["vs_best"]
-    assert (test["only_a_correct"], test["only_b_correct"], test["runs"]) == (39, 0, 2)
+    # per question: both seeds of a right and b's seeds 1 or 2 of 2 wrong: 20 questions a is ahead on
+    assert (test["only_a_correct"], test["only_b_correct"], test["runs"]) == (20, 0, 2)
+    zero = by[ZERO_SHOT]["vs_best"]  # its one run pairs with both seeds of a: d = 1 on 20 questions
+    assert (zero["only_a_correct"], zero["test"]) == (20, "McNemar exact")
+    # Holm over the family of two: the smaller p doubled, the larger kept (never below the smaller's)
+    assert test["family"] == zero["family"] == 2
+    assert zero["p_value"] < test["p_value"]
+    assert zero["p_holm"] == pytest.approx(2 * zero["p_value"], rel=1e-4)
+    assert test["p_holm"] == pytest.approx(max(test["p_value"], zero["p_holm"]), rel=1e-4)
     assert test["significant"] and "a is better than b at the 5% level" in test["verdict"]
-    assert by[ZERO_SHOT]["vs_best"]["only_a_correct"] == 40  # one zero-shot run pairs with both seeds
     assert all(evidence.ANSWERS not in r for r in rows)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mcqtune.compare.stats import compare_paired, mean_and_spread, verdict
+from mcqtune.compare.stats import SIGNIFICANCE_LEVEL, compare_paired, holm_adjust, mean_and_spread, verdict
 
 ZERO_SHOT = "zero-shot"
 ANSWERS = "answers"  # run row key: {data set: {"ids": [...], "correct": "0110..."}}; not in results.json
@@ -80,11 +80,13 @@ def method_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def add_paired_tests(rows: list[dict[str, Any]]) -> str | None:
     """Test every finished row against the best trained method (highest mean accuracy) on the same
     questions, in-domain (``vs_best``) and per further data set (``transfer[name]["vs_best"]``); each
-    with a plain-words ``verdict``. Returns the best method's name (None when no method finished)."""
+    with a plain-words ``verdict``. The tests of one data set are one family: ``significant`` is decided
+    by the Holm-adjusted ``p_holm``. Returns the best method's name (None when no method finished)."""
     trained = [r for r in rows if _ok(r) and r["method"] != ZERO_SHOT]
     if not trained:
         return None
     best = max(trained, key=lambda r: (r["accuracy"], -(r.get("train_seconds") or 0)))
+    families: dict[str, list[tuple[dict[str, Any], Any]]] = {}
     for row in rows:
         if row is best or not _ok(row):
             continue
@@ -92,10 +94,16 @@ def add_paired_tests(rows: list[dict[str, Any]]) -> str | None:
             mine, theirs = row[ANSWERS][data], best.get(ANSWERS, {}).get(data)
             if theirs is None or mine[0] != theirs[0]:
                 continue  # not scored on the same questions: no paired test
-            result = compare_paired(theirs[1], mine[1])
+            families.setdefault(data, []).append((row, compare_paired(theirs[1], mine[1])))
+    for data, family in families.items():
+        adjusted = holm_adjust([result.p_value for _, result in family])
+        for (row, result), p_holm in zip(family, adjusted, strict=True):
             test = result.to_dict() | {
+                "p_holm": round(p_holm, 6),
+                "family": len(family),
+                "significant": p_holm < SIGNIFICANCE_LEVEL,
                 "best": best["method"],
-                "verdict": verdict(best["method"], row["method"], result),
+                "verdict": verdict(best["method"], row["method"], result, p_holm),
             }
             if data == IN_DOMAIN:
                 row["vs_best"] = test

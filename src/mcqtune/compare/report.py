@@ -34,7 +34,8 @@ CSV_COLUMNS = (
     "ci95_high",
     "majority_baseline",
     "accuracy_minus_baseline",
-    "vs_best_mcnemar_p",
+    "vs_best_p",
+    "vs_best_p_holm",
     "vs_best_significant",
     "lr_tuned",
     "predicted_letter_distribution",
@@ -140,13 +141,14 @@ def _ok(row: dict[str, Any]) -> bool:
     return row.get("status") == "ok" and row.get("accuracy") is not None
 
 
+P_HEADER = "vs best: p (Holm)"  # the paired test against the best method, Holm-adjusted
 TABLE_HEADER = (
     "method",
     "accuracy",
     "95% CI",
     "majority baseline",
     "acc − baseline (pts)",
-    "vs best: McNemar p",
+    P_HEADER,
     "lr",
     "predicted letters (%)",
     "letter TV",
@@ -173,7 +175,7 @@ def _unpacked(row: dict[str, Any]) -> bool:
 
 
 # Each further data set's column group (--eval-data), after the in-domain columns.
-TRANSFER_HEADER = ("accuracy", "95% CI", "majority baseline", "vs best: McNemar p")
+TRANSFER_HEADER = ("accuracy", "95% CI", "majority baseline", P_HEADER)
 
 
 def fmt_accuracy(scores: dict[str, Any]) -> str:
@@ -187,13 +189,13 @@ def fmt_accuracy(scores: dict[str, Any]) -> str:
 
 
 def fmt_p(scores: dict[str, Any]) -> str:
-    """The paired test against the best method: its McNemar p, starred when significant at 5%."""
+    """The paired test against the best method: its Holm-adjusted p, starred when significant at 5%."""
     if scores.get("is_best"):
         return "best"
     test = scores.get("vs_best")
     if not test:
         return DASH
-    return f"{test['mcnemar_p']:.2g}" + (" *" if test["significant"] else "")
+    return f"{test['p_holm']:.2g}" + (" *" if test["significant"] else "")
 
 
 def fmt_lr(row: dict[str, Any]) -> str:
@@ -261,7 +263,7 @@ def _shown_columns(rows: list[dict[str, Any]]) -> list[int]:
     if all(r.get("permutation_accuracy") is None for r in rows):
         keep.remove(TABLE_HEADER.index("perm. accuracy"))
     if not any(r.get("vs_best") for r in rows):
-        keep.remove(TABLE_HEADER.index("vs best: McNemar p"))
+        keep.remove(TABLE_HEADER.index(P_HEADER))
     return keep
 
 
@@ -276,7 +278,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             DASH, ""
         )
         test = row.get("vs_best") or {}
-        out["vs_best_mcnemar_p"], out["vs_best_significant"] = test.get("mcnemar_p"), test.get("significant")
+        out["vs_best_p"], out["vs_best_p_holm"] = test.get("p_value"), test.get("p_holm")
+        out["vs_best_significant"] = test.get("significant")
         writer.writerow({k: "" if out.get(k) is None else out[k] for k in CSV_COLUMNS})
     atomic_write_text(path, buffer.getvalue())
 
@@ -516,7 +519,8 @@ def _tuning_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _paired_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """In plain words, which methods differ from the best at 5% (McNemar's exact test, same questions)."""
+    """In plain words, which methods differ from the best at 5% (paired tests on the same questions,
+    Holm-adjusted over the table's tests)."""
     best = next((r for r in rows if r.get("is_best")), None)
     tested = [r for r in rows if r.get("vs_best")]
     if best is None or not tested:
@@ -526,7 +530,8 @@ def _paired_lines(rows: list[dict[str, Any]]) -> list[str]:
     behind = [r for r in tested if r["vs_best"]["significant"]]
     level = [r for r in tested if not r["vs_best"]["significant"]]
     summary = (
-        f"Paired tests against the best, **{best['method']}**, on the same {test['n']} questions{seeds}: "
+        f"Paired tests against the best, **{best['method']}**, on the same {test['n']} questions{seeds}, "
+        f"Holm-adjusted over these {test.get('family', len(tested))}: "
         + (
             f"significantly different at 5%: {_names(behind)}"
             if behind
