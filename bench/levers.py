@@ -23,6 +23,7 @@ mcqtune's LoRA letter step (MedMCQA, the bench's batch size) unless said otherwi
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from contextlib import nullcontext
@@ -145,13 +146,10 @@ def _collate_full(objective, features):
 
 
 def lever_grad_checkpointing(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
-    def enable(model):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-
-    plain = McqtuneStepper(ctx.lora_config("letter", steps), ctx.resolved, ctx.encoder, rows)
+    config = ctx.lora_config("letter", steps)
+    plain = McqtuneStepper(config, ctx.resolved, ctx.encoder, rows)
     checkpointed = McqtuneStepper(
-        ctx.lora_config("letter", steps), ctx.resolved, ctx.encoder, rows, model_hook=enable
+        dataclasses.replace(config, gradient_checkpointing=True), ctx.resolved, ctx.encoder, rows
     )
     return _interleave({"off": plain, "on": checkpointed}, steps, warmup)
 

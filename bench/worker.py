@@ -84,13 +84,9 @@ def task_train(spec: dict) -> dict:
     method = get_method(spec["method"])
     phases = _Phases()
     original = method.apply
-    checkpointing = bool(spec.get("gradient_checkpointing"))
 
     def apply(model, options):
         phases.mark_loaded()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
         return original(model, options)
 
     method.apply = apply  # instance attribute: shadows the class's apply in this process only
@@ -105,6 +101,7 @@ def task_train(spec: dict) -> dict:
         "precision": spec.get("precision", "auto"),
         "save_steps": None,
         "warmup_ratio": 0.0,
+        "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
     }
     if spec.get("options"):
         flags["method_options"] = spec["options"]

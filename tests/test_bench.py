@@ -257,6 +257,33 @@ def test_summary_rows_for_the_memory_curve_and_lm_eval():
     assert rows["7 same answers as lm-eval, letter (fp32 | bf16)"][5] == "met"
 
 
+def test_summary_rows_for_the_trl_baseline_with_and_without_gradient_checkpointing():
+    run = {"wall_seconds": 100.0, "peak_rss_mib": 3000.0}
+    accuracy = {"accuracy": 0.35, "ci95": [0.31, 0.39], "n": 500}
+    trl = {
+        "steps": 300,
+        "batch_size": 8,
+        "trl": {"wall_seconds": 700.0, "peak_rss_mib": 2900.0},
+        "mcqtune": run,
+        "mcqtune_checkpointed": {"wall_seconds": 140.0, "peak_rss_mib": 1400.0},
+        "wall_ratio": 7.0,
+        "peak_rss_ratio": 1.03,
+        "checkpointed_wall_ratio": 5.0,
+        "checkpointed_peak_rss_ratio": 0.48,
+        "accuracy": {"mcqtune": accuracy, "trl": accuracy},
+        "accuracy_difference_points": 0.0,
+    }
+    rows = {r[0]: r for r in summarize({"sections": {"trl": trl}})}
+    assert rows["0 300 LoRA steps b8, peak RSS MiB"][5] == "NOT MET"
+    assert rows["0 300 LoRA steps b8, --gradient-checkpointing, peak RSS MiB"][1:4] == (
+        "1400",
+        "2900 (TRL SFTTrainer)",
+        "0.48x",
+    )
+    assert rows["0 300 LoRA steps b8, --gradient-checkpointing, peak RSS MiB"][5] == "met"
+    assert rows["0 300 LoRA steps b8, --gradient-checkpointing, wall s"][3:] == ("5.00x", ">= 3x", "met")
+
+
 def test_rss_growth_sees_growth_not_swings():
     from bench.helpers import rss_growth
 

@@ -140,6 +140,12 @@ class TrainConfig:
     )
     batch_size: int = setting(4, "questions per micro-batch", check="positive", tags=_SHARED_FLAG)
     grad_accum: int = setting(1, "micro-batches per optimizer step", check="positive", tags=(TAG_SHARED,))
+    gradient_checkpointing: bool = setting(
+        False,
+        "keep only each layer's input and recompute the rest in the backward pass: activation memory of "
+        "one layer instead of all, for about a third more compute per step",
+        tags=_SHARED_FLAG,
+    )
     lr: float | None = setting(None, "peak learning rate", check="positive", none_means=PER_METHOD)
     weight_decay: float | None = setting(
         None, "AdamW weight decay", check="non_negative", none_means=PER_METHOD

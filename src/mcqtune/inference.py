@@ -244,6 +244,7 @@ class Predictor:
                     holder = method.load_base(self.resolved, options, self.device)
                 self._check_base(run_dir, manifest, holder)
             self._deactivate()  # a subset artifact records the base's own tensors when it attaches
+            held = {id(module) for module in holder.modules()}
             try:
                 holder = method.attach(holder, Path(run_dir) / ADAPTER_DIR, options, name)
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
@@ -251,9 +252,12 @@ class Predictor:
                     f"{run_dir}/{ADAPTER_DIR}: could not load the {manifest['method']} artifact: {exc}"
                 ) from None
             if method.shares_base:
-                # The artifact's own linear layers (LoRA, bottleneck adapters) too; nothing else is cast,
-                # and no base tensor is copied (the base's linear weights are already stored so).
-                cast_frozen_matmul_weights(holder, self._linear_dtype, frozen_only=False)
+                # This artifact's own linear layers (LoRA, bottleneck adapters) too, when the method says
+                # that is exact; nothing else is cast, and no base tensor is copied (the base's linear
+                # weights are already stored so) nor another artifact's layer.
+                if method.own_layers_in_inference_dtype(options):
+                    added = torch.nn.ModuleList(m for m in holder.modules() if id(m) not in held)
+                    cast_frozen_matmul_weights(added, self._linear_dtype, frozen_only=False)
                 self._holders[key] = holder.eval()
             else:
                 self._holders[key] = self._prepared(holder)

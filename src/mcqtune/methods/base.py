@@ -216,6 +216,22 @@ def untie_output_head(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return _storage_bytes(head.weight)
 
 
+def untied_head_copy(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``'s tensor for an LM head that :func:`untie_output_head` separated from the embedding, when
+    ``state`` replaces that embedding (a subset artifact that trained it): {head name: its copy}, else {}.
+    Without it the untied head would keep the base's embedding while the artifact changed it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is None or embedding is None or head.weight is embedding.weight:
+        return {}
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    trained = state.get(names.get(id(embedding.weight), ""))
+    head_name = names.get(id(head.weight))
+    if trained is None or head_name is None or head_name in state or not model.config.tie_word_embeddings:
+        return {}
+    return {head_name: trained.to(head.weight.dtype)}
+
+
 def check_master_weights(model: torch.nn.Module, method_name: str) -> None:
     """Trained parameters must be fp32 (the optimizer updates them in place): a method that trains base
     weights must not let :meth:`Method.prepare_base` store them in bf16 (set ``frozen_base = False``)."""
@@ -249,6 +265,9 @@ class Method(ABC):
     preset_of: ClassVar[str | None] = None
     # Whether scoring may pass a 4D attention mask and position ids (packed cloze options).
     supports_packing: ClassVar[bool] = True
+    # Whether --gradient-checkpointing may recompute the decoder layers (transformers drops a layer's
+    # key/value cache when it checkpoints, and with it a prefix held there).
+    supports_gradient_checkpointing: ClassVar[bool] = True
     # True when apply() freezes every base weight. Under bf16 the frozen matmul weights are then stored in
     # bf16 (prepare_base). Methods that train base weights (full, subset) set False: fp32 master weights.
     frozen_base: ClassVar[bool] = True
@@ -265,6 +284,12 @@ class Method(ABC):
     # False when an artifact replaces every base weight (full): it cannot share a base with other
     # artifacts, so an inference Predictor loads a model of its own for each one.
     shares_base: ClassVar[bool] = True
+
+    def own_layers_in_inference_dtype(self, options: dict[str, Any]) -> bool:
+        """Whether bf16 inference may store the artifact's own linear layers in bf16 (half their memory,
+        no cast per call) and still score exactly as the trained model: true when each layer is only ever
+        a matmul under autocast, which rounds its fp32 master weight to the same bf16 values."""
+        return True
 
     def base_key(self, options: dict[str, Any]) -> str:
         """Which loaded base this method's artifacts attach to: artifacts with equal keys share one base.

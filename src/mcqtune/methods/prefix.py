@@ -84,6 +84,7 @@ class PrefixMethod(PeftMethod):
     name = "prefix"
     description = "learned key/value prefixes in every attention layer (peft prefix tuning)"
     supports_packing = False
+    supports_gradient_checkpointing = False  # its prefix lives in the key/value cache
     compare_order = 40
     step_seconds = 1.35
     eval_seconds_per_question = 0.16

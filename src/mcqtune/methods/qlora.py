@@ -8,7 +8,6 @@ Options, besides LoRA's ``r``, ``alpha``, ``dropout``, ``target_modules``, ``use
   for each matmul;
 - ``optimizer``: ``paged_adamw_32bit`` (default), ``paged_adamw_8bit`` or ``adamw``. Paged optimizers need
   CUDA; on CPU plain torch AdamW is used whatever is asked;
-- ``gradient_checkpointing`` (default false): passed to ``peft.prepare_model_for_kbit_training``;
 - ``quant_storage``: ``uint8`` (default), ``bf16``, ``fp16`` or ``fp32``: the dtype the packed 4-bit
   values are stored in (same bytes either way). FSDP shards only floating tensors of one dtype, so a
   sharded QLoRA run sets it to the compute dtype (``--option quant_storage=bf16``, docs/SCALING.md).
@@ -151,8 +150,8 @@ class QLoraMethod(PeftMethod):
         return OPTIMIZER_STATE_BYTES[optimizer_choice(options)]
 
     def apply(self, model: PreTrainedModel, options: dict[str, Any]) -> torch.nn.Module:
-        checkpointing = bool(options["gradient_checkpointing"])
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        # Gradient checkpointing is every method's --gradient-checkpointing (the trainer's), not peft's here.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return get_peft_model(model, lora_config(options))
 
     def merge(self, model: torch.nn.Module) -> PreTrainedModel:

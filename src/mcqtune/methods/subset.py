@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from mcqtune.methods.base import Method, register
+from mcqtune.methods.base import Method, register, untied_head_copy
 
 WEIGHTS_FILE = "subset.safetensors"
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
@@ -111,6 +111,7 @@ class SubsetMethod(Method):
             if params[param_name].shape != value.shape:
                 have, want = tuple(value.shape), tuple(params[param_name].shape)
                 raise ValueError(f"{path}: '{param_name}' has shape {have}, the base has {want}")
+        state |= untied_head_copy(model, state)  # an inference base's bf16 head follows a trained embedding
         swaps = _swaps(model)
         for param_name in state:
             swaps.originals.setdefault(param_name, params[param_name].data)

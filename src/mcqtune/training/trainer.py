@@ -72,6 +72,17 @@ def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
     )
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module, method: Method, model_name: str) -> None:
+    """transformers' gradient checkpointing on the (possibly peft-wrapped) model: each decoder layer keeps
+    only its input and recomputes its activations in the backward pass. Non-reentrant, so no input needs
+    ``requires_grad`` for a frozen base to pass gradients back to the layers' adapters."""
+    if not method.supports_gradient_checkpointing:
+        raise ConfigError(f"--gradient-checkpointing: method '{method.name}' does not support it")
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"--gradient-checkpointing: model '{model_name}' does not support it")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def planned_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -120,6 +131,8 @@ class Trainer:
             self.objective_name = resolve_objective(config.objective, base.num_parameters())
             model = self.method.apply(base, options)
             check_master_weights(model, self.method.name)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model, self.method, config.model)
         if model_hook is not None:
             model_hook(model)
         self.packed = config.packing and self.method.supports_packing
