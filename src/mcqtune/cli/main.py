@@ -513,6 +513,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from mcqtune.estimate import estimate_memory
 
     settings = {name: getattr(args, name) for name in ESTIMATE_FLAGS}
+    settings["gradient_checkpointing"] = bool(args.gradient_checkpointing)  # None: not given
     estimate = estimate_memory(args.model, args.method, options=parse_option_pairs(args.option), **settings)
     print(json.dumps(estimate.to_dict(), indent=2) if args.json else estimate.format_text())
     return 0
@@ -963,7 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="none: DDP (a full copy per process); zero2: optimizer state and gradients split; "
         "zero3/fsdp: the weights too",
     )
-    est.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs")
+    add_config_flags(est, ("gradient_checkpointing",))  # the same flag and help as train's
     est.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. r=8")
     est.add_argument("--json", action="store_true", help="the same figures in bytes, as JSON")
     est.set_defaults(func=cmd_estimate)
