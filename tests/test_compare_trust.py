@@ -12,6 +12,7 @@ import pytest
 
 from mcqtune.compare import evidence, trials
 from mcqtune.compare import report as cr
+from mcqtune.compare.backends import RUN_RECORD
 from mcqtune.compare.runner import (
     RUNS_DIR,
     ZERO_SHOT,
@@ -79,9 +80,12 @@ def test_dev_split_never_overlaps_the_validation_rows(trusted):
     metrics = json.loads((out / RUNS_DIR / "lora" / "metrics.json").read_text(encoding="utf-8"))
     scored_ids, _ = correct_vector(metrics["validation"])
     assert len(scored_ids) == FINAL_N and not set(scored_ids) & set(dev_info["dev_ids"])
-    # Each trial trained on the trial rows and was scored on the dev split, not on validation.
+    # Each trial trained on the trial rows and was scored on the dev split, not on validation, and only
+    # there: no further set (a trial's data format is the dev files', which a further set need not share).
     for lr in GRID:
         trial_dir = out / RUNS_DIR / trials.TUNE_DIR / "lora" / f"lr{lr:g}-steps1"
+        record = json.loads((trial_dir / RUN_RECORD).read_text(encoding="utf-8"))
+        assert record["status"] == "ok" and "transfer" not in record, record.get("error")
         trial = json.loads((trial_dir / "metrics.json").read_text(encoding="utf-8"))
         assert trial["data"]["validation"].endswith(trials.DEV_FILE)
         assert trial["data"]["train"].endswith(trials.DEV_TRAIN_FILE)
@@ -93,6 +97,7 @@ def test_chosen_lr_is_the_best_dev_score_and_is_shown(trusted):
     tuned = results["tuning"]["methods"]["lora"]
     final_scores = {t["lr"]: t["dev_accuracy"]["1"] for t in tuned["trials"]}
     assert tuned["grid"] == GRID and set(final_scores) == set(GRID)
+    assert all(0 <= score <= 1 for score in final_scores.values()), final_scores  # no trial failed
     best = max(GRID, key=lambda lr: (final_scores[lr], -GRID.index(lr)))  # ties keep the earlier
     assert tuned["chosen"] == best == rows["lora"]["lr"] and rows["lora"]["lr_tuned"]
     runs = {r["run_dir"]: r for r in results["runs"]}

@@ -1086,10 +1086,12 @@ def _raise_interrupt(signum, frame) -> None:
 def _run_trials(
     settings: CompareSettings, backend: Backend, specs: list[Any]
 ) -> list[tuple[float | None, str | None]]:
-    """Tuning trials as ordinary runs; each one's dev accuracy (None when it failed) and error."""
+    """Tuning trials as ordinary runs; each one's dev accuracy (None when it failed) and error. A trial is
+    scored on its dev split only: no further sets (--eval-data), no permutations."""
+    dev_only = dataclasses.replace(settings, eval_data=[], permutations=None)
     jobs = [
         make_job(
-            settings,
+            dev_only,
             name,
             method,
             TRAIN,
