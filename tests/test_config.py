@@ -106,6 +106,11 @@ def test_unknown_method_option_is_an_error_naming_it(tmp_path):
         build_config({}, str(user))
     with pytest.raises(ConfigError, match=r"command line.*'prefix': bottleneck.*num_virtual_tokens"):
         build_config({"method": "prefix", "method_options": {"bottleneck": 16}})
+    # A training setting given as a method option (QLoRA had its own gradient_checkpointing): its flag.
+    with pytest.raises(
+        ConfigError, match=r"'gradient_checkpointing' is a training setting: --gradient-checkpointing"
+    ):
+        build_config({"method": "qlora", "method_options": {"gradient_checkpointing": True}})
     assert (
         build_config({"method": "adapter", "method_options": {"reduction_factor": 8}}).method_options[
             "reduction_factor"

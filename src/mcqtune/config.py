@@ -452,9 +452,12 @@ def check_method_options(method: str, options: dict[str, Any], source: str) -> N
     # silently train with the default instead.
     unknown = set(options) - set(defaults)
     if unknown:
+        # A training setting given as a method option (QLoRA's former gradient_checkpointing): say where.
+        settings = [key for key in sorted(unknown) if key in CONFIG_FIELDS]
+        hint = "".join(f"; '{key}' is a training setting: {flag_name(key)}" for key in settings)
         raise ConfigError(
             f"{source}: method_options: unknown option(s) for '{method}': "
-            f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(defaults)) or 'none'}"
+            f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(defaults)) or 'none'}{hint}"
         )
     for key, value in options.items():
         if not _same_kind(value, defaults[key]):
