@@ -95,6 +95,11 @@ def paired_bootstrap_ci(
     return float(low), float(high)
 
 
+def sign_flip_is_exact(differences: np.ndarray) -> bool:
+    """Whether every per-question difference is -1, 0 or +1: the sign-flip test is then McNemar's."""
+    return bool(np.all(np.isin(np.asarray(differences, dtype=np.float64), (-1.0, 0.0, 1.0))))
+
+
 def sign_flip_p(differences: np.ndarray, *, samples: int = SIGN_FLIP_SAMPLES, seed: int = 0) -> float:
     """Two-sided paired sign-flip test of per-question differences in [-1, 1] (mean over run pairs of
     a right minus b right): exact (McNemar) when every difference is -1, 0 or +1, else sampled
@@ -103,7 +108,7 @@ def sign_flip_p(differences: np.ndarray, *, samples: int = SIGN_FLIP_SAMPLES, se
     d = d[d != 0]
     if d.size == 0:
         return 1.0
-    if np.all(np.abs(d) == 1):
+    if sign_flip_is_exact(d):
         return mcnemar_exact(int((d > 0).sum()), int((d < 0).sum()))
     observed = abs(d.sum()) - 1e-9  # float sums: an equal null sum counts as "as extreme"
     rng = np.random.default_rng(seed)
@@ -138,7 +143,6 @@ def compare_paired(
         raise ValueError(f"need two equally long, non-empty correctness vectors, got {a.shape} and {b.shape}")
     a, b = np.broadcast_arrays(a, b)
     per_question = a.mean(axis=0) - b.mean(axis=0)  # in [-1, 1]: one number per question
-    exact = bool(np.all(np.isin(per_question, (-1.0, 0.0, 1.0))))
     return PairedComparison(
         n=a.shape[1],
         accuracy_a=float(a.mean()),
@@ -149,7 +153,7 @@ def compare_paired(
         difference=float(a.mean() - b.mean()),
         difference_ci=paired_bootstrap_ci(a, b, seed=seed),
         runs=a.shape[0],
-        test="McNemar exact" if exact else "paired sign-flip over questions",
+        test="McNemar exact" if sign_flip_is_exact(per_question) else "paired sign-flip over questions",
     )
 
 
