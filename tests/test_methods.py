@@ -603,3 +603,18 @@ def test_loraplus_trains_b_at_the_ratio_of_a(tiny_model_dir):
     assert {lr_of[id(p)] for n, p in named.items() if ".lora_A." in n} == {1e-3}
     assert options["loraplus_lr_ratio"] == 16.0
     assert {lr_of[id(p)] for n, p in named.items() if ".lora_B." in n} == {1e-3 * 16.0}
+
+
+def test_adapter_activation_logs_no_spurious_warning(tiny_model_dir, tmp_path, caplog):
+    """AdapterHub warns "none are activated for the forward pass" while it switches adapters, although
+    no forward pass runs: training and reloading an adapter must not show users that warning."""
+    from mcqtune.config import method_option_defaults
+
+    method, options = get_method("adapter"), method_option_defaults("adapter")
+    with caplog.at_level("WARNING"):
+        model = method.apply(load_model(resolve_model(str(tiny_model_dir))), options)
+        method.save(model, tmp_path)
+        base = load_model(resolve_model(str(tiny_model_dir)))
+        method.activate(method.attach(base, tmp_path, options, "reloaded"), "reloaded")
+    assert any(".adapters.reloaded." in name for name, _ in base.named_parameters())
+    assert not [r for r in caplog.records if "none are activated" in r.getMessage()]
