@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 
 from mcqtune.compare import report as cr
-from mcqtune.compare.runner import (
-    QUICK_BUDGET,
-    RUN_RECORD,
-    ZERO_SHOT,
-    CompareSettings,
-    default_methods,
-    parse_methods,
-    plan_configs,
-    run_compare,
-)
+from mcqtune.compare.backends import RUN_RECORD
+from mcqtune.compare.evidence import ZERO_SHOT
+from mcqtune.compare.plan import QUICK_BUDGET, CompareSettings, default_methods, parse_methods, plan_configs
+from mcqtune.compare.runner import run_compare
 from mcqtune.config import ConfigError
 from mcqtune.methods import METHODS
 from mcqtune.methods.lora import LoraMethod
@@ -45,7 +39,7 @@ WORKER_SCRIPT = textwrap.dedent(
             raise MemoryError("simulated: cannot allocate the optimizer state")
 
     register(Boom)
-    from mcqtune.compare.runner import worker_main
+    from mcqtune.compare.worker import worker_main
 
     sys.exit(worker_main(sys.argv[1:]))
     """

@@ -17,8 +17,10 @@ import pytest
 
 from mcqtune.cli.main import main
 from mcqtune.compare import backends
-from mcqtune.compare.backends import Execution, Job, LocalParallel, local_slots, open_backend
-from mcqtune.compare.runner import RUN_RECORD, ZERO_SHOT, CompareSettings, run_compare
+from mcqtune.compare.backends import RUN_RECORD, Execution, Job, LocalParallel, local_slots, open_backend
+from mcqtune.compare.evidence import ZERO_SHOT
+from mcqtune.compare.plan import CompareSettings
+from mcqtune.compare.runner import run_compare
 from mcqtune.config import ConfigError
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.errors import BackendError

@@ -4,6 +4,7 @@ training data, --seeds with mean/spread and paired tests against the best, --eva
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,15 +14,17 @@ import pytest
 from mcqtune.compare import evidence, trials
 from mcqtune.compare import report as cr
 from mcqtune.compare.backends import RUN_RECORD
-from mcqtune.compare.runner import (
+from mcqtune.compare.evidence import ZERO_SHOT
+from mcqtune.compare.plan import (
+    QUICK_BUDGET,
     RUNS_DIR,
-    ZERO_SHOT,
     CompareSettings,
     estimate_seconds,
+    off_reference,
     parse_budget,
     plan_configs,
-    run_compare,
 )
+from mcqtune.compare.runner import run_compare
 from mcqtune.compare.stats import sign_flip_p
 from mcqtune.compare.tuning import question_key
 from mcqtune.config import ConfigError, build_config, method_lr_grid
@@ -220,8 +223,15 @@ def test_time_budget_stops_a_run(tiny_model_dir, tmp_path):
     assert result.history[-1]["step"] == done["steps"] and "val_accuracy" in result.history[-1]
 
 
+# The measured per-method speeds are for bf16 on a CPU with native bf16: asked for explicitly, so these
+# tests hold on any CPU.
+ON_REFERENCE = {"precision": "bf16"}
+
+
 def test_time_budget_gives_each_method_the_steps_that_fit(tmp_path):
-    settings = CompareSettings(output=tmp_path, methods=["full", "subset"], quick=True, time_budget=120.0)
+    settings = CompareSettings(
+        output=tmp_path, methods=["full", "subset"], quick=True, time_budget=120.0, overrides=ON_REFERENCE
+    )
     plan = plan_configs(settings)
     for name, config in plan["configs"].items():
         assert config.max_train_seconds == 120.0
@@ -230,12 +240,21 @@ def test_time_budget_gives_each_method_the_steps_that_fit(tmp_path):
 
 
 def test_estimate_counts_trials_seeds_and_further_sets(tmp_path):
-    base = CompareSettings(output=tmp_path, methods=["lora"], quick=True)
+    base = CompareSettings(output=tmp_path, methods=["lora"], quick=True, overrides=ON_REFERENCE)
     plain = estimate_seconds(plan_configs(base), base)
-    bigger = CompareSettings(
-        output=tmp_path, methods=["lora"], quick=True, tune="lr", seeds=2, eval_data=["medmcqa"]
-    )
+    bigger = dataclasses.replace(base, tune="lr", seeds=2, eval_data=["medmcqa"])
     assert plain and estimate_seconds(plan_configs(bigger), bigger) > 2 * plain
+
+
+def test_no_estimate_and_no_speed_based_steps_in_fp32(tmp_path):
+    """fp32 runs 4x slower than the bf16 speeds were measured at: no estimate rather than a wrong one,
+    and a time budget keeps --max-steps as its ceiling (the deadline still stops each run)."""
+    fp32 = CompareSettings(output=tmp_path, methods=["lora"], quick=True, overrides={"precision": "fp32"})
+    plan = plan_configs(fp32)
+    assert "fp32" in off_reference(plan["zero_shot"])
+    assert estimate_seconds(plan, fp32) is None
+    timed = plan_configs(dataclasses.replace(fp32, time_budget=120.0))["configs"]["lora"]
+    assert timed.max_steps == QUICK_BUDGET["max_steps"] and timed.max_train_seconds == 120.0
 
 
 # ------------------------------------------------------------------------------------------- grids

@@ -291,7 +291,7 @@ def test_train_config_fields_and_flags_merge(tmp_path: Path) -> None:
 
 
 def test_compare_passes_the_field_map_to_every_method(tmp_path: Path) -> None:
-    from mcqtune.compare.runner import CompareSettings, plan_configs
+    from mcqtune.compare.plan import CompareSettings, plan_configs
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"question": "Q?", "choices": ["a", "b"], "label": 2}])
     settings = CompareSettings(

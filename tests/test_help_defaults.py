@@ -9,7 +9,7 @@ import re
 import pytest
 
 from mcqtune.cli.main import METHOD_OPTION_FLAGS, build_parser
-from mcqtune.compare.runner import CompareSettings, plan_configs
+from mcqtune.compare.plan import CompareSettings, plan_configs
 from mcqtune.config import (
     CONFIG_FIELDS,
     PER_METHOD,

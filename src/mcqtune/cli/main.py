@@ -466,7 +466,8 @@ def _compare_permutations(flag: str | None, objective: str | None) -> str | None
 def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from mcqtune.compare.runner import CompareSettings, parse_budget, parse_methods, run_compare
+    from mcqtune.compare.plan import CompareSettings, parse_budget, parse_methods
+    from mcqtune.compare.runner import run_compare
     from mcqtune.config import TAG_COMPARE, keys_tagged
 
     settings = CompareSettings(
@@ -857,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
     demo.set_defaults(func=cmd_demo)
 
-    from mcqtune.compare.runner import DEFAULT_BUDGET, QUICK_BUDGET, TUNE_CHOICES
+    from mcqtune.compare.plan import DEFAULT_BUDGET, QUICK_BUDGET, TUNE_CHOICES
     from mcqtune.compare.trials import DEV_SIZE, QUICK_DEV_SIZE
 
     cmp = sub.add_parser(

@@ -6,35 +6,17 @@ only each method's own defaults (learning rate, rank, bottleneck size...) from
 ``configs/methods/<name>.yaml`` differ. A zero-shot row (the base model, no training, same scoring on
 the same evaluation set) is the bar every method must clear.
 
-Each method trains in a fresh subprocess (``python -m mcqtune.compare.runner --worker SPEC``) that calls
-:func:`mcqtune.train.train` and writes ``compare_run.json`` into its run directory: status, wall time and
-its own peak memory (``ru_maxrss`` of that process on CPU, ``torch.cuda.max_memory_allocated`` on GPU).
-So peaks are per method, and a method that crashes or is killed (out of memory: SIGKILL) is recorded
-as a failed row without stopping the others. ``--resume`` skips methods whose run directory already
-holds a successful record made with the same resolved config. Run directories are ordinary ``train``
-outputs, usable by ``mcqtune eval/predict --adapter DIR/runs/<method>``.
+Each method trains in a fresh subprocess (:mod:`mcqtune.compare.worker`) that calls
+:func:`mcqtune.training.recipe.train` and writes ``compare_run.json`` into its run directory: status,
+wall time and its own peak memory (``ru_maxrss`` of that process on CPU,
+``torch.cuda.max_memory_allocated`` on GPU). So peaks are per method, and a method that crashes or is
+killed (out of memory: SIGKILL) is recorded as a failed row without stopping the others. ``--resume``
+skips methods whose run directory already holds a successful record made with the same resolved config.
+Run directories are ordinary ``train`` outputs, usable by ``mcqtune eval/predict --adapter
+DIR/runs/<method>``.
 
-Budget: default <= 60 min, ``--quick`` <= 10 min on an idle 2-core CPU (bundled SmolLM2-135M,
-ARC-Easy, ranking objective = cloze scoring, batch 4, bf16 autocast).
-
-Measured with the default run itself (``mcqtune compare --output runs/compare``, 2026-11-28, idle
-2-vCPU AMD EPYC with AVX-512-bf16, 2 threads): 21.1 min in all. Each method carries its own training
-seconds per step (``metrics.json``: ``train.seconds`` / 150) and final-evaluation seconds per question
-(1 / its questions/s) as ``Method.step_seconds`` and ``Method.eval_seconds_per_question``; the whole
-worker's wall time (start-up, step-0 and curve evaluations, training, final evaluation on 500
-questions) was: zero-shot 29 s, full 191 s, subset 96 s, adapter 155 s, prefix 330 s (unpacked
-scoring), lora 197 s, qlora 231 s.
-
-:func:`estimate_seconds` applies the per-method numbers and ``compare`` prints the estimate before it starts.
-
-Default: 150 steps x batch 4 (600 questions seen, a third of ARC-Easy train); learning curve at steps
-0/50/100/150 on 64 validation questions; final evaluation on all 500 validation questions (95% CI
-about +-4 points, enough to separate methods ~8 points apart): ~21 min, a third of the 60-minute
-budget, which leaves room for a slower laptop or a busy machine.
-
-``--quick``: 16 steps, curve at 0/8/16 on 24 questions, final evaluation on 64 questions: ~4 min.
-Its CIs are +-12 points: ``--quick`` checks the pipeline, it does not pick a method.
-``--permutations cyclic`` scores the final set 4 more times (~+10 min for the default budget).
+:mod:`mcqtune.compare.plan` resolves every method's config, the budgets (default <= 60 min,
+``--quick`` <= 10 min on an idle 2-core CPU) and the duration estimate before anything runs.
 
 Every unit of work is a :class:`~mcqtune.compare.backends.Job` (one training run or the zero-shot
 evaluation, and its evaluations) executed by :func:`run_units` on a backend (in turn, ``--parallel K``,
@@ -46,47 +28,48 @@ columns). ``--budget time=5m`` gives every method the same seconds of training i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
-import math
 import os
 import platform
-import resource
 import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcqtune.artifacts import CONFIG_FILE, MANIFEST, METRICS
+from mcqtune.artifacts import MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 from mcqtune.compare.backends import (
     CHECKPOINT_GRACE_SECONDS,
     RUN_RECORD,
     Backend,
-    Execution,
     Job,
     open_backend,
 )
 from mcqtune.compare.evidence import ANSWERS, IN_DOMAIN, ZERO_SHOT
-from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
+from mcqtune.compare.plan import (
+    RUNS_DIR,
+    SHARED_KEYS,
+    TRAIN,
+    CompareSettings,
+    estimate_seconds,
+    eval_set_name,
+    make_job,
+    off_reference,
+    plan_configs,
+)
 from mcqtune.evaluation.metrics import PER_QUESTION
-from mcqtune.progress import task
 
 log = logging.getLogger(__name__)
-
-RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
 PLAN_FILE = "compare_plan.json"
@@ -94,80 +77,6 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-# What compare gives every method unless --config or a flag says otherwise (TrainConfig keys; the
-# ``compare --help`` defaults are read from here). No periodic checkpoints (they cost full fine-tuning
-# ~1.5 GB and seconds each); Ctrl-C still saves one, which `compare --resume` continues from.
-COMPARE_DEFAULTS: dict[str, Any] = {"train": "arc_easy", "objective": "ranking", "save_steps": None}
-# The budget: steps x batch = examples seen, and the evaluation sizes (final_eval_limit None: all rows).
-DEFAULT_BUDGET: dict[str, Any] = {
-    **COMPARE_DEFAULTS,
-    "max_steps": 150,
-    "batch_size": 4,
-    "eval_steps": 50,
-    "eval_limit": 64,
-    "final_eval_limit": None,
-}
-QUICK_BUDGET: dict[str, Any] = {
-    **DEFAULT_BUDGET,
-    "max_steps": 16,
-    "eval_steps": 8,
-    "eval_limit": 24,
-    "final_eval_limit": 64,
-}
-
-TUNE_CHOICES = ("lr",)
-BUDGET_KINDS = ("steps", "time")  # --budget: equal optimizer steps (default) or equal training seconds
-WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
-
-# Keys that must be identical across methods for the comparison to be fair (checked after resolving).
-SHARED_KEYS = keys_tagged(TAG_SHARED)
-
-
-@dataclass
-class CompareSettings:
-    output: Path
-    methods: list[str] | None = None  # None: every registered method
-    config_file: str | None = None
-    quick: bool = False
-    resume: bool = False
-    # TrainConfig keys given on the command line (None: not given): over --config, over the budget.
-    overrides: dict[str, Any] = field(default_factory=dict)
-    # --field/--answer-base/--strip-query-prefix as TrainConfig keys (None: not given).
-    data_fields: dict[str, Any] = field(default_factory=dict)
-    method_timeout: float | None = None
-    permutations: str | None = (
-        None  # e.g. "cyclic": permutation-averaged accuracy (mcqtune.evaluation.analysis)
-    )
-    tune: str | None = None  # "lr": pick each method's learning rate on a dev split (compare/trials.py)
-    dev_size: int | None = None  # rows of that dev split (None: trials.DEV_SIZE or QUICK_DEV_SIZE)
-    seeds: int = 1  # final runs per method, seeds seed, seed+1, ...
-    eval_data: list[str] = field(default_factory=list)  # further data sets every row is scored on
-    time_budget: float | None = None  # seconds of training per method (--budget time=...); None: steps
-    echo: bool = True
-    command: str | None = None
-    # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
-    worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.runner", "--worker"])
-    # Where and how many jobs run at once (mcqtune.compare.backends): sequential unless asked.
-    execution: Execution = field(default_factory=Execution)
-
-
-def make_job(settings: CompareSettings, name: str, row: str, kind: str, config: dict[str, Any]) -> Job:
-    """One unit of work in ``OUTPUT/runs/<name>``: final runs (one per method and seed), tuning trials and
-    the zero-shot evaluation alike; ``row`` is the table row (or the tuned method) it belongs to."""
-    permutations, eval_data = settings.permutations, tuple(settings.eval_data)
-    return Job(
-        name=name,
-        row=row,
-        kind=kind,
-        config=config,
-        fingerprint=fingerprint(config, kind, permutations, eval_data),
-        run_dir=settings.output / RUNS_DIR / name,
-        permutations=permutations,
-        eval_data=eval_data,
-    )
-
-
-TRAIN = "train"
 
 
 @dataclass
@@ -176,478 +85,6 @@ class CompareResult:
     rows: list[dict[str, Any]]
     files: dict[str, Path]
     seconds: float
-
-
-# ------------------------------------------------------------------------------------------- planning
-def default_methods() -> list[str]:
-    """Every registered method except the presets (DoRA, rsLoRA, ...: ask for them with ``--methods``, or
-    a default compare would train LoRA five times over), in the order the methods give
-    (``Method.compare_order``, then name)."""
-    from mcqtune.methods import METHODS
-
-    methods = [name for name, method in METHODS.items() if method.preset_of is None]
-    return sorted(methods, key=lambda name: (METHODS[name].compare_order, name))
-
-
-def parse_methods(text: str | None) -> list[str] | None:
-    if text is None or not text.strip() or text.strip().lower() == "all":
-        return None
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    return list(dict.fromkeys(n for n in names if n not in (ZERO_SHOT, "zero_shot", "zeroshot")))
-
-
-def _check_methods(methods: list[str]) -> None:
-    from mcqtune.config import ConfigError
-    from mcqtune.methods import METHODS
-
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(
-            f"--methods: unknown method(s) {', '.join(unknown)}; registered: {', '.join(sorted(METHODS))}"
-        )
-    if not methods:
-        raise ConfigError("--methods: no method to compare")
-
-
-def parse_budget(text: str | None) -> float | None:
-    """``--budget``: ``steps`` (None: equal optimizer steps) or ``time=5m`` / ``time=90s`` / ``time=1h``
-    (seconds of training per method)."""
-    from mcqtune.config import ConfigError
-
-    if text is None or text.strip().lower() == "steps":
-        return None
-    kind, _, amount = text.strip().lower().partition("=")
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    scale = units.get(amount[-1:]) if amount else None
-    number = amount[:-1] if scale else amount
-    try:
-        seconds = float(number) * (scale or 1.0)
-    except ValueError:
-        seconds = -1.0
-    if kind != "time" or not seconds > 0:
-        raise ConfigError(
-            f"--budget: expected 'steps' or 'time=DURATION' (e.g. time=5m, time=90s), got {text!r}"
-        )
-    return seconds
-
-
-def eval_set_name(ref: str) -> str:
-    """How reports name a further data set: a bundled name as given, a file by its stem."""
-    path = Path(ref).expanduser()
-    return path.stem if path.is_file() else ref
-
-
-def plan_configs(settings: CompareSettings) -> dict[str, Any]:
-    """Resolve every method's TrainConfig (user errors surface here, before an hour of training)."""
-    from mcqtune.config import ConfigError, build_config
-
-    methods = settings.methods or default_methods()
-    _check_methods(methods)
-    budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
-    runs = settings.output / RUNS_DIR
-    if settings.seeds < 1:
-        raise ConfigError(f"--seeds must be a positive integer, got {settings.seeds}")
-    if settings.tune is not None and settings.tune not in TUNE_CHOICES:
-        raise ConfigError(f"--tune: one of {', '.join(TUNE_CHOICES)}, got {settings.tune!r}")
-
-    def resolve(method: str, name: str):
-        given = {**settings.overrides, **settings.data_fields, "max_train_seconds": settings.time_budget}
-        flags = {**given, "method": method, "output": str(runs / name)}
-        config = build_config(flags, settings.config_file, defaults=budget)
-        ceiling = time_budget_steps(config)
-        if not ceiling:
-            return config
-        # as many learning-curve points as under the step budget
-        every = max(1, round(ceiling * config.eval_steps / config.max_steps))
-        return dataclasses.replace(config, max_steps=ceiling, eval_steps=every)
-
-    configs = {method: resolve(method, method) for method in methods}
-    # Zero-shot: the same evaluation keys; the method only picks which defaults file is read.
-    zero = resolve(methods[0], ZERO_SHOT)
-    if zero.validation is None:
-        raise ConfigError(
-            f"--data {zero.train}: a data file has no implicit validation split; pass --validation"
-        )
-    reference = zero.to_dict()
-    # With a time budget each method's step count is its own (what fits in the time); the time is shared.
-    per_method = ("max_steps", "eval_steps") if settings.time_budget else ()
-    shared_keys = [k for k in SHARED_KEYS if k not in per_method]
-    for method, config in configs.items():
-        data = config.to_dict()
-        different = [k for k in shared_keys if data[k] != reference[k]]
-        if different:  # only possible if a method's defaults file sets a shared key
-            raise ConfigError(
-                f"method '{method}' resolves {', '.join(different)} differently from the others; "
-                "set them in --config or on the command line so every method gets the same budget"
-            )
-    if settings.tune:
-        from mcqtune.config import method_lr_grid
-
-        for method in methods:
-            method_lr_grid(method)  # a missing grid is an error now, not after the first method
-    names = [eval_set_name(ref) for ref in settings.eval_data]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"--eval-data: two data sets named {', '.join(repeated)}; rename a file")
-    # Loaded now, so a bad file fails before any training (and --tune keeps their questions out of dev).
-    eval_sets = {name: _load_rows(zero, ref) for name, ref in zip(names, settings.eval_data, strict=True)}
-    return {"methods": methods, "configs": configs, "zero_shot": zero, "eval_sets": eval_sets}
-
-
-def _load_rows(config, ref: str) -> list[Any]:
-    from mcqtune.training.recipe import load_split
-
-    return load_split(resolve_data_path(ref), config, None)[0]
-
-
-def resolve_data_path(ref: str) -> Path:
-    """A further data set's file: a file as given, a bundled name's validation split."""
-    from mcqtune.data import resolve_data
-
-    return resolve_data(ref, "validation")
-
-
-def _on_reference_machine(config) -> bool:
-    """Whether the measured per-method speeds apply: the bundled model on a CPU."""
-    import torch
-
-    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
-
-    return not torch.cuda.is_available() and MODEL_ALIASES.get(config.model, config.model) == DEFAULT_MODEL
-
-
-def seconds_per_step(config) -> float | None:
-    """Measured training seconds per optimizer step of ``config``'s method and batch (None off the
-    reference machine: bundled model, idle 2-core CPU)."""
-    from mcqtune.methods import get_method
-
-    if not _on_reference_machine(config):
-        return None
-    return get_method(config.method).step_seconds * config.batch_size * config.grad_accum / 4
-
-
-def time_budget_steps(config) -> int | None:
-    """Under a time budget, the steps that fit in it at the method's measured speed, so its learning-rate
-    schedule ends near the deadline (the deadline stops it either way); None: keep ``max_steps`` (no
-    time budget, or no measured speed, where ``max_steps`` stays the ceiling)."""
-    per_step = seconds_per_step(config) if config.max_train_seconds else None
-    return max(1, math.ceil(config.max_train_seconds / per_step)) if per_step else None
-
-
-def curve_points(max_steps: int, eval_steps: int) -> int:
-    """Validations train() runs: step 0, every eval_steps, and the last step."""
-    return 1 + len({s for s in range(eval_steps, max_steps + 1, eval_steps)} | {max_steps})
-
-
-def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float | None:
-    """Wall time of a compare on an idle 2-core CPU with the bundled model; None for anything else.
-    Counts every run: zero-shot, each method's seeds, and with --tune its trials (the halving schedule
-    is fixed by the grid sizes, only which candidates survive depends on the scores)."""
-    from mcqtune.compare import trials
-    from mcqtune.data import load_examples, resolve_data
-    from mcqtune.methods import Method, get_method
-
-    zero = plan["zero_shot"]
-    if not _on_reference_machine(zero):
-        return None
-    try:
-        path = resolve_data(zero.validation, "validation")
-        n_val = len(load_examples(path, zero.format, field_map=zero.field_map()).examples)
-    except Exception:  # the real run reports data problems properly
-        return None
-    final = min(zero.final_eval_limit or n_val, n_val)
-    scored_final = final * (5 if settings.permutations else 1)  # + cyclic orders of 4 options
-    limit = zero.final_eval_limit
-    scored_final += sum(min(len(rows), limit or len(rows)) for rows in plan["eval_sets"].values())
-    # zero-shot: the base model alone scores at the rate of a method that adds nothing to it
-    total = WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
-    for name, config in plan["configs"].items():
-        method = get_method(name)
-        questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)
-        training = seconds_per_step(config) * config.max_steps
-        one_run = (
-            WORKER_START_SECONDS + training + method.eval_seconds_per_question * (questions + scored_final)
-        )
-        total += one_run * settings.seeds
-        if settings.tune:
-            for steps in trials.trial_steps(config, len(trials.lr_candidates(name))):
-                dev = trials.dev_size(settings)
-                total += WORKER_START_SECONDS + seconds_per_step(config) * steps
-                total += method.eval_seconds_per_question * (dev + 2 * trials.TRIAL_CURVE_ROWS)
-    return total
-
-
-# What a zero-shot row depends on (its config also carries training keys it never uses).
-ZERO_SHOT_KEYS = keys_tagged(TAG_ZERO_SHOT)
-
-
-def fingerprint(
-    config_dict: dict[str, Any], kind: str, permutations: str | None = None, eval_data: Sequence[str] = ()
-) -> str:
-    """What must match for --resume to reuse a finished row."""
-    from mcqtune import __version__
-
-    if kind == ZERO_SHOT:
-        data = {k: config_dict.get(k) for k in ZERO_SHOT_KEYS}
-    else:
-        data = {k: v for k, v in config_dict.items() if k != "output"}
-    blob = json.dumps(
-        {
-            "kind": kind,
-            "config": data,
-            "version": __version__,
-            "permutations": permutations,
-            "eval_data": list(eval_data),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------- worker
-def _peak_memory() -> dict[str, Any]:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
-    out: dict[str, Any] = {"peak_rss_bytes": int(rss_bytes)}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-    return out
-
-
-@dataclass
-class _EvalContext:
-    """Everything train()'s final evaluation uses, rebuilt so zero-shot and extras score the same way."""
-
-    encoder: Any
-    rows: list[Any]
-    device: Any
-    precision: str
-    packed: bool
-
-    def score_kwargs(self, config) -> dict[str, Any]:
-        return {
-            "batch_size": config.eval_batch_size,
-            "packed": self.packed,
-            "precision": self.precision,
-            "device": self.device,
-        }
-
-
-def _eval_context(
-    config, tokenizer=None, packed: bool | None = None, data_file: Path | None = None
-) -> _EvalContext:
-    """The final evaluation's setup on the validation data, or on ``data_file`` (a further data set)."""
-    from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.evaluate import resolve_precision
-    from mcqtune.methods import get_method
-    from mcqtune.models import default_device, load_tokenizer, resolve_model
-    from mcqtune.prompt import PromptEncoder
-
-    if tokenizer is None:
-        tokenizer = load_tokenizer(resolve_model(config.model))
-    device = default_device()
-    data = load_examples(
-        data_file or resolve_data(config.validation, "validation"),
-        config.format,
-        on_bad_rows=config.on_bad_rows,
-        field_map=config.field_map(),
-    )
-    rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
-    if packed is None:
-        packed = config.packing and get_method(config.method).supports_packing
-    return _EvalContext(
-        encoder=PromptEncoder(tokenizer, config.prompt_config()),
-        rows=rows,
-        device=device,
-        precision=resolve_precision(config.precision, device),
-        packed=packed,
-    )
-
-
-def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]:
-    """The base model, untrained, scored exactly like train()'s final evaluation: its metrics file, the
-    model, the scoring and the evaluation setup (for the permutation and further data set scores)."""
-    from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
-    from mcqtune.evaluation.format import format_metrics
-    from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
-    from mcqtune.inference import Predictor
-
-    predictor = Predictor(config.model, precision=config.precision)
-    model = predictor.module()
-    context = _eval_context(config, predictor.tokenizer, packed=config.packing)
-    objective = resolve_objective(config.objective, model.num_parameters())
-    scoring = OBJECTIVE_TO_SCORING[objective]
-    name = Path(config.validation).name
-    with task(f"zero-shot validation ({name})"):
-        scored = predictor.score(
-            context.rows,
-            scoring=scoring,
-            prompt=context.encoder.config,
-            packed=context.packed,
-            batch_size=config.eval_batch_size,
-        ).scored
-    metrics = compute_metrics(scored) | {PER_QUESTION: per_question(scored)}
-    print(format_metrics(metrics, f"validation ({name}, zero-shot, {scoring} scoring):"), flush=True)
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    metrics_file = {
-        "method": ZERO_SHOT,
-        "objective": objective,
-        "parameters": {"trainable": 0, "total": total, "trainable_percent": 0.0},
-        "artifact_bytes": 0,
-        "validation": metrics,
-        "history": [],
-    }
-    return metrics_file, model, scoring, context
-
-
-# What a further data set's score keeps (compute_metrics' keys): enough for its column group and tests.
-TRANSFER_KEYS = ("n", "accuracy", "ci95", "majority_baseline", "scoring")
-
-
-def _score_further_sets(
-    model, config, scoring: str, packed: bool | None, eval_data: Sequence[str]
-) -> dict[str, Any]:
-    """Accuracy, CI, majority baseline and per-question answers of ``model`` on each further data set
-    (first ``final_eval_limit`` rows, read with the same format and field flags as the validation data)."""
-    from mcqtune.evaluation.evaluate import score_examples
-    from mcqtune.evaluation.format import format_metrics
-    from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
-
-    out: dict[str, Any] = {}
-    for ref in eval_data:
-        name = eval_set_name(ref)
-        context = _eval_context(config, packed=packed, data_file=resolve_data_path(ref))
-        with task(f"further data set ({name})"):
-            scored = score_examples(
-                model, context.encoder, context.rows, scoring, **context.score_kwargs(config)
-            )
-        metrics = compute_metrics(scored)
-        print(format_metrics(metrics, f"further data set {name} ({scoring} scoring):"), flush=True)
-        out[name] = {k: metrics.get(k) for k in TRANSFER_KEYS} | {PER_QUESTION: per_question(scored)}
-    return out
-
-
-def _permutation_accuracy(
-    model, config, context: _EvalContext | None, scoring: str | None, mode: str | None
-) -> dict[str, Any] | None:
-    """Accuracy averaged over option orders on the final evaluation set (optional)."""
-    if not mode or model is None or not scoring:
-        return None
-    from mcqtune.evaluation.analysis import score_permutations
-    from mcqtune.evaluation.metrics import permutation_summary as summarise
-
-    context = context or _eval_context(config)
-    with task(f"permutations ({mode}, {Path(config.validation).name})"):
-        kwargs = context.score_kwargs(config) | {"seed": config.seed}
-        result = score_permutations(model, context.encoder, context.rows, scoring, mode, **kwargs)
-    summary = summarise(result)
-    print(
-        f"permutation-averaged accuracy ({mode}): {summary.get('accuracy_mean', float('nan')) * 100:.1f}%",
-        flush=True,
-    )
-    keys = ("mode", "n", "orders_per_question", "accuracy_mean", "accuracy_circular", "answer_changes_share")
-    return {k: summary.get(k) for k in keys} | {"seconds": summary.get("seconds")}
-
-
-def _train_one(config, resume: bool):
-    """train() in this process; with --resume, continue from the run's own checkpoint when it has one.
-    Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal)."""
-    from mcqtune.training.recipe import train
-
-    if resume:
-        finished = _reuse_finished_run(config)
-        if finished is not None:
-            return finished
-        try:
-            return train(config, keep_model=True, overwrite=False)
-        except ValueError as exc:  # CheckpointError: finished with another config, or nothing to resume
-            print(f"not continuing the earlier run ({exc}); starting {config.method} over", flush=True)
-    return train(config, keep_model=True, overwrite=True)
-
-
-def _reuse_finished_run(config):
-    """A run that finished training (``metrics.json`` and ``config.yaml`` written with this config) but
-    whose compare record is missing (the worker stopped during the extra evaluation): load its artifact
-    instead of training it again. Returns None when the run is not finished or had another config."""
-    import yaml
-
-    from mcqtune.inference import Predictor
-    from mcqtune.training.checkpoint import config_differences
-    from mcqtune.training.recipe import TrainResult
-
-    output = Path(config.output)
-    try:
-        metrics = json.loads((output / METRICS).read_text(encoding="utf-8"))
-        saved = yaml.safe_load((output / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, yaml.YAMLError):
-        return None
-    current = config.to_dict() | {"objective": metrics.get("objective", config.objective)}
-    if not isinstance(saved, dict) or config_differences(saved, current):
-        return None
-    predictor = Predictor.open(None, {output.name: output}, precision=config.precision)
-    print(f"{output} already holds this finished run: reusing it, not training again", flush=True)
-    model = predictor.module(output.name)
-    return TrainResult(output=output, metrics=metrics, history=metrics.get("history", []), model=model)
-
-
-def worker_main(argv: list[str]) -> int:
-    """Child-process entry: train (or evaluate zero-shot) one row and write its record."""
-    spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    run_dir = Path(spec["run_dir"])
-    kind = spec["kind"]
-    from mcqtune.quiet import quiet_libraries
-
-    quiet_libraries()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from mcqtune.config import TrainConfig
-
-    record: dict[str, Any] = {"kind": kind, "method": spec["method"], "fingerprint": spec["fingerprint"]}
-    start = time.perf_counter()
-    try:
-        config = TrainConfig(**spec["config"])
-        config.validate("compare")
-        if kind == ZERO_SHOT:
-            metrics, model, scoring, context = _evaluate_zero_shot(config)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / METRICS, metrics)
-            packed = context.packed
-        else:
-            result = _train_one(config, bool(spec.get("resume")))
-            model, context = result.model, None
-            scoring = (result.metrics.get("validation") or {}).get("scoring")
-            packed = None  # the method's own (as train() scored it)
-        permutation = _permutation_accuracy(model, config, context, scoring, spec.get("permutations"))
-        if permutation is not None:
-            record["permutation"] = permutation
-        if spec.get("eval_data") and scoring:
-            record["transfer"] = _score_further_sets(model, config, scoring, packed, spec["eval_data"])
-        record["status"] = "ok"
-    except BaseException as exc:  # every failure becomes a row, including MemoryError and Ctrl-C
-        traceback.print_exc()
-        record.update(status="failed", error=_describe_error(exc))
-    record["wall_seconds"] = round(time.perf_counter() - start, 2)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    record["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
-    with contextlib.suppress(OSError):
-        record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    record.update(_peak_memory())
-    torch = sys.modules.get("torch")
-    record["device"] = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
-    record["threads"] = torch.get_num_threads() if torch is not None else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / RUN_RECORD, record)
-    return 0 if record["status"] == "ok" else 1
-
-
-def _describe_error(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        name = f"out of memory ({name})"
-    return f"{name}: {text}"[:300] if text else name
 
 
 # ------------------------------------------------------------------------------------------- parent
@@ -1044,12 +481,17 @@ def run_compare(settings: CompareSettings) -> CompareResult:
     estimate = estimate_seconds(plan, settings)
     if estimate is not None:
         meta["estimated_seconds"] = round(estimate)
-        print(
-            f"compare: zero-shot + {len(methods)} method(s) x {settings.seeds} seed(s)"
-            + (f", tuning {settings.tune} first" if settings.tune else "")
-            + f"; about {estimate / 60:.0f} min on an idle 2-core CPU",
-            flush=True,
-        )
+    reason = off_reference(plan["zero_shot"])
+    if estimate is not None:
+        duration = f"; about {estimate / 60:.0f} min on an idle 2-core CPU"
+    else:
+        duration = f"; no duration estimate: {reason}" if reason else ""
+    print(
+        f"compare: zero-shot + {len(methods)} method(s) x {settings.seeds} seed(s)"
+        + (f", tuning {settings.tune} first" if settings.tune else "")
+        + duration,
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     files: dict[str, Path] = {}
     previous_handler = None
@@ -1157,17 +599,3 @@ def _run_final(settings, backend: Backend, plan, runs: list[Job], meta, rows, fi
         files.update(_write_outputs(settings, plan, rows, {**meta, "complete": len(run_rows) == len(runs)}))
 
     run_units(settings, backend, runs, finished)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mcqtune.compare.runner", description=__doc__)
-    parser.add_argument("--worker", metavar="SPEC", help="internal: run one compare row from a spec file")
-    args = parser.parse_args(argv)
-    if args.worker:
-        return worker_main([args.worker])
-    parser.error("use `mcqtune compare` (this entry point only runs workers)")
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

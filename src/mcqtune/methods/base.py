@@ -274,7 +274,7 @@ class Method(ABC):
     # Place in `compare` with no --methods (ascending, then by name): most trained parameters first.
     compare_order: ClassVar[int] = 1000
     # Measured cost under `compare`'s default budget (idle 2-core CPU, bundled SmolLM2-135M, ARC-Easy
-    # cloze, batch 4, bf16; mcqtune/compare/runner.py says how): seconds per optimizer step and per
+    # cloze, batch 4, bf16; mcqtune/compare/plan.py says how): seconds per optimizer step and per
     # scored question. `compare` prints its time estimate from them; the defaults are the base model's
     # own scoring rate and a guess for an unmeasured method.
     step_seconds: ClassVar[float] = 1.0

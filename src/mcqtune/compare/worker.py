@@ -1,0 +1,277 @@
+"""One compare job in its own process (``python -m mcqtune.compare.worker SPEC``): train one run (or
+evaluate the base model zero-shot), score it on the extra evaluations the compare asked for (option
+permutations, further data sets), and write ``compare_run.json`` into its run directory: status, wall
+and CPU time, and its own peak memory (``ru_maxrss`` of this process on CPU,
+``torch.cuda.max_memory_allocated`` on GPU). A crash of any kind becomes a failed record, so the
+parent (:mod:`mcqtune.compare.runner`) records a failed row and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcqtune.artifacts import CONFIG_FILE, METRICS
+from mcqtune.atomic import atomic_write_json
+from mcqtune.compare.backends import RUN_RECORD
+from mcqtune.compare.evidence import ZERO_SHOT
+from mcqtune.compare.plan import eval_set_name, resolve_data_path
+from mcqtune.progress import task
+
+
+def _peak_memory() -> dict[str, Any]:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+    out: dict[str, Any] = {"peak_rss_bytes": int(rss_bytes)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+@dataclass
+class _EvalContext:
+    """Everything train()'s final evaluation uses, rebuilt so zero-shot and extras score the same way."""
+
+    encoder: Any
+    rows: list[Any]
+    device: Any
+    precision: str
+    packed: bool
+
+    def score_kwargs(self, config) -> dict[str, Any]:
+        return {
+            "batch_size": config.eval_batch_size,
+            "packed": self.packed,
+            "precision": self.precision,
+            "device": self.device,
+        }
+
+
+def _eval_context(
+    config, tokenizer=None, packed: bool | None = None, data_file: Path | None = None
+) -> _EvalContext:
+    """The final evaluation's setup on the validation data, or on ``data_file`` (a further data set)."""
+    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.methods import get_method
+    from mcqtune.models import default_device, load_tokenizer, resolve_model
+    from mcqtune.prompt import PromptEncoder
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve_model(config.model))
+    device = default_device()
+    data = load_examples(
+        data_file or resolve_data(config.validation, "validation"),
+        config.format,
+        on_bad_rows=config.on_bad_rows,
+        field_map=config.field_map(),
+    )
+    rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
+    if packed is None:
+        packed = config.packing and get_method(config.method).supports_packing
+    return _EvalContext(
+        encoder=PromptEncoder(tokenizer, config.prompt_config()),
+        rows=rows,
+        device=device,
+        precision=resolve_precision(config.precision, device),
+        packed=packed,
+    )
+
+
+def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]:
+    """The base model, untrained, scored exactly like train()'s final evaluation: its metrics file, the
+    model, the scoring and the evaluation setup (for the permutation and further data set scores)."""
+    from mcqtune.config import OBJECTIVE_TO_SCORING, resolve_objective
+    from mcqtune.evaluation.format import format_metrics
+    from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
+    from mcqtune.inference import Predictor
+
+    predictor = Predictor(config.model, precision=config.precision)
+    model = predictor.module()
+    context = _eval_context(config, predictor.tokenizer, packed=config.packing)
+    objective = resolve_objective(config.objective, model.num_parameters())
+    scoring = OBJECTIVE_TO_SCORING[objective]
+    name = Path(config.validation).name
+    with task(f"zero-shot validation ({name})"):
+        scored = predictor.score(
+            context.rows,
+            scoring=scoring,
+            prompt=context.encoder.config,
+            packed=context.packed,
+            batch_size=config.eval_batch_size,
+        ).scored
+    metrics = compute_metrics(scored) | {PER_QUESTION: per_question(scored)}
+    print(format_metrics(metrics, f"validation ({name}, zero-shot, {scoring} scoring):"), flush=True)
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    metrics_file = {
+        "method": ZERO_SHOT,
+        "objective": objective,
+        "parameters": {"trainable": 0, "total": total, "trainable_percent": 0.0},
+        "artifact_bytes": 0,
+        "validation": metrics,
+        "history": [],
+    }
+    return metrics_file, model, scoring, context
+
+
+# What a further data set's score keeps (compute_metrics' keys): enough for its column group and tests.
+TRANSFER_KEYS = ("n", "accuracy", "ci95", "majority_baseline", "scoring")
+
+
+def _score_further_sets(
+    model, config, scoring: str, packed: bool | None, eval_data: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, CI, majority baseline and per-question answers of ``model`` on each further data set
+    (first ``final_eval_limit`` rows, read with the same format and field flags as the validation data)."""
+    from mcqtune.evaluation.evaluate import score_examples
+    from mcqtune.evaluation.format import format_metrics
+    from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
+
+    out: dict[str, Any] = {}
+    for ref in eval_data:
+        name = eval_set_name(ref)
+        context = _eval_context(config, packed=packed, data_file=resolve_data_path(ref))
+        with task(f"further data set ({name})"):
+            scored = score_examples(
+                model, context.encoder, context.rows, scoring, **context.score_kwargs(config)
+            )
+        metrics = compute_metrics(scored)
+        print(format_metrics(metrics, f"further data set {name} ({scoring} scoring):"), flush=True)
+        out[name] = {k: metrics.get(k) for k in TRANSFER_KEYS} | {PER_QUESTION: per_question(scored)}
+    return out
+
+
+def _permutation_accuracy(
+    model, config, context: _EvalContext | None, scoring: str | None, mode: str | None
+) -> dict[str, Any] | None:
+    """Accuracy averaged over option orders on the final evaluation set (optional)."""
+    if not mode or model is None or not scoring:
+        return None
+    from mcqtune.evaluation.analysis import score_permutations
+    from mcqtune.evaluation.metrics import permutation_summary as summarise
+
+    context = context or _eval_context(config)
+    with task(f"permutations ({mode}, {Path(config.validation).name})"):
+        kwargs = context.score_kwargs(config) | {"seed": config.seed}
+        result = score_permutations(model, context.encoder, context.rows, scoring, mode, **kwargs)
+    summary = summarise(result)
+    print(
+        f"permutation-averaged accuracy ({mode}): {summary.get('accuracy_mean', float('nan')) * 100:.1f}%",
+        flush=True,
+    )
+    keys = ("mode", "n", "orders_per_question", "accuracy_mean", "accuracy_circular", "answer_changes_share")
+    return {k: summary.get(k) for k in keys} | {"seconds": summary.get("seconds")}
+
+
+def _train_one(config, resume: bool):
+    """train() in this process; with --resume, continue from the run's own checkpoint when it has one.
+    Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal)."""
+    from mcqtune.training.recipe import train
+
+    if resume:
+        finished = _reuse_finished_run(config)
+        if finished is not None:
+            return finished
+        try:
+            return train(config, keep_model=True, overwrite=False)
+        except ValueError as exc:  # CheckpointError: finished with another config, or nothing to resume
+            print(f"not continuing the earlier run ({exc}); starting {config.method} over", flush=True)
+    return train(config, keep_model=True, overwrite=True)
+
+
+def _reuse_finished_run(config):
+    """A run that finished training (``metrics.json`` and ``config.yaml`` written with this config) but
+    whose compare record is missing (the worker stopped during the extra evaluation): load its artifact
+    instead of training it again. Returns None when the run is not finished or had another config."""
+    import yaml
+
+    from mcqtune.inference import Predictor
+    from mcqtune.training.checkpoint import config_differences
+    from mcqtune.training.recipe import TrainResult
+
+    output = Path(config.output)
+    try:
+        metrics = json.loads((output / METRICS).read_text(encoding="utf-8"))
+        saved = yaml.safe_load((output / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, yaml.YAMLError):
+        return None
+    current = config.to_dict() | {"objective": metrics.get("objective", config.objective)}
+    if not isinstance(saved, dict) or config_differences(saved, current):
+        return None
+    predictor = Predictor.open(None, {output.name: output}, precision=config.precision)
+    print(f"{output} already holds this finished run: reusing it, not training again", flush=True)
+    model = predictor.module(output.name)
+    return TrainResult(output=output, metrics=metrics, history=metrics.get("history", []), model=model)
+
+
+def worker_main(argv: list[str]) -> int:
+    """Child-process entry: train (or evaluate zero-shot) one row and write its record."""
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    run_dir = Path(spec["run_dir"])
+    kind = spec["kind"]
+    from mcqtune.quiet import quiet_libraries
+
+    quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from mcqtune.config import TrainConfig
+
+    record: dict[str, Any] = {"kind": kind, "method": spec["method"], "fingerprint": spec["fingerprint"]}
+    start = time.perf_counter()
+    try:
+        config = TrainConfig(**spec["config"])
+        config.validate("compare")
+        if kind == ZERO_SHOT:
+            metrics, model, scoring, context = _evaluate_zero_shot(config)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / METRICS, metrics)
+            packed = context.packed
+        else:
+            result = _train_one(config, bool(spec.get("resume")))
+            model, context = result.model, None
+            scoring = (result.metrics.get("validation") or {}).get("scoring")
+            packed = None  # the method's own (as train() scored it)
+        permutation = _permutation_accuracy(model, config, context, scoring, spec.get("permutations"))
+        if permutation is not None:
+            record["permutation"] = permutation
+        if spec.get("eval_data") and scoring:
+            record["transfer"] = _score_further_sets(model, config, scoring, packed, spec["eval_data"])
+        record["status"] = "ok"
+    except BaseException as exc:  # every failure becomes a row, including MemoryError and Ctrl-C
+        traceback.print_exc()
+        record.update(status="failed", error=_describe_error(exc))
+    record["wall_seconds"] = round(time.perf_counter() - start, 2)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    record["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
+    with contextlib.suppress(OSError):
+        record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    record.update(_peak_memory())
+    torch = sys.modules.get("torch")
+    record["device"] = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    record["threads"] = torch.get_num_threads() if torch is not None else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RUN_RECORD, record)
+    return 0 if record["status"] == "ok" else 1
+
+
+def _describe_error(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        name = f"out of memory ({name})"
+    return f"{name}: {text}"[:300] if text else name
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
