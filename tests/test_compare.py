@@ -320,6 +320,26 @@ def test_reading_is_computed_from_the_numbers():
     assert "qlora failed: killed by SIGKILL." in text
 
 
+def test_reading_ties_follow_the_paired_test_where_there_is_one():
+    """lora's CI overlaps the best's, but the paired test on the same questions says it differs: it is
+    behind the best, and not offered as the cheapest method tied with it."""
+    results = _synthetic()
+    rows = {r["method"]: r for r in results["rows"]}
+    rows["full"]["is_best"] = True
+    for name, significant in ((ZERO_SHOT, True), ("lora", True), ("prefix", False)):
+        rows[name]["vs_best"] = {"significant": significant, "runs": 1, "n": 500, "family": 3, "verdict": ""}
+    text = "\n".join(cr.reading_of_results(results))
+    assert "Not shown to differ from the best by the paired test (Holm, 5%): prefix; behind it: lora." in text
+    assert "Within the best's 95% CI" not in text
+    # Memory: lora is cheaper than full but differs from it; prefix (tied by the test) is cheaper still.
+    tie = "cheapest method not shown to differ from the best by the paired test that beats zero-shot"
+    assert f"{tie}: **prefix**" in text
+    rows["prefix"]["vs_best"]["significant"] = True
+    text = "\n".join(cr.reading_of_results(results))
+    assert "paired test (Holm, 5%): none; behind it: lora, prefix." in text
+    assert "the best method, full, is also the cheapest among those tied with it" in text
+
+
 def test_reading_when_nothing_beats_zero_shot_or_everything_failed():
     results = _synthetic()
     for r in results["rows"][1:4]:

@@ -357,6 +357,21 @@ def ci_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["ci95_low"] <= b["ci95_high"] and b["ci95_low"] <= a["ci95_high"]
 
 
+def tied_with_best(row: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Not shown to differ from the best: by the paired test on the same questions where the table has
+    one (Holm-adjusted, 5%), else by overlapping 95% CIs. Overlapping CIs are no test: two methods a few
+    points apart on the same 500 questions often overlap yet differ clearly when paired."""
+    test = row.get("vs_best")
+    if test is not None:
+        return not test["significant"]
+    return ci_overlap(row, best)
+
+
+def _tie_rule(rows: list[dict[str, Any]]) -> str:
+    tested = any(r.get("vs_best") for r in rows)
+    return "not shown to differ from the best by the paired test" if tested else "within the best's CI"
+
+
 def _names(rows: list[dict[str, Any]]) -> str:
     return ", ".join(r["method"] for r in rows)
 
@@ -392,14 +407,14 @@ def _efficiency(
     elif reference is not None:
         parts.append("no method beat zero-shot, so no gain per unit to compare")
     # Cheapest statistical tie with the best, among methods that at least beat doing nothing.
-    tied = [r for r in have if ci_overlap(r, best) and (reference is None or r["accuracy"] > reference)]
+    tied = [r for r in have if tied_with_best(r, best) and (reference is None or r["accuracy"] > reference)]
     if tied and best in tied:
         cheapest = min(tied, key=lambda r: r[key])
         if cheapest is best:
             parts.append(f"the best method, {best['method']}, is also the cheapest among those tied with it")
         else:
             parts.append(
-                f"cheapest method within the best's CI that beats zero-shot: **{cheapest['method']}** "
+                f"cheapest method {_tie_rule(have)} that beats zero-shot: **{cheapest['method']}** "
                 f"({cost_fmt(cheapest[key])} vs {cost_fmt(best[key])} for {best['method']}, accuracy "
                 f"{fmt_pct(cheapest['accuracy'])} vs {fmt_pct(best['accuracy'])})"
             )
@@ -428,12 +443,17 @@ def reading_of_results(results: dict[str, Any]) -> list[str]:
             f"({fmt_pct(best['majority_baseline'])})."
         )
         lines.append(text)
-        tied = [r for r in trained if r is not best and ci_overlap(r, best)]
-        if tied:
+        tied = [r for r in trained if r is not best and tied_with_best(r, best)]
+        behind = _names([r for r in trained if r is not best and r not in tied]) or "none"
+        if any(r.get("vs_best") for r in trained):
+            lines.append(
+                f"Not shown to differ from the best by the paired test (Holm, 5%): {_names(tied) or 'none'}; "
+                f"behind it: {behind}."
+            )
+        elif tied:
             lines.append(
                 f"Within the best's 95% CI (overlapping intervals, not distinguishable at n={n}): "
-                f"{_names(tied)}; clearly behind it: "
-                f"{_names([r for r in trained if r is not best and r not in tied]) or 'none'}."
+                f"{_names(tied)}; clearly behind it: {behind}."
             )
         else:
             lines.append(
