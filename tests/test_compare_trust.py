@@ -107,7 +107,22 @@ def test_chosen_lr_is_the_best_dev_score_and_is_shown(trusted):
     assert all(r["lr"] == best for r in runs.values() if r["method"] == "lora")
     md = (out / "report.md").read_text(encoding="utf-8")
     assert f"{best:g} (tuned)" in md and f"lora **{best:g}**" in md
+    assert f"Chosen at the {'largest' if best == max(GRID) else 'smallest'} value of its grid: lora" in md
     assert "Learning-rate tuning" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_rate_chosen_at_the_edge_of_its_grid_is_pointed_out():
+    dev = {"size": 8, "seed": 42, "excluded_overlaps": 0, "train_rows": 32}
+    methods = {
+        "lora": {"grid": [1e-4, 3e-4, 1e-3], "chosen": 1e-3},
+        "adapter": {"grid": [1e-4, 3e-4, 1e-3], "chosen": 3e-4},
+        "subset": {"grid": [1e-5, 3e-5], "chosen": 1e-5},
+    }
+    edges = list(cr._tuning_lines({"tuning": {"dev": dev, "methods": methods}}))[1:]
+    assert [line.split(";")[0] for line in edges] == [
+        "Chosen at the largest value of its grid: lora",
+        "Chosen at the smallest value of its grid: subset",
+    ]  # adapter's pick is inside its grid
 
 
 def test_seeds_give_mean_and_spread(trusted):

@@ -410,7 +410,9 @@ def _efficiency(
     tied = [r for r in have if tied_with_best(r, best) and (reference is None or r["accuracy"] > reference)]
     if tied and best in tied:
         cheapest = min(tied, key=lambda r: r[key])
-        if cheapest is best:
+        if tied == [best]:
+            parts.append(f"no other method is tied with the best, {best['method']}")
+        elif cheapest is best:
             parts.append(f"the best method, {best['method']}, is also the cheapest among those tied with it")
         else:
             parts.append(
@@ -530,12 +532,24 @@ def _tuning_lines(results: dict[str, Any]) -> list[str]:
         f"{m} **{v['chosen']:g}** (from {', '.join(f'{x:g}' for x in v['grid'])})"
         for m, v in tuning["methods"].items()
     )
-    return [
+    lines = [
         f"Learning rates tuned on a dev split of {dev['size']} training rows (seed {dev['seed']}; no "
         f"validation or further-set question among them, {dev['excluded_overlaps']} training rows repeating "
         f"one kept out), trials trained on the other {dev['train_rows']} and pruned by successive halving: "
         f"{chosen}."
     ]
+    methods = tuning["methods"]
+    edges = {
+        side: [m for m, v in methods.items() if len(v["grid"]) > 1 and v["chosen"] == pick(v["grid"])]
+        for side, pick in (("largest", max), ("smallest", min))
+    }
+    for side, names in edges.items():
+        if names:
+            lines.append(
+                f"Chosen at the {side} value of its grid: {', '.join(names)}; the best rate may lie beyond "
+                "it (widen `lr_grid` in the method's YAML to look)."
+            )
+    return lines
 
 
 def _paired_lines(rows: list[dict[str, Any]]) -> list[str]:
