@@ -200,8 +200,9 @@ def activation_bytes(
     A method's own trainable linear layers (LoRA's A and B, adapter projections) keep their input per
     token: ``added_input_bytes`` each, 4 when a dropout makes a new fp32 tensor of it, else the
     compute dtype's cast copy; bitsandbytes' 4-bit matmul keeps its input (compute dtype)
-    although its weight needs no gradient. Checked against the tensors autograd saves on the bundled
-    architecture (docs/SCALING.md).
+    although its weight needs no gradient. In fp32 there is no autocast, so neither cast copy exists:
+    those inputs are tensors the layer keeps anyway. Checked against the tensors autograd saves on the
+    bundled architecture and against measured peaks (docs/SCALING.md; fp32: an AVX2 CPU, 2026-12-02).
     """
     hidden = config.hidden_size
     layers = config.num_hidden_layers
@@ -210,7 +211,8 @@ def activation_bytes(
     kv_width = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     compute = PRECISIONS[precision]
     per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
-    per_layer += (added_input_bytes * added_linear_inputs + compute * quantized_linear_inputs) / layers
+    cast_copy = 0 if precision == "fp32" else compute  # fp32 runs without autocast: no cast copies
+    per_layer += (added_input_bytes * added_linear_inputs + cast_copy * quantized_linear_inputs) / layers
     kept = layers * 4 * hidden + per_layer if gradient_checkpointing else layers * per_layer
     return int(tokens * kept + scored_tokens * 3 * 4 * config.vocab_size)
 
@@ -325,8 +327,11 @@ def estimate_memory(
             added_linear_inputs=counts.added_linear_inputs,
             quantized_linear_inputs=counts.quantized_linear_inputs,
             # a dropout before the added layers keeps its fp32 output; a dropout option of 0 leaves only
-            # autocast's cast copy (methods without the option: their fp32 input, as measured)
-            added_input_bytes=PRECISIONS[precision] if "dropout" in options and not options["dropout"] else 4,
+            # autocast's cast copy, none in fp32 (the input is a tensor the layer keeps anyway); methods
+            # without the option: their fp32 input, as measured
+            added_input_bytes=(0 if precision == "fp32" else PRECISIONS[precision])
+            if "dropout" in options and not options["dropout"]
+            else 4,
         )
         # bf16 autocast keeps a bf16 copy of every fp32 matmul weight from the forward to the backward
         # (a tied LM head, every weight of full fine-tuning); sharded with the weights they copy.
