@@ -46,6 +46,14 @@ SHARDED_PARTS = {
     "fsdp": ("optimizer", "gradients", "weights", "trainable"),
 }
 PRECISIONS = {"bf16": 2, "fp32": 4}
+
+
+def cast_copy_bytes(precision: str) -> int:
+    """Bytes per value of autocast's copy of an fp32 input cast for a matmul: none in fp32, which runs
+    without autocast (the input is a tensor the layer keeps anyway)."""
+    return 0 if precision == "fp32" else PRECISIONS[precision]
+
+
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_MIN_BYTES = 64 * 2**20
 SCORED_FRACTION = {"letter": 0.0, "cloze": 0.5}  # of each sequence's positions that reach the LM head
@@ -211,7 +219,7 @@ def activation_bytes(
     kv_width = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     compute = PRECISIONS[precision]
     per_layer = 4 * hidden * 4 + compute * (5 * hidden + 3 * kv_width + hidden + 4 * config.intermediate_size)
-    cast_copy = 0 if precision == "fp32" else compute  # fp32 runs without autocast: no cast copies
+    cast_copy = cast_copy_bytes(precision)
     per_layer += (added_input_bytes * added_linear_inputs + cast_copy * quantized_linear_inputs) / layers
     kept = layers * 4 * hidden + per_layer if gradient_checkpointing else layers * per_layer
     return int(tokens * kept + scored_tokens * 3 * 4 * config.vocab_size)
@@ -329,9 +337,7 @@ def estimate_memory(
             # a dropout before the added layers keeps its fp32 output; a dropout option of 0 leaves only
             # autocast's cast copy, none in fp32 (the input is a tensor the layer keeps anyway); methods
             # without the option: their fp32 input, as measured
-            added_input_bytes=(0 if precision == "fp32" else PRECISIONS[precision])
-            if "dropout" in options and not options["dropout"]
-            else 4,
+            added_input_bytes=4 if options.get("dropout", True) else cast_copy_bytes(precision),
         )
         # bf16 autocast keeps a bf16 copy of every fp32 matmul weight from the forward to the backward
         # (a tied LM head, every weight of full fine-tuning); sharded with the weights they copy.
