@@ -9,6 +9,7 @@ import json
 import math
 
 import numpy as np
+import optuna
 import pytest
 
 from mcqtune.compare import evidence, trials
@@ -109,6 +110,14 @@ def test_chosen_lr_is_the_best_dev_score_and_is_shown(trusted):
     assert f"{best:g} (tuned)" in md and f"lora **{best:g}**" in md
     assert f"Chosen at the {'largest' if best == max(GRID) else 'smallest'} value of its grid: lora" in md
     assert "Learning-rate tuning" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_tuning_trials_are_optuna_trials(trusted):
+    _, results, _ = trusted
+    study = optuna.load_study(study_name="compare-lr.lora", storage=results["tuning"]["storage"])
+    assert sorted(t.params["lr"] for t in study.trials) == sorted(GRID)
+    for trial in study.trials:  # one check at the trial's single step, which is also its final score
+        assert trial.state.name == "COMPLETE" and trial.intermediate_values == {1: trial.value}
 
 
 def test_a_rate_chosen_at_the_edge_of_its_grid_is_pointed_out():
@@ -294,10 +303,10 @@ def test_a_method_without_a_grid_is_a_clear_error_with_tune(tmp_path, monkeypatc
         plan_configs(CompareSettings(output=tmp_path, methods=["nogrid"], tune="lr"))
 
 
-def test_trial_schedule_prunes_by_halving():
+def test_trial_schedule_checks_every_quarter_up_to_half():
     config = build_config({"output": "x", "max_steps": 16})
     assert trials.halving_budgets(config) == (4, 8)
-    assert trials.trial_steps(config, 3) == [4, 4, 4, 8]  # 3 candidates, the best one again at 8 steps
+    assert trials.trial_steps(config, 3) == [8, 8, 8]  # at most: the pruner only shortens a trial
 
 
 # ------------------------------------------------------------------------------------------- evidence

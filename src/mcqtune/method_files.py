@@ -11,10 +11,11 @@ import yaml
 
 # Keys of a configs/methods/<name>.yaml that describe the method rather than configure a run: a preset
 # names the method it presets and says what it is; ``lr_grid`` is the learning rates ``compare --tune lr``
-# tries.
+# tries; ``search`` is the method's search space for ``mcqtune search`` (mcqtune.search.space).
 PRESET_OF = "preset_of"
 LR_GRID = "lr_grid"
-METHOD_FILE_KEYS = (PRESET_OF, "description", LR_GRID)
+SEARCH = "search"
+METHOD_FILE_KEYS = (PRESET_OF, "description", LR_GRID, SEARCH)
 
 
 def method_file(method: str) -> dict[str, Any]:

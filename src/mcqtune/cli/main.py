@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mcqtune.cli.backend_args import add_backend_args, execution_from_args
+from mcqtune.cli.config_args import add_config_flags, config_flags
 from mcqtune.cli.data_args import add_data_args, field_config_from_args, field_map_from_args
 from mcqtune.quiet import quiet_libraries
 
@@ -130,11 +130,6 @@ def method_option_flags(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             options[key] = value
     return options
-
-
-def config_flags(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The TrainConfig keys given on the command line (None: not given)."""
-    return {key: getattr(args, key) for key in keys}
 
 
 def _launch_processes(args: argparse.Namespace) -> int | None:
@@ -481,6 +476,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         method_timeout=args.method_timeout,
         permutations=_compare_permutations(args.permutations, args.objective),
         tune=args.tune,
+        from_search=args.from_search,
         dev_size=args.dev_size,
         seeds=args.seeds,
         eval_data=args.eval_data or [],
@@ -611,52 +607,6 @@ class Parser(argparse.ArgumentParser):
 
 class UsageError(Exception):
     """A command line argparse cannot parse; ``main`` prints it and returns EXIT_USER_ERROR."""
-
-
-class Listed:
-    """Names joined for a help text only when the help is shown, so building the parser does not
-    import every method plug-in; the values are checked by the config, with its own message."""
-
-    def __init__(self, load: Callable[[], tuple[str, ...]]):
-        self.load = load
-
-    def __str__(self) -> str:
-        return ", ".join(self.load())
-
-
-def add_config_flags(
-    parser: argparse.ArgumentParser,
-    keys: tuple[str, ...],
-    defaults: dict[str, Any] | None = None,
-    quick: dict[str, Any] | None = None,
-    names: dict[str, str] | None = None,
-) -> None:
-    """One flag per TrainConfig key, typed, with its choices and help from the field. The argparse
-    default is None ("not given", so --config and the method's YAML still apply); the help shows the
-    value actually used: ``defaults`` (compare's budget) or the field's own, and ``quick``'s if different."""
-    from mcqtune.config import CONFIG_FIELDS, describe_default, field_type, flag_name, format_value
-
-    defaults, quick, names = defaults or {}, quick or {}, names or {}
-    for key in keys:
-        f = CONFIG_FIELDS[key]
-        kind = field_type(key)
-        kwargs: dict[str, Any] = {"dest": key, "default": None}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-        flag = names.get(key, flag_name(key))
-        text = f.metadata["help"]
-        choices = f.metadata["choices"]
-        if callable(choices):  # e.g. the registered methods: listed in the help, checked by the config
-            text += "; one of: %(listed)s"
-        elif choices is not None:
-            kwargs["choices"] = choices
-        shown = describe_default(key, defaults.get(key, f.default))
-        if key in quick and quick[key] != defaults.get(key, f.default):
-            shown += f"; --quick: {format_value(quick[key])}"
-        action = parser.add_argument(flag, help=f"{text} ({shown})", **kwargs)
-        action.listed = Listed(choices) if callable(choices) else None  # type: ignore[attr-defined]
 
 
 def add_num_processes(p: argparse.ArgumentParser, what: str) -> None:
@@ -926,10 +876,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="equal optimizer steps per method, or equal training time (time=5m, time=90s): each method "
         "then trains as many steps as fit (default: steps)",
     )
+    cmp.add_argument(
+        "--from-search",
+        metavar="OUTPUT",
+        help="train the best settings a `mcqtune search --output OUTPUT` found (OUTPUT/best/<method>.yaml) "
+        "with --seeds and score them on validation with the paired tests (default: each method's defaults)",
+    )
     cmp.add_argument("--quiet", action="store_true", help="do not echo each method's log lines")
     add_backend_args(cmp)
     add_data_args(cmp)
     cmp.set_defaults(func=cmd_compare)
+
+    from mcqtune.cli import search
+
+    search.register(sub)
 
     from mcqtune.estimate import PRECISIONS as WEIGHT_PRECISIONS
     from mcqtune.estimate import SHARDINGS

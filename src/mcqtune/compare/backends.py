@@ -64,6 +64,8 @@ class Job:
     run_dir: Path
     permutations: str | None = None
     eval_data: tuple[str, ...] = ()
+    # A search trial: the Optuna study and trial its checks are reported to (mcqtune.search.study).
+    trial_link: dict[str, Any] | None = None
 
 
 Started = Callable[[subprocess.Popen], None]

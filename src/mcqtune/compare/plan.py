@@ -86,6 +86,9 @@ class CompareSettings:
     )
     tune: str | None = None  # "lr": pick each method's learning rate on a dev split (compare/trials.py)
     dev_size: int | None = None  # rows of that dev split (None: trials.DEV_SIZE or QUICK_DEV_SIZE)
+    from_search: str | None = (
+        None  # a `mcqtune search` output: each method's config is its best/<method>.yaml
+    )
     seeds: int = 1  # final runs per method, seeds seed, seed+1, ...
     eval_data: list[str] = field(default_factory=list)  # further data sets every row is scored on
     time_budget: float | None = None  # seconds of training per method (--budget time=...); None: steps
@@ -179,8 +182,14 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     """Resolve every method's TrainConfig (user errors surface here, before an hour of training)."""
     from mcqtune.config import ConfigError, build_config
 
-    methods = settings.methods or default_methods()
+    searched = searched_configs(settings)
+    methods = settings.methods or list(searched) or default_methods()
     _check_methods(methods)
+    missing = [m for m in methods if searched and m not in searched]
+    if missing:
+        raise ConfigError(
+            f"--from-search {settings.from_search}: no best/<method>.yaml for {', '.join(missing)}"
+        )
     budget = QUICK_BUDGET if settings.quick else DEFAULT_BUDGET
     runs = settings.output / RUNS_DIR
     if settings.seeds < 1:
@@ -191,7 +200,7 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     def resolve(method: str, name: str):
         given = {**settings.overrides, **settings.data_fields, "max_train_seconds": settings.time_budget}
         flags = {**given, "method": method, "output": str(runs / name)}
-        config = build_config(flags, settings.config_file, defaults=budget)
+        config = build_config(flags, searched.get(method, settings.config_file), defaults=budget)
         ceiling = time_budget_steps(config)
         if not ceiling:
             return config
@@ -230,6 +239,26 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     # Loaded now, so a bad file fails before any training (and --tune keeps their questions out of dev).
     eval_sets = {name: _load_rows(zero, ref) for name, ref in zip(names, settings.eval_data, strict=True)}
     return {"methods": methods, "configs": configs, "zero_shot": zero, "eval_sets": eval_sets}
+
+
+def searched_configs(settings: CompareSettings) -> dict[str, str]:
+    """--from-search: method -> the search's best/<method>.yaml (the method's whole config: the search's
+    budget and data, its best settings); empty without --from-search."""
+    from mcqtune.config import ConfigError
+    from mcqtune.search.settings import BEST_DIR
+
+    if settings.from_search is None:
+        return {}
+    if settings.config_file or settings.tune:
+        raise ConfigError("--from-search brings each method's config: drop --config and --tune")
+    folder = Path(settings.from_search) / BEST_DIR
+    found = {p.stem: str(p) for p in sorted(folder.glob("*.yaml"))}
+    if not found:
+        raise ConfigError(
+            f"--from-search {settings.from_search}: no {folder}/<method>.yaml; run `mcqtune search "
+            f"--output {settings.from_search}` first (a method gets one once a trial has finished)"
+        )
+    return found
 
 
 def _load_rows(config, ref: str) -> list[Any]:
@@ -290,8 +319,8 @@ def curve_points(max_steps: int, eval_steps: int) -> int:
 def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float | None:
     """Wall time of a compare with the bundled model on an idle 2-core CPU with native bf16; None for
     anything else (:func:`off_reference`).
-    Counts every run: zero-shot, each method's seeds, and with --tune its trials (the halving schedule
-    is fixed by the grid sizes, only which candidates survive depends on the scores)."""
+    Counts every run: zero-shot, each method's seeds, and with --tune its trials (one per grid value,
+    each run to its end: the pruner only shortens some of them)."""
     from mcqtune.compare import trials
     from mcqtune.data import load_examples, resolve_data
     from mcqtune.methods import Method, get_method
@@ -318,11 +347,11 @@ def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float |
             WORKER_START_SECONDS + training + method.eval_seconds_per_question * (questions + scored_final)
         )
         total += one_run * settings.seeds
-        if settings.tune:
+        if settings.tune:  # every trial run to its end: the pruner only shortens some
+            dev = trials.dev_size(settings)
             for steps in trials.trial_steps(config, len(trials.lr_candidates(name))):
-                dev = trials.dev_size(settings)
                 total += WORKER_START_SECONDS + seconds_per_step(config) * steps
-                total += method.eval_seconds_per_question * (dev + 2 * trials.TRIAL_CURVE_ROWS)
+                total += method.eval_seconds_per_question * dev * trials.trial_checks(config)
     return total
 
 

@@ -155,6 +155,7 @@ def _run_worker(
         "resume": settings.resume,
         "permutations": job.permutations,
         "eval_data": list(job.eval_data),
+        "trial_link": job.trial_link,
     }
     spec_path = run_dir / RUN_SPEC
     atomic_write_json(spec_path, spec)
@@ -503,7 +504,7 @@ def run_compare(settings: CompareSettings) -> CompareResult:
             from mcqtune.compare.trials import tune_learning_rates
 
             meta["tuning"] = tune_learning_rates(
-                settings, plan, lambda specs: _run_trials(settings, backend, specs)
+                settings, plan, lambda specs, done: _run_trials(settings, backend, specs, done)
             )
         meta["per_method"] = {
             m: {"lr": c.lr, "weight_decay": c.weight_decay, "method_options": c.method_options}
@@ -525,27 +526,22 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
-def _run_trials(
-    settings: CompareSettings, backend: Backend, specs: list[Any]
-) -> list[tuple[float | None, str | None]]:
-    """Tuning trials as ordinary runs; each one's dev accuracy (None when it failed) and error. A trial is
-    scored on its dev split only: no further sets (--eval-data), no permutations."""
+def _run_trials(settings: CompareSettings, backend: Backend, specs: list[Any], done: Callable) -> None:
+    """Tuning trials as ordinary runs, each reporting its checks to its Optuna trial; ``done(index,
+    record, dev accuracy)`` as each finishes (accuracy None unless it finished). A trial is scored on its
+    dev split only: no further sets (--eval-data), no permutations."""
     dev_only = dataclasses.replace(settings, eval_data=[], permutations=None)
-    jobs = [
-        make_job(
-            dev_only,
-            name,
-            method,
-            TRAIN,
-            dataclasses.replace(config, output=str(settings.output / RUNS_DIR / name)).to_dict(),
-        )
-        for name, method, config in specs
-    ]
-    rows = [
-        build_row(job.row, record, job.run_dir, job.config)
-        for job, record in zip(jobs, run_units(settings, backend, jobs), strict=True)
-    ]
-    return [(row["accuracy"], row["error"]) for row in rows]
+    jobs = []
+    for name, method, config, link in specs:
+        output = str(settings.output / RUNS_DIR / name)
+        job = make_job(dev_only, name, method, TRAIN, dataclasses.replace(config, output=output).to_dict())
+        jobs.append(dataclasses.replace(job, trial_link=link))
+    index = {job.name: i for i, job in enumerate(jobs)}
+
+    def finished(job: Job, record: dict[str, Any]) -> None:
+        done(index[job.name], record, build_row(job.row, record, job.run_dir, job.config)["accuracy"])
+
+    run_units(settings, backend, jobs, finished)
 
 
 def run_units(
@@ -560,7 +556,11 @@ def run_units(
 
     def done(job: Job, record: dict[str, Any]) -> None:
         records[job.name] = record
-        status = "ok" if record.get("status") == "ok" else f"FAILED: {record.get('error')}"
+        status = record.get("status")
+        if status not in ("ok", "pruned"):
+            status = f"FAILED: {record.get('error')}"
+        elif status == "pruned":
+            status = record.get("error") or status  # "pruned at step N: ..."
         print(
             f"[{len(records)}/{len(jobs)}] {job.name}: {status} ({record.get('wall_seconds', 0):.0f} s)",
             flush=True,

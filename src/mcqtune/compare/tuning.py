@@ -2,23 +2,20 @@
 
 A dev split is carved from the *training* data (seeded, its size reported) and any training row whose
 question also appears among the held-out validation rows is kept out of it, so a tuned value can never
-have been chosen on the questions it is later scored on. Trials are pruned by successive halving: every
-candidate gets a small budget, the better half (1/``eta``) gets ``eta`` times more, until one is left.
+have been chosen on the questions it is later scored on. Trials are run and pruned by Optuna
+(:mod:`mcqtune.search.study`), for ``compare --tune`` and ``mcqtune search`` alike.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from mcqtune.atomic import atomic_write_text
 from mcqtune.data import MCQExample
-
-Candidate = TypeVar("Candidate")
 
 
 def question_key(example: MCQExample) -> tuple[str, tuple[str, ...]]:
@@ -58,71 +55,6 @@ def carve_dev_split(
         seed=seed,
         excluded_overlaps=len(train) - len(eligible),
     )
-
-
-@dataclass
-class Trial(Generic[Candidate]):
-    candidate: Candidate
-    scores: dict[int, float] = field(default_factory=dict)  # budget -> dev score
-
-
-class Halving(Generic[Candidate]):
-    """Successive halving driven from outside: :meth:`pending` names the rung to run (its candidates and
-    budget), :meth:`report` takes their dev scores. So every trial of a rung, of every method being tuned,
-    can run at once on whatever executes runs. Budgets grow by ``eta`` per rung up to ``max_budget``;
-    ties keep the earlier candidate."""
-
-    def __init__(self, candidates: Sequence[Candidate], min_budget: int, max_budget: int, eta: int = 2):
-        if not candidates:
-            raise ValueError("no candidates to tune")
-        if eta < 2 or min_budget <= 0 or max_budget < min_budget:
-            raise ValueError("need eta >= 2 and 0 < min_budget <= max_budget")
-        self.trials = [Trial(c) for c in candidates]
-        self.alive = list(range(len(self.trials)))
-        self.budget = min_budget
-        self.max_budget = max_budget
-        self.eta = eta
-        self.done = False
-
-    def pending(self) -> tuple[list[Candidate], int] | None:
-        """The candidates still in the race and the budget to train them with; None when finished."""
-        if self.done:
-            return None
-        return [self.trials[i].candidate for i in self.alive], self.budget
-
-    def report(self, scores: Sequence[float]) -> None:
-        """Dev scores of the pending rung, in :meth:`pending`'s order; keeps the best 1/eta."""
-        if self.done or len(scores) != len(self.alive):
-            raise ValueError(f"expected {len(self.alive)} scores for the pending rung, got {len(scores)}")
-        for i, score in zip(self.alive, scores, strict=True):
-            self.trials[i].scores[self.budget] = score
-        if len(self.alive) == 1 or self.budget >= self.max_budget:
-            self.done = True
-            return
-        ranked = sorted(self.alive, key=lambda i: (-self.trials[i].scores[self.budget], i))
-        self.alive = sorted(ranked[: max(1, len(ranked) // self.eta)])
-        self.budget = min(self.budget * self.eta, self.max_budget)
-
-    @property
-    def best(self) -> Candidate:
-        if not self.done:
-            raise ValueError("tuning has not finished")
-        return self.trials[max(self.alive, key=lambda i: (self.trials[i].scores[self.budget], -i))].candidate
-
-
-def successive_halving(
-    candidates: Sequence[Candidate],
-    min_budget: int,
-    max_budget: int,
-    evaluate: Callable[[Candidate, int], float],
-    eta: int = 2,
-) -> tuple[Candidate, list[Trial[Candidate]]]:
-    """Return the best candidate and every trial's scores; ``evaluate(candidate, budget)`` -> dev score."""
-    halving = Halving(candidates, min_budget, max_budget, eta)
-    while (rung := halving.pending()) is not None:
-        alive, budget = rung
-        halving.report([evaluate(c, budget) for c in alive])
-    return halving.best, halving.trials
 
 
 def write_jsonl(path: Path, examples: Iterable[MCQExample]) -> None:

@@ -174,11 +174,14 @@ def _permutation_accuracy(
     return {k: summary.get(k) for k in keys} | {"seconds": summary.get("seconds")}
 
 
-def _train_one(config, resume: bool):
+def _train_one(config, resume: bool, on_validation=None):
     """train() in this process; with --resume, continue from the run's own checkpoint when it has one.
-    Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal)."""
+    Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal).
+    ``on_validation`` hears every validation check (a search trial reports them to its pruner)."""
     from mcqtune.training.recipe import train
 
+    if on_validation is not None:  # a search trial: always from the start, reporting every check
+        return train(config, keep_model=True, overwrite=True, on_validation=on_validation)
     if resume:
         finished = _reuse_finished_run(config)
         if finished is not None:
@@ -229,6 +232,12 @@ def worker_main(argv: list[str]) -> int:
 
     record: dict[str, Any] = {"kind": kind, "method": spec["method"], "fingerprint": spec["fingerprint"]}
     start = time.perf_counter()
+    link = spec.get("trial_link")
+    pruned: type[BaseException] = _NeverRaised
+    if link is not None:
+        from mcqtune.search.study import pruned_exception
+
+        pruned = pruned_exception()
     try:
         config = TrainConfig(**spec["config"])
         config.validate("compare")
@@ -238,7 +247,12 @@ def worker_main(argv: list[str]) -> int:
             atomic_write_json(run_dir / METRICS, metrics)
             packed = context.packed
         else:
-            result = _train_one(config, bool(spec.get("resume")))
+            hook = None
+            if link is not None:
+                from mcqtune.search.study import reporting_hook
+
+                hook = reporting_hook(link, config.max_steps)
+            result = _train_one(config, bool(spec.get("resume")), hook)
             model, context = result.model, None
             scoring = (result.metrics.get("validation") or {}).get("scoring")
             packed = None  # the method's own (as train() scored it)
@@ -248,6 +262,8 @@ def worker_main(argv: list[str]) -> int:
         if spec.get("eval_data") and scoring:
             record["transfer"] = _score_further_sets(model, config, scoring, packed, spec["eval_data"])
         record["status"] = "ok"
+    except pruned as exc:  # a search trial its pruner stopped: not a failure
+        record.update(status="pruned", error=str(exc))
     except BaseException as exc:  # every failure becomes a row, including MemoryError and Ctrl-C
         traceback.print_exc()
         record.update(status="failed", error=_describe_error(exc))
@@ -262,7 +278,11 @@ def worker_main(argv: list[str]) -> int:
     record["threads"] = torch.get_num_threads() if torch is not None else None
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / RUN_RECORD, record)
-    return 0 if record["status"] == "ok" else 1
+    return 0 if record["status"] in ("ok", "pruned") else 1
+
+
+class _NeverRaised(BaseException):
+    """Stands for optuna.TrialPruned in a run that is not a search trial."""
 
 
 def _describe_error(exc: BaseException) -> str:

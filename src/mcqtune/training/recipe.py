@@ -23,7 +23,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +154,8 @@ class RunProgress:
     best_accuracy: float | None = None
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
+    # Told every validation check's (step, metrics); may raise to stop the run (a pruned search trial).
+    on_validation: Callable[[int, dict[str, Any]], None] | None = None
 
     def checkpoint_state(self, total_steps: int, stream: dict[str, int], processes: int) -> dict[str, Any]:
         return {
@@ -238,6 +240,8 @@ def _validate(
         run.best_accuracy, run.best_step = m["accuracy"], step
         run.best_state = None  # drop the old snapshot before taking the new one: one copy at a time
         run.best_state = trainable_state(trainer.unwrapped)
+    if run.on_validation is not None:
+        run.on_validation(step, m)
 
 
 def _prepare_run_dir(
@@ -410,16 +414,20 @@ def train(
     overwrite: bool = False,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    on_validation: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train one method as configured, save its artifact and validation metrics into ``config.output``.
 
     If ``config.output`` holds checkpoints of the same config, training continues from the newest
     complete one (``resume=True`` makes that required); a finished run there is an error unless
     ``overwrite``. Everything that can be checked (config, data, model, output dir, disk, memory) is
-    checked before anything is written.
+    checked before anything is written. ``on_validation(step, metrics)`` hears every validation check
+    (a search trial reports it to its pruner, and raises to stop a bad trial early).
     """
     with load_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), ExitStack() as held:
-        return _train(config, show_progress, keep_model, resume, overwrite, trust_remote_code, held)
+        return _train(
+            config, show_progress, keep_model, resume, overwrite, trust_remote_code, held, on_validation
+        )
 
 
 def _train(
@@ -430,6 +438,7 @@ def _train(
     overwrite: bool,
     trust_remote_code: bool,
     held: ExitStack,
+    on_validation: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     if not config.output:
         raise ConfigError("an output directory is required (--output DIR)")
@@ -461,8 +470,9 @@ def _train(
     eval_rows = data.validation[: config.eval_limit] if config.eval_limit else data.validation
     if checkpoint is not None:
         run = _resume(trainer, checkpoint)
+        run.on_validation = on_validation
     else:
-        run = RunProgress()
+        run = RunProgress(on_validation=on_validation)
         _validate(trainer, eval_rows, config, 0, run)
     start_step = (checkpoint.step if checkpoint is not None else 0) + 1
     _run_steps(trainer, config, output, fingerprint, run, start_step, eval_rows, show_progress)
