@@ -237,7 +237,7 @@ def test_the_pruning_hook_reports_each_check_and_stops_a_bad_trial(tmp_path):
     storage = f"sqlite:///{tmp_path / 'h.db'}"
     study = optuna.create_study(
         study_name="h",
-        storage=open_storage(storage),
+        storage=open_storage(storage, heartbeat=False),
         direction="maximize",
         pruner=make_pruner("median", 2, 6),
     )
@@ -294,3 +294,12 @@ def test_quick_search_on_the_bundled_model(tmp_path, capsys):
     best = results["methods"]["lora"]["best"]
     assert best is not None and 0 <= best["dev_accuracy"] <= 1 and results["dev"]["size"] == 24
     assert (out / "best" / "lora.yaml").is_file() and "trial 0 [lora]" in capsys.readouterr().out
+
+
+def test_timeout_stops_starting_trials(tmp_path, tiny_model_dir, capsys):
+    storage = f"sqlite:///{tmp_path / 't.db'}"
+    args = [*_args(tiny_model_dir, tmp_path / "out", storage, "t", 4, "lora"), "--timeout", "0.001"]
+    assert main(args) == 0
+    assert "--timeout 0.001 s reached; not starting more trials" in capsys.readouterr().out
+    assert _study(storage, "t.lora").trials == []
+    assert json.loads((tmp_path / "out" / "search.json").read_text())["methods"]["lora"]["best"] is None

@@ -128,7 +128,10 @@ def write_plots(
                 ax = draw(study)
             except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. no parameter varied
                 continue
-            ax.set_title(f"{method}: {ax.get_title()}")
+            loc = "left" if ax.get_title(loc="left") else "center"  # where Optuna put its title
+            ax.set_title(f"{method}: {ax.get_title(loc=loc)}", loc=loc)
+            if kind == "history":
+                ax.set_ylabel("dev accuracy")
             path = folder / f"{method}-{kind}.png"
             ax.figure.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(ax.figure)
