@@ -60,8 +60,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add the ``search`` command to ``mcqtune``'s subcommands."""
-    from mcqtune.cli.data_args import add_data_args
     from mcqtune.cli.config_args import add_config_flags
+    from mcqtune.cli.data_args import add_data_args
     from mcqtune.compare.plan import DEFAULT_BUDGET, QUICK_BUDGET
     from mcqtune.config import TAG_COMPARE, keys_tagged
 
@@ -79,8 +79,8 @@ def register(subparsers) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from mcqtune.cli.data_args import field_config_from_args
     from mcqtune.cli.config_args import config_flags
+    from mcqtune.cli.data_args import field_config_from_args
     from mcqtune.config import TAG_COMPARE, keys_tagged
     from mcqtune.search.settings import SearchSettings, flag_fields
 
