@@ -174,6 +174,11 @@ def test_compare_from_search_trains_the_best_settings_with_seeds(searched):
         run_compare(CompareSettings(output=out.parent / "c2", from_search=str(out), tune="lr"))
 
 
+def test_compare_from_search_without_a_search_is_a_clear_error(tmp_path, capsys):
+    code = main(["compare", "--output", str(tmp_path / "c"), "--from-search", str(tmp_path / "none")])
+    assert code == 2 and "run `mcqtune search --output" in capsys.readouterr().err
+
+
 def test_two_workers_split_one_study(tmp_path, tiny_model_dir):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     procs = [
@@ -210,6 +215,7 @@ def test_a_bad_trial_is_pruned_and_a_failing_one_is_recorded(tmp_path, tiny_mode
     # top_k above the tiny model's 4 layers: the method refuses it; the search must go on.
     (tmp_path / "out-space.yaml").write_text(TINY_SPACE + "subset:\n  top_k: {type: int, low: 6, high: 8}\n")
     # Two finished trials that were perfect at every check: the median pruner stops a worse one at step 2.
+    # They count in --trials 5: lora's share of 3 leaves one trial to run, subset runs its 2.
     study = optuna.create_study(study_name="p.lora", storage=storage, direction="maximize")
     for _ in range(2):
         study.add_trial(
@@ -217,7 +223,7 @@ def test_a_bad_trial_is_pruned_and_a_failing_one_is_recorded(tmp_path, tiny_mode
                 value=1.0, intermediate_values={2: 1.0, 4: 1.0}, user_attrs={"method": "lora"}
             )
         )
-    args = _args(tiny_model_dir, tmp_path / "out", storage, "p", 4, "lora,subset")
+    args = _args(tiny_model_dir, tmp_path / "out", storage, "p", 5, "lora,subset")
     assert main(args) == 0
     printed = capsys.readouterr().out
     real = [t for t in _study(storage, "p.lora").trials if t.number >= 2]

@@ -11,6 +11,7 @@ sees every process's trials: the parent only creates the trial and records its r
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ HEARTBEAT_SECONDS = 30  # a trial whose process died stops beating; after the gr
 HEARTBEAT_GRACE_SECONDS = 120
 FAIL_REASON = "error"  # user attribute: why a trial failed
 SQLITE_PREFIX = "sqlite:///"
+STORAGE_ATTEMPTS = 4  # opening a storage another process is creating: retried after 1, 2, 3 s
 
 
 def quiet_optuna() -> None:
@@ -50,12 +52,19 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
         if heartbeat
         else {}
     )
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-    except Exception as exc:  # a bad URL, a missing database driver, an unreachable server
-        from mcqtune.errors import ConfigError
+    for attempt in range(1, STORAGE_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except Exception as exc:  # a bad URL, a missing database driver, an unreachable server
+            # Two processes creating a new database at once: the second's schema insert collides with
+            # the first's (IntegrityError) or waits on its lock; once the first is done it opens.
+            if attempt < STORAGE_ATTEMPTS and type(exc).__name__ in ("IntegrityError", "OperationalError"):
+                time.sleep(attempt)
+                continue
+            from mcqtune.errors import ConfigError
 
-        raise ConfigError(f"--storage {url}: cannot open it: {type(exc).__name__}: {exc}") from None
+            raise ConfigError(f"--storage {url}: cannot open it: {type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def make_pruner(name: str, min_steps: int, max_steps: int) -> optuna.pruners.BasePruner:
