@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,9 @@ def write_plots(
             draws.append(("importance", vis.plot_param_importances))
         for kind, draw in draws:
             try:
-                ax = draw(study)
+                with warnings.catch_warnings():  # "importances will be equal", "no artists in legend"
+                    warnings.simplefilter("ignore")
+                    ax = draw(study)
             except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. no parameter varied
                 continue
             loc = "left" if ax.get_title(loc="left") else "center"  # where Optuna put its title
