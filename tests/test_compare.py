@@ -434,7 +434,7 @@ def test_cli_compare_help_and_user_errors(tmp_path, capsys):
 
 
 def test_letter_compare_reports_cyclic_permutations_by_default():
-    from mcqtune.cli.main import _compare_permutations
+    from mcqtune.cli.compare import permutations_for as _compare_permutations
 
     assert _compare_permutations(None, "letter") == "cyclic"  # letter scoring depends on option order
     assert _compare_permutations(None, "ranking") is None  # cloze is order-free
