@@ -13,8 +13,15 @@ from pathlib import Path
 from mcqtune.cli.main import build_parser
 
 BEFORE = json.loads((Path(__file__).parent / "fixtures" / "cli_flags_before_redesign.json").read_text())
-# Flags added since: the clearer name of a run directory (--adapter stays as its alias).
-ADDED = {"eval": {"--run"}, "predict": {"--run"}, "export": {"--run"}, "serve": {"--run", "--run-dir"}}
+# Flags added since: the clearer name of a run directory (--adapter stays as its alias), trackers.
+ADDED = {
+    "eval": {"--run"},
+    "predict": {"--run"},
+    "export": {"--run"},
+    "serve": {"--run", "--run-dir"},
+    "train": {"--report-to"},
+    "compare": {"--report-to"},
+}
 
 
 def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):

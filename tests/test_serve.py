@@ -288,7 +288,7 @@ def test_startup_refuses_other_base_and_names_a_broken_artifact(engine, runs, tm
 def test_cli_refuses_a_public_address_without_a_key(capsys):
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--api-key-file" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--adapter expects NAME=PATH"):
+    with pytest.raises(ConfigError, match="--run expects NAME=PATH"):
         from mcqtune.serving.registry import parse_named_paths
 
         parse_named_paths(["runs/lora"])

@@ -168,6 +168,13 @@ class TrainConfig:
         none_means="only on Ctrl-C",
     )
     keep_checkpoints: int = setting(2, "checkpoints kept while training", check="positive")
+    report_to: str | None = setting(
+        None,
+        "experiment trackers for the run's settings, curves and results: tensorboard, mlflow, wandb, "
+        "comma-separated (pip install 'mcqtune[tracking]')",
+        none_means="none",
+        tags=(TAG_COMPARE,),
+    )
     method_options: dict[str, Any] = setting(factory=dict, flag=False)
     prompt: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
 
@@ -193,6 +200,9 @@ class TrainConfig:
         except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
             raise ConfigError(f"{source}: {exc}") from None
         check_fields(self, lambda key: bad_where(key))
+        from mcqtune.tracking import parse_report_to
+
+        parse_report_to(self.report_to, bad_where("report_to"))
         if self.max_steps is None and self.epochs is None:
             raise bad("max_steps", "or 'epochs' must be set")
         unknown = set(self.prompt) - set(PromptConfig.__dataclass_fields__)

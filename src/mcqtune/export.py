@@ -81,7 +81,7 @@ def export_run(
     if method.frozen_base and not can_merge:
         raise ExportError(
             f"{run_dir}: a {manifest['method']} run cannot be merged into the base weights (it adds "
-            "modules or key/values the base architecture lacks); use it with --adapter, or train lora"
+            "modules or key/values the base architecture lacks); use it with --run, or train lora"
         )
     if dtype not in MERGED_DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(MERGED_DTYPES)}, got '{dtype}'")
