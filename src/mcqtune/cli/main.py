@@ -249,7 +249,7 @@ def _check_eval_args(args: argparse.Namespace):
     """Numbers, output paths and a given prior are checked before any model is loaded; returns the
     ``--prior`` read (None without one)."""
     from mcqtune.config import ConfigError
-    from mcqtune.evaluation.metrics import LetterPrior
+    from mcqtune.evaluation.debias import LetterPrior
     from mcqtune.preflight import check_output_dir, check_output_file
 
     for flag in ("limit", "batch_size", "calibration_size"):
@@ -541,7 +541,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer")
     import uvicorn
 
-    from mcqtune.evaluation.metrics import LetterPrior
+    from mcqtune.evaluation.debias import LetterPrior
     from mcqtune.serving.app import ZERO_SHOT, ServeSettings, create_app
     from mcqtune.serving.engine import open_engine
     from mcqtune.serving.registry import ArtifactRegistry, parse_named_paths
