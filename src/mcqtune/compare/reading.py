@@ -41,6 +41,49 @@ def tied_with_best(row: dict[str, Any], best: dict[str, Any]) -> bool:
     return ci_overlap(row, best)
 
 
+def versus_zero_shot(row: dict[str, Any], best: dict[str, Any], zero: dict[str, Any]) -> tuple[str, bool]:
+    """Where ``row`` stands against zero-shot ("above", "level" or "below") and whether a paired test
+    decided it. The table's paired test with zero-shot is the best's (the zero-shot row's ``vs_best``,
+    Holm-adjusted, 5%): it decides for the best, as the paired tests decide the ties with the best; a row
+    without a paired test against zero-shot goes by its 95% CI against zero-shot's."""
+    test = zero.get("vs_best")
+    if test is not None and row is best and test.get("best", best["method"]) == row["method"]:
+        if not test["significant"]:
+            return "level", True
+        difference = test.get("difference", row["accuracy"] - zero["accuracy"])  # best minus zero-shot
+        return ("above" if difference > 0 else "below"), True
+    if row["ci95_low"] > zero["ci95_high"]:
+        return "above", False
+    if row["ci95_high"] < zero["ci95_low"]:
+        return "below", False
+    return "level", False
+
+
+PAIRED_RULE = "by the paired test (Holm, 5%)"
+
+
+def _zero_shot_line(trained: list[dict[str, Any]], best: dict[str, Any], zero: dict[str, Any]) -> str:
+    """Every trained method against doing nothing, grouped by verdict, each group naming its rule."""
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for r in trained:
+        groups.setdefault(versus_zero_shot(r, best, zero), []).append(r)
+    mixed = any(by_test for _, by_test in groups)  # then the CI groups say that they went by CIs
+
+    def by_ci(rule: str) -> str:
+        return f" ({rule})" if mixed else ""
+
+    wording = {
+        ("above", True): f"better than zero-shot {PAIRED_RULE}",
+        ("above", False): "clearly better than zero-shot (CIs do not overlap)",
+        ("level", True): f"not shown to differ from zero-shot {PAIRED_RULE}",
+        ("level", False): "not distinguishable from zero-shot" + by_ci("CIs overlap"),
+        ("below", True): f"worse than zero-shot {PAIRED_RULE}",
+        ("below", False): "worse than zero-shot" + by_ci("CIs do not overlap"),
+    }
+    parts = [f"{text}: {_names(groups[key])}" for key, text in wording.items() if key in groups]
+    return "Against doing nothing: " + "; ".join(parts) + "."
+
+
 def _tie_rule(rows: list[dict[str, Any]]) -> str:
     tested = any(r.get("vs_best") for r in rows)
     return "not shown to differ from the best by the paired test" if tested else "within the best's CI"
@@ -80,7 +123,8 @@ def _efficiency(
         )
     elif reference is not None:
         parts.append("no method beat zero-shot, so no gain per unit to compare")
-    # Cheapest statistical tie with the best, among methods that at least beat doing nothing.
+    # Cheapest statistical tie with the best, among methods scoring above doing nothing (a point
+    # estimate: whether that is beyond noise is the zero-shot sentence's to say).
     tied = [r for r in have if tied_with_best(r, best) and (reference is None or r["accuracy"] > reference)]
     if tied and best in tied:
         cheapest = min(tied, key=lambda r: r[key])
@@ -90,7 +134,7 @@ def _efficiency(
             parts.append(f"the best method, {best['method']}, is also the cheapest among those tied with it")
         else:
             parts.append(
-                f"cheapest method {_tie_rule(have)} that beats zero-shot: **{cheapest['method']}** "
+                f"cheapest method {_tie_rule(have)} that scores above zero-shot: **{cheapest['method']}** "
                 f"({cost_fmt(cheapest[key])} vs {cost_fmt(best[key])} for {best['method']}, accuracy "
                 f"{fmt_pct(cheapest['accuracy'])} vs {fmt_pct(best['accuracy'])})"
             )
@@ -136,17 +180,7 @@ def reading_of_results(results: dict[str, Any]) -> list[str]:
                 f"No other method's 95% CI overlaps {best['method']}'s: it is ahead beyond sampling noise."
             )
         if zero:
-            above = [r for r in trained if r["ci95_low"] > zero["ci95_high"]]
-            level = [r for r in trained if ci_overlap(r, zero)]
-            below = [r for r in trained if r["ci95_high"] < zero["ci95_low"]]
-            parts = []
-            if above:
-                parts.append(f"clearly better than zero-shot (CIs do not overlap): {_names(above)}")
-            if level:
-                parts.append(f"not distinguishable from zero-shot: {_names(level)}")
-            if below:
-                parts.append(f"worse than zero-shot: {_names(below)}")
-            lines.append("Against doing nothing: " + "; ".join(parts) + ".")
+            lines.append(_zero_shot_line(trained, best, zero))
         at_baseline = [r for r in trained if r["ci95_low"] <= r["majority_baseline"]]
         if at_baseline:
             lines.append(
