@@ -22,8 +22,8 @@ from mcqtune.artifacts import ADAPTER_DIR, base_identity, save_artifact
 from mcqtune.config import method_defaults
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.errors import ArtifactError
+from mcqtune.evaluation.debias import LetterPrior
 from mcqtune.evaluation.evaluate import score_examples
-from mcqtune.evaluation.metrics import LetterPrior
 from mcqtune.inference import Predictor, predictions
 from mcqtune.methods import get_method
 from mcqtune.models import load_model, resolve_model

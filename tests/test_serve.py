@@ -342,7 +342,7 @@ def test_serve_command_stops_on_an_artifact_that_fails_to_load(tiny_model_dir, t
 def test_debias_removes_the_saved_letter_prior(engine):
     import numpy as np
 
-    from mcqtune.evaluation.metrics import LetterPrior
+    from mcqtune.evaluation.debias import LetterPrior
 
     prior = LetterPrior(priors={3: [0.6, 0.3, 0.1]}, scoring="cloze", n_calibration={3: 10})
     with _client(engine, priors={"zero-shot": prior}) as debiasing:

@@ -177,7 +177,7 @@ def check_scoring_args(args: argparse.Namespace, *classes: type):
     """Numbers, output paths and a given prior are checked before any model is loaded; returns the
     ``--prior`` read (None without one)."""
     from mcqtune.cli.parsing import check_settings
-    from mcqtune.evaluation.metrics import LetterPrior
+    from mcqtune.evaluation.debias import LetterPrior
     from mcqtune.preflight import check_output_dir, check_output_file
 
     check_settings(args, DebiasArgs, *classes)

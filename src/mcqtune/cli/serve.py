@@ -85,7 +85,7 @@ def read_api_key(args: argparse.Namespace) -> str | None:
 def read_priors(args: argparse.Namespace, named: dict[str, Path]) -> dict:
     """Each ``--prior NAME=FILE`` loaded, for a name that is served."""
     from mcqtune.errors import ConfigError
-    from mcqtune.evaluation.metrics import LetterPrior
+    from mcqtune.evaluation.debias import LetterPrior
     from mcqtune.serving.app import ZERO_SHOT
     from mcqtune.serving.registry import parse_named_paths
 
