@@ -469,13 +469,15 @@ def check_method_options(method: str, options: dict[str, Any], source: str) -> N
 
 
 def own_validation(train: str) -> str | None:
-    """The validation set that goes with ``train``: a bundled name's own validation split; none for a
-    user's file (an existing file wins over a bundled name, as in ``resolve_data``)."""
-    from mcqtune.data.loading import bundled_key
+    """The validation set that goes with ``train`` (``DataRef.own_validation``: a bundled name's own
+    validation split; none for a user's file or data set). A source that names nothing known is left to
+    the data load to report, with the rest of the data errors."""
+    from mcqtune.data import DataError, DataRef
 
-    if Path(train).expanduser().is_file():
+    try:
+        return DataRef.parse(train, "train").own_validation()
+    except DataError:
         return None
-    return bundled_key(train)
 
 
 def build_config(
