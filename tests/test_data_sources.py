@@ -347,3 +347,63 @@ def test_an_uncached_hub_id_offline_is_one_clear_line(tmp_path: Path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
     assert "someone/absent-set" in lines[0] and "offline mode is on" in lines[0]
+
+
+# ------------------------------------------------------------------------------------ training on them
+
+TINY_RUN = ["--objective", "ranking", "--max-steps", "3", "--batch-size", "2", "--train-limit", "6"]
+TINY_EVAL = ["--eval-steps", "2", "--eval-limit", "4", "--final-eval-limit", "4", "--quiet"]
+
+
+def test_train_and_eval_from_a_saved_data_set_record_their_source(tmp_path: Path, tiny_model_dir: Path):
+    from mcqtune.cli.main import main
+
+    saved = saved_arc(tmp_path, validation_rows=8)
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--output", str(out), *TINY_RUN, *TINY_EVAL]
+    assert main([*argv, "--train", f"{saved}:train", "--validation", f"{saved}:validation"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"] == {"train": f"{saved}:train", "validation": f"{saved}:validation"}
+    sources = metrics["sources"]
+    assert sources["train"]["kind"] == "saved" and sources["train"]["split"] == "train"
+    assert sources["validation"]["split"] == "validation" and sources["validation"]["fingerprint"]
+    assert metrics["validation"]["n"] == 4
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"] == f"{saved}:train" and config["validation"] == f"{saved}:validation"
+    # the same data through eval (a reference passed where a file path was)
+    scores = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", str(out), "--data", f"{saved}:validation"]
+    assert main([*argv, "--output", str(scores)]) == 0
+    assert json.loads(scores.read_text())["n"] == 8
+
+
+@pytest.mark.slow
+def test_the_bundled_model_trains_from_a_saved_copy_of_arc_easy(tmp_path: Path):
+    """The real model: a few LoRA steps from a save_to_disk copy of bundled ARC-Easy rows; the training
+    rows are exactly the file's, so the run equals the same run on the bundled file."""
+    from mcqtune.config import build_config
+    from mcqtune.training.recipe import train
+
+    saved = saved_arc(tmp_path, validation_rows=16)
+    common = {"max_steps": 4, "batch_size": 2, "train_limit": 8, "eval_steps": 4, "eval_limit": 8}
+    common |= {"final_eval_limit": 16, "precision": "fp32", "save_steps": None}
+    from_saved = build_config(
+        {
+            **common,
+            "train": f"{saved}:train",
+            "validation": f"{saved}:validation",
+            "output": str(tmp_path / "a"),
+        }
+    )
+    result = train(from_saved, show_progress=False)
+    assert result.metrics["train"]["steps"] == 4 and result.metrics["validation"]["n"] == 16
+    assert result.metrics["sources"]["train"]["kind"] == "saved"
+    val_file = write_jsonl(tmp_path / "val.jsonl", bundled_rows("arc_easy", "validation")[:16])
+    from_file = build_config(
+        {**common, "train": "arc_easy", "validation": str(val_file), "output": str(tmp_path / "b")}
+    )
+    same = train(from_file, show_progress=False)
+    assert result.metrics["train"]["final_loss"] == pytest.approx(
+        same.metrics["train"]["final_loss"], abs=1e-6
+    )
+    assert result.metrics["validation"]["accuracy"] == same.metrics["validation"]["accuracy"]

@@ -48,6 +48,7 @@ class _EvalContext:
     device: Any
     precision: str
     packed: bool
+    source: dict[str, Any] | None = None  # what was read (DataRef.record), for the run's records
 
     def score_kwargs(self, config) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ def _eval_context(
         device=device,
         precision=resolve_precision(config.precision, device),
         packed=packed,
+        source=loaded.source,
     )
 
 
@@ -115,6 +117,7 @@ def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]
         "parameters": {"trainable": 0, "total": total, "trainable_percent": 0.0},
         "artifact_bytes": 0,
         "validation": metrics,
+        "sources": {"validation": context.source},
         "history": [],
     }
     return metrics_file, model, scoring, context
@@ -144,6 +147,7 @@ def _score_further_sets(
         metrics = compute_metrics(scored)
         print(format_metrics(metrics, f"further data set {name} ({scoring} scoring):"), flush=True)
         out[name] = {k: metrics.get(k) for k in TRANSFER_KEYS} | {PER_QUESTION: per_question(scored)}
+        out[name]["source"] = context.source
     return out
 
 
