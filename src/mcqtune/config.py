@@ -76,13 +76,20 @@ class TrainConfig:
     model: str = setting(DEFAULT_MODEL, "bundled name, local HF dir, .gguf file or hub id", tags=_RUN)
     train: str = setting(
         "medmcqa",
-        "training data: a file or a bundled name (medmcqa, arc_easy)",
+        "training data: a file, a bundled name (medmcqa, arc_easy), a saved or hub-layout data set "
+        "directory, or a hub id owner/name; SOURCE:SPLIT names a split",
         tags=_SHARED_FLAG,
     )
     validation: str | None = setting(
         AUTO,
-        "validation data: a file or a bundled name; auto: the training data's own validation split "
-        "when it is a bundled name, none for a file",
+        "validation data, as --train; auto: the training data's own validation split when it is a "
+        "bundled name, none otherwise",
+        tags=_RUN,
+    )
+    subset: str | None = setting(
+        None,
+        "the subset (configuration) of a hub data set or hub-layout directory named by the data flags",
+        none_means="the data set's only one",
         tags=_RUN,
     )
     format: str = setting(AUTO, "data format", choices=data_formats, tags=(TAG_SHARED, TAG_ZERO_SHOT))
@@ -411,13 +418,15 @@ def check_method_options(method: str, options: dict[str, Any], source: str) -> N
 
 
 def own_validation(train: str) -> str | None:
-    """The validation set that goes with ``train``: a bundled name's own validation split; none for a
-    user's file (an existing file wins over a bundled name, as in ``resolve_data``)."""
-    from mcqtune.data.loading import bundled_key
+    """The validation set that goes with ``train`` (``DataRef.own_validation``: a bundled name's own
+    validation split; none for a user's file or data set). A source that names nothing known is left to
+    the data load to report, with the rest of the data errors."""
+    from mcqtune.data import DataError, DataRef
 
-    if Path(train).expanduser().is_file():
+    try:
+        return DataRef.parse(train, "train").own_validation()
+    except DataError:
         return None
-    return bundled_key(train)
 
 
 def build_config(

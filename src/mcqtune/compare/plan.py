@@ -170,9 +170,11 @@ def parse_budget(text: str | None) -> float | None:
 
 
 def eval_set_name(ref: str) -> str:
-    """How reports name a further data set: a bundled name as given, a file by its stem."""
-    path = Path(ref).expanduser()
-    return path.stem if path.is_file() else ref
+    """How reports name a further data set (``DataRef.name``: a bundled name, a file's stem, a data
+    set with its split)."""
+    from mcqtune.data import DataRef
+
+    return DataRef.parse(ref, "validation").name
 
 
 def plan_configs(settings: CompareSettings) -> dict[str, Any]:
@@ -233,16 +235,9 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
 
 
 def _load_rows(config, ref: str) -> list[Any]:
-    from mcqtune.training.recipe import load_split
+    from mcqtune.data import load_split
 
-    return load_split(resolve_data_path(ref), config, None)[0]
-
-
-def resolve_data_path(ref: str) -> Path:
-    """A further data set's file: a file as given, a bundled name's validation split."""
-    from mcqtune.data import resolve_data
-
-    return resolve_data(ref, "validation")
+    return load_split(ref, config, None)[0]
 
 
 def off_reference(config) -> str | None:
@@ -293,15 +288,14 @@ def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float |
     Counts every run: zero-shot, each method's seeds, and with --tune its trials (the halving schedule
     is fixed by the grid sizes, only which candidates survive depends on the scores)."""
     from mcqtune.compare import trials
-    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.data import load_split
     from mcqtune.methods import Method, get_method
 
     zero = plan["zero_shot"]
     if off_reference(zero):
         return None
     try:
-        path = resolve_data(zero.validation, "validation")
-        n_val = len(load_examples(path, zero.format, field_map=zero.field_map()).examples)
+        n_val = len(load_split(zero.validation, zero, None)[0])
     except Exception:  # the real run reports data problems properly
         return None
     final = min(zero.final_eval_limit or n_val, n_val)

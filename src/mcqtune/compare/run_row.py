@@ -84,6 +84,7 @@ def build_row(
         trainable_percent=params.get("trainable_percent", row["trainable_percent"]),
         total_params=params.get("total"),
         artifact_bytes=metrics.get("artifact_bytes", row["artifact_bytes"]),
+        data_sources=metrics.get("sources"),  # each source with its split and fingerprint
     )
     if val.get("ci95"):
         row["ci95_low"], row["ci95_high"] = val["ci95"]
@@ -123,6 +124,7 @@ def build_row(
             "ci95_low": low,
             "ci95_high": high,
             "majority_baseline": baseline,
+            "source": scores.get("source"),
         }
         row[ANSWERS][name] = scores[PER_QUESTION]
     return row

@@ -72,12 +72,11 @@ def trial_steps(config, candidates: int) -> list[int]:
 def _carve(settings, plan: dict[str, Any]) -> tuple[dict[str, Any], Path, Path]:
     """Write the dev split and the trials' training rows; return what the report says about them."""
     from mcqtune.config import ConfigError
-    from mcqtune.data import resolve_data
-    from mcqtune.training.recipe import load_split
+    from mcqtune.data import load_split
 
     zero = plan["zero_shot"]
-    train, _ = load_split(resolve_data(zero.train, "train"), zero, zero.train_limit)
-    held_out, _ = load_split(resolve_data(zero.validation, "validation"), zero, None)
+    train, _ = load_split(zero.train, zero, zero.train_limit, "train")
+    held_out, _ = load_split(zero.validation, zero, None)
     for rows in plan["eval_sets"].values():  # every --eval-data row, not only the scored ones
         held_out += rows
     size = dev_size(settings)

@@ -25,7 +25,7 @@ from mcqtune.artifacts import CONFIG_FILE, METRICS
 from mcqtune.atomic import atomic_write_json
 from mcqtune.compare.backends import RUN_RECORD
 from mcqtune.compare.evidence import ZERO_SHOT
-from mcqtune.compare.plan import eval_set_name, resolve_data_path
+from mcqtune.compare.plan import eval_set_name
 from mcqtune.progress import task
 
 
@@ -48,6 +48,7 @@ class _EvalContext:
     device: Any
     precision: str
     packed: bool
+    source: dict[str, Any] | None = None  # what was read (DataRef.record), for the run's records
 
     def score_kwargs(self, config) -> dict[str, Any]:
         return {
@@ -59,10 +60,10 @@ class _EvalContext:
 
 
 def _eval_context(
-    config, tokenizer=None, packed: bool | None = None, data_file: Path | None = None
+    config, tokenizer=None, packed: bool | None = None, data: str | None = None
 ) -> _EvalContext:
-    """The final evaluation's setup on the validation data, or on ``data_file`` (a further data set)."""
-    from mcqtune.data import load_examples, resolve_data
+    """The final evaluation's setup on the validation data, or on ``data`` (a further data set)."""
+    from mcqtune.data import load_source
     from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.methods import get_method
     from mcqtune.models import default_device, load_tokenizer, resolve_model
@@ -71,13 +72,8 @@ def _eval_context(
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(config.model))
     device = default_device()
-    data = load_examples(
-        data_file or resolve_data(config.validation, "validation"),
-        config.format,
-        on_bad_rows=config.on_bad_rows,
-        field_map=config.field_map(),
-    )
-    rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
+    loaded = load_source(data or config.validation, config, None)
+    rows = loaded.examples[: config.final_eval_limit] if config.final_eval_limit else loaded.examples
     if packed is None:
         packed = config.packing and get_method(config.method).supports_packing
     return _EvalContext(
@@ -86,6 +82,7 @@ def _eval_context(
         device=device,
         precision=resolve_precision(config.precision, device),
         packed=packed,
+        source=loaded.source,
     )
 
 
@@ -102,7 +99,7 @@ def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]
     context = _eval_context(config, predictor.tokenizer, packed=config.packing)
     objective = resolve_objective(config.objective, model.num_parameters())
     scoring = OBJECTIVE_TO_SCORING[objective]
-    name = Path(config.validation).name
+    name = eval_set_name(config.validation)
     with task(f"zero-shot validation ({name})"):
         scored = predictor.score(
             context.rows,
@@ -120,6 +117,7 @@ def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]
         "parameters": {"trainable": 0, "total": total, "trainable_percent": 0.0},
         "artifact_bytes": 0,
         "validation": metrics,
+        "sources": {"validation": context.source},
         "history": [],
     }
     return metrics_file, model, scoring, context
@@ -141,7 +139,7 @@ def _score_further_sets(
     out: dict[str, Any] = {}
     for ref in eval_data:
         name = eval_set_name(ref)
-        context = _eval_context(config, packed=packed, data_file=resolve_data_path(ref))
+        context = _eval_context(config, packed=packed, data=ref)
         with task(f"further data set ({name})"):
             scored = score_examples(
                 model, context.encoder, context.rows, scoring, **context.score_kwargs(config)
@@ -149,6 +147,7 @@ def _score_further_sets(
         metrics = compute_metrics(scored)
         print(format_metrics(metrics, f"further data set {name} ({scoring} scoring):"), flush=True)
         out[name] = {k: metrics.get(k) for k in TRANSFER_KEYS} | {PER_QUESTION: per_question(scored)}
+        out[name]["source"] = context.source
     return out
 
 
@@ -162,7 +161,7 @@ def _permutation_accuracy(
     from mcqtune.evaluation.metrics import permutation_summary as summarise
 
     context = context or _eval_context(config)
-    with task(f"permutations ({mode}, {Path(config.validation).name})"):
+    with task(f"permutations ({mode}, {eval_set_name(config.validation)})"):
         kwargs = context.score_kwargs(config) | {"seed": config.seed}
         result = score_permutations(model, context.encoder, context.rows, scoring, mode, **kwargs)
     summary = summarise(result)

@@ -2,7 +2,9 @@
 
 ``examples`` holds the one schema every layout becomes, ``readers`` the JSONL/CSV/parquet row readers,
 ``formats`` the registry of layouts (detect / fields / convert, one entry each), ``fields`` the user's
-field map, ``loading`` the load itself and the bundled datasets, ``check`` ``mcqtune data check``.
+field map, ``loading`` the load itself and the bundled datasets, ``reference`` what a data flag names
+(bundled set, file, saved or hub data set) and ``datasets_io`` reading the latter through ``datasets``,
+``check`` ``mcqtune data check``.
 """
 
 from mcqtune.data.check import DataReport, check_file
@@ -24,8 +26,8 @@ from mcqtune.data.loading import (
     bundled_path,
     detect_format,
     load_examples,
-    resolve_data,
 )
+from mcqtune.data.reference import DataRef, data_refs, load_source, load_split, resolve_data
 from mcqtune.errors import MAX_LISTED_PROBLEMS, DataError, Problem
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "MIN_OPTIONS",
     "SPLITS",
     "DataError",
+    "DataRef",
     "DataReport",
     "FieldMap",
     "LoadResult",
@@ -49,8 +52,11 @@ __all__ = [
     "bundled_key",
     "bundled_path",
     "check_file",
+    "data_refs",
     "detect_format",
     "load_examples",
+    "load_source",
+    "load_split",
     "majority_baseline",
     "resolve_data",
 ]

@@ -44,7 +44,7 @@ from mcqtune.artifacts import (
 )
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
 from mcqtune.config import ConfigError, TrainConfig
-from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
+from mcqtune.data import DataRef, MCQExample, data_refs, load_source, load_split  # noqa: F401 (load_split: re-exported)
 from mcqtune.distributed import (
     any_process,
     barrier,
@@ -99,44 +99,39 @@ class TrainResult:
     model: torch.nn.Module | None = None
 
 
-def load_split(path: Path | None, config: TrainConfig, limit: int | None) -> tuple[list[MCQExample], int]:
-    """Validated examples of one data file and how many bad rows ``--on-bad-rows skip`` dropped."""
-    if path is None:
-        return [], 0
-    result = load_examples(
-        path, config.format, on_bad_rows=config.on_bad_rows, field_map=config.field_map(), limit=limit
-    )
-    if result.skipped:
-        log.warning("%s: skipped %d bad rows (--on-bad-rows skip)", path, result.skipped)
-    if not result.examples:
-        raise DataError("no usable rows", file=str(path))
-    return result.examples, result.skipped
-
-
 @dataclass
 class TrainData:
     """The validated training and validation rows and where they came from."""
 
-    train_path: Path
-    val_path: Path | None
+    train_ref: DataRef
+    val_ref: DataRef | None
     train: list[MCQExample]
     validation: list[MCQExample]
     skipped: dict[str, int]
+    sources: dict[str, dict[str, Any] | None]  # what was read (DataRef.record), for metrics.json
 
     @classmethod
     def load(cls, config: TrainConfig) -> TrainData:
-        train_path = resolve_data(config.train, "train")
-        val_path = resolve_data(config.validation, "validation") if config.validation else None
-        train_rows, train_skipped = load_split(train_path, config, config.train_limit)
-        val_rows, val_skipped = load_split(val_path, config, None)
-        skipped = {"train": train_skipped, "validation": val_skipped}
-        return cls(train_path, val_path, train_rows, val_rows, skipped)
+        train_ref, val_ref = data_refs(config)
+        train = load_source(train_ref, config, config.train_limit)
+        val = load_source(val_ref, config, None) if val_ref is not None else None
+        skipped = {"train": train.skipped, "validation": val.skipped if val else 0}
+        sources = {"train": train.source, "validation": val.source if val else None}
+        return cls(train_ref, val_ref, train.examples, val.examples if val else [], skipped, sources)
+
+    def _identity(self, role: str, ref: DataRef | None) -> str | None:
+        """A data file's sha256; a data set's fingerprint (``datasets``')."""
+        if ref is None:
+            return None
+        if ref.is_file:
+            return file_fingerprint(ref.path)["sha256"]
+        return (self.sources[role] or {}).get("fingerprint")
 
     def fingerprint(self, trainer: Trainer) -> dict[str, Any]:
-        """What must not change under a checkpoint: the data files, the base and the trainable shapes."""
+        """What must not change under a checkpoint: the data, the base and the trainable shapes."""
         return {
-            "train_sha256": file_fingerprint(self.train_path)["sha256"],
-            "validation_sha256": (file_fingerprint(self.val_path) or {}).get("sha256"),
+            "train_sha256": self._identity("train", self.train_ref),
+            "validation_sha256": self._identity("validation", self.val_ref),
             "base_config_hash": trainer.base_identity["base_config_hash"],
             "trainable": {n: list(p.shape) for n, p in trainer.named_trainable.items()},
         }
@@ -196,8 +191,8 @@ class RunProgress:
 
 
 def validation_name(config: TrainConfig) -> str:
-    """How printouts name the validation data: a bundled name as given, a file by its name."""
-    return Path(config.validation).name if config.validation else "none"
+    """How printouts name the validation data (``DataRef.name``)."""
+    return DataRef.parse(config.validation, "validation").name if config.validation else "none"
 
 
 def _evaluate(
@@ -442,7 +437,7 @@ def _train(
     tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     encoder = PromptEncoder(tokenizer, config.prompt_config())
     data = TrainData.load(config)
-    trainer = Trainer(config, resolved, encoder, data.train, data_file=data.train_path)
+    trainer = Trainer(config, resolved, encoder, data.train, data_file=data.train_ref.label)
     fingerprint = data.fingerprint(trainer)
     if checkpoint is not None:
         _check_fingerprint(checkpoint, fingerprint)
@@ -614,6 +609,7 @@ def _results(
             "mean_loss_last_10": round(float(np.mean(run.losses[-10:])), 5),
         },
         "data": {"train": config.train, "validation": config.validation},
+        "sources": data.sources,
         "history": run.history,
     }
     if any(data.skipped.values()):
