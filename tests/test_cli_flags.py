@@ -19,8 +19,8 @@ ADDED = {
     "predict": {"--run"},
     "export": {"--run"},
     "serve": {"--run", "--run-dir"},
-    "train": {"--report-to"},
-    "compare": {"--report-to"},
+    "train": {"--report-to", "--subset"},
+    "compare": {"--report-to", "--subset"},
 }
 
 
