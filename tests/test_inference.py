@@ -315,9 +315,9 @@ def test_real_model_eval_through_the_predictor_equals_the_direct_load(tmp_path):
 
     from mcqtune.cli.main import main
     from mcqtune.config import build_config
-    from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.methods.base import store_linear_weights
+    from mcqtune.models import resolve_precision
     from mcqtune.training.recipe import train
 
     output, rows_n = tmp_path / "lora", 40

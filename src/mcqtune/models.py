@@ -181,6 +181,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where ``device`` computes it natively (a bf16 GPU, an AVX-512-bf16 CPU), else fp32.
+
+    Decided here, beside model loading, because training, evaluation and inference all load a model in
+    the precision it returns, and must agree on it.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token (the EOS if the model has none): batching needs one."""
     trust_remote_code = trust_remote_code or _LOAD_POLICY.get()[1]

@@ -119,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from mcqtune.cli.common import warn_unsafe_loading
-    from mcqtune.training.recipe import TrainingInterrupted, train
+    from mcqtune.training.api import TrainingInterrupted, train
 
     launched = launch_processes(args)
     if launched is not None:

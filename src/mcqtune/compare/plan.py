@@ -247,8 +247,7 @@ def off_reference(config) -> str | None:
     two-method compare of docs/EVALUATION.md), and a GPU is another machine altogether."""
     import torch
 
-    from mcqtune.evaluation.evaluate import resolve_precision
-    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
+    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES, resolve_precision
 
     if torch.cuda.is_available():
         return "the measured speeds are for a CPU, this machine has a GPU"
