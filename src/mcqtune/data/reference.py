@@ -24,10 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mcqtune.data.bundled_sets import BUNDLED_DATASETS, bundled_key, bundled_path, bundled_split
 from mcqtune.data.datasets_io import HUB, HUB_DIR, SAVED, directory_kind, open_table
 from mcqtune.data.examples import LoadResult, MCQExample
 from mcqtune.data.fields import FieldMap
-from mcqtune.data.loading import BUNDLED_DATASETS, bundled_key, bundled_path, bundled_split, load_examples
+from mcqtune.data.loading import load_examples
 from mcqtune.errors import DataError
 
 # The kinds of source; SAVED, HUB_DIR and HUB come through ``datasets`` (splits, a fingerprint).
