@@ -349,6 +349,50 @@ def test_an_uncached_hub_id_offline_is_one_clear_line(tmp_path: Path):
     assert "someone/absent-set" in lines[0] and "offline mode is on" in lines[0]
 
 
+def _gated() -> Exception:
+    from huggingface_hub.errors import GatedRepoError
+
+    try:  # datasets wraps the hub's error: the cause chain carries it
+        raise GatedRepoError("Access to dataset owner/gated is restricted")
+    except GatedRepoError as inner:
+        try:
+            raise FileNotFoundError("owner/gated: cannot read README.md") from inner
+        except FileNotFoundError as outer:
+            return outer
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (lambda: _gated(), "is a gated data set on the Hugging Face hub: accept its terms"),
+        (
+            lambda: datasets.exceptions.DatasetNotFoundError(
+                "Dataset 'owner/private' doesn't exist on the Hub or cannot be accessed."
+            ),
+            "not found on the Hugging Face hub, nor a local path: check the id, or, for a private data set, "
+            "set HF_TOKEN",
+        ),
+        (lambda: ConnectionError("Couldn't reach 'owner/x' on the Hub"), "cannot reach the Hugging Face hub"),
+    ],
+)
+def test_hub_access_failures_are_one_line(monkeypatch, failure, expected):
+    """A gated set, a private (or misspelt) one without a token, no network: one line naming the source."""
+
+    def refuse(*args, **kwargs):
+        raise failure()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", refuse)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    for text in ("owner/set", "owner/set:train"):
+        with pytest.raises(DataError) as caught:
+            DataRef.parse(text).load()
+        message = str(caught.value)
+        assert message.startswith("owner/set: ") and expected in message and "\n" not in message
+
+
 # ------------------------------------------------------------------------------------ training on them
 
 TINY_RUN = ["--objective", "ranking", "--max-steps", "3", "--batch-size", "2", "--train-limit", "6"]

@@ -206,7 +206,8 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     zero = resolve(methods[0], ZERO_SHOT)
     if zero.validation is None:
         raise ConfigError(
-            f"--data {zero.train}: a data file has no implicit validation split; pass --validation"
+            f"--data {zero.train}: only a bundled data set has an implicit validation split; "
+            "pass --validation"
         )
     reference = zero.to_dict()
     # With a time budget each method's step count is its own (what fits in the time); the time is shared.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from typing import Any
 
 from mcqtune.errors import DataError
 
+# The kinds of data set read here (``reference.DataRef.kind``).
+SAVED, HUB_DIR, HUB = "saved", "hub_dir", "hub"
 # What ``save_to_disk`` writes at the top of its directory: a DatasetDict, or a single Dataset.
 SAVED_DICT_FILE = "dataset_dict.json"
 SAVED_STATE_FILE = "state.json"
@@ -31,11 +34,11 @@ _MAX_SCANNED_FILES = 10_000
 
 
 def directory_kind(path: Path) -> str:
-    """``saved`` for a ``save_to_disk`` directory, ``hub_dir`` for one with data files; else an error."""
+    """SAVED for a ``save_to_disk`` directory, HUB_DIR for one with data files; else an error."""
     if (path / SAVED_DICT_FILE).is_file() or (path / SAVED_STATE_FILE).is_file():
-        return "saved"
+        return SAVED
     if (path / README).is_file() or _has_data_files(path):
-        return "hub_dir"
+        return HUB_DIR
     raise DataError(
         "is a directory with neither a saved data set (save_to_disk) nor data files "
         f"({', '.join(DATA_FILE_SUFFIXES[:4])}, ...); pass a data file, a data set directory or a hub id",
@@ -54,17 +57,21 @@ def _has_data_files(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """No progress bars or info logs from ``datasets`` while it reads (mcqtune prints its own lines)."""
+    """No progress bars, info logs or retry warnings from ``datasets`` and ``huggingface_hub`` while it
+    reads: mcqtune prints its own lines, and a failure is one error line."""
     import datasets
 
     bars_were_on = not datasets.are_progress_bars_disabled()
-    verbosity = datasets.logging.get_verbosity()
+    loggers = [logging.getLogger(name) for name in ("datasets", "huggingface_hub")]
+    levels = [logger.level for logger in loggers]
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        datasets.logging.set_verbosity(verbosity)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
         if bars_were_on:
             datasets.enable_progress_bars()
 
@@ -74,10 +81,10 @@ def open_table(
 ) -> tuple[Any, str | None, str | None]:
     """The rows of one split: ``(dataset, the split's name, the dataset's fingerprint)``."""
     with _quiet():
-        if kind == "saved":
+        if kind == SAVED:
             table, split = _open_saved(Path(location).expanduser(), split, label)
         else:
-            table, split = _open_repository(location, subset, split, local=kind == "hub_dir")
+            table, split = _open_repository(location, subset, split, local=kind == HUB_DIR)
     return table, split, getattr(table, "_fingerprint", None)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcqtune.data.bundled_sets import BUNDLED_DIR
 from mcqtune.data.examples import LoadResult, MCQExample
 from mcqtune.data.fields import FieldMap
 from mcqtune.data.formats import (
@@ -51,11 +52,6 @@ from mcqtune.errors import DataError, Problem
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DATASETS = ("medmcqa", "arc_easy")
-SPLITS = ("train", "validation")
-BUNDLED_DIR = Path(__file__).parent / "bundled"
-
-_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 # Likely question fields, to suggest a field map for a file no layout fits.
 _QUESTION_GUESSES = ("question", "query", "prompt", "question_stem", "stem", "input", "text")
 
@@ -572,31 +568,3 @@ def load_examples(
             level, "%s: %d warning(s), rows kept (first: %s)", file, len(result.warnings), result.warnings[0]
         )
     return result
-
-
-# ------------------------------------------------------------------------------- bundled datasets
-
-
-def bundled_key(name: str) -> str | None:
-    """The bundled dataset a name refers to (case and - vs _ do not matter), else None."""
-    key = name.strip().lower().replace("-", "_")
-    return key if key in BUNDLED_DATASETS else None
-
-
-def bundled_split(split: str) -> str:
-    """A bundled split's own name (``dev``, ``val`` -> ``validation``; case does not matter)."""
-    return _SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
-
-
-def bundled_path(name: str, split: str) -> Path:
-    """Path of a dataset shipped in the package, so demos and tests run offline."""
-    key = bundled_key(name)
-    if key is None:
-        raise DataError(f"unknown bundled dataset {name!r}; bundled: {', '.join(BUNDLED_DATASETS)}")
-    split_key = bundled_split(split)
-    if split_key not in SPLITS:
-        raise DataError(f"unknown split {split!r} for bundled {key}; choose one of: {', '.join(SPLITS)}")
-    path = BUNDLED_DIR / key / f"{split_key}.jsonl"
-    if not path.is_file():
-        raise DataError("bundled data file is missing from the installation", file=str(path))
-    return path

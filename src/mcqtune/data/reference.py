@@ -24,15 +24,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mcqtune.data.bundled_sets import BUNDLED_DATASETS, bundled_key, bundled_path, bundled_split
+from mcqtune.data.datasets_io import HUB, HUB_DIR, SAVED, directory_kind, open_table
 from mcqtune.data.examples import LoadResult, MCQExample
 from mcqtune.data.fields import FieldMap
-from mcqtune.data.loading import BUNDLED_DATASETS, bundled_key, bundled_path, bundled_split, load_examples
+from mcqtune.data.loading import load_examples
 from mcqtune.errors import DataError
 
-BUNDLED, FILE, SAVED, HUB_DIR, HUB = "bundled", "file", "saved", "hub_dir", "hub"
-KINDS = (BUNDLED, FILE, SAVED, HUB_DIR, HUB)
-# The kinds whose rows come through ``datasets`` (they have splits and a fingerprint).
-DATASET_KINDS = (SAVED, HUB_DIR, HUB)
+# The kinds of source; SAVED, HUB_DIR and HUB come through ``datasets`` (splits, a fingerprint).
+BUNDLED, FILE = "bundled", "file"
 log = logging.getLogger(__name__)
 
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet")
@@ -132,8 +132,6 @@ class DataRef:
             source = open_source(self.path)
             source.record = self.record()
             return source
-        from mcqtune.data.datasets_io import open_table
-
         table, split, fingerprint = open_table(self.kind, self.location, self.split, self.subset, self.label)
         resolved = self.resolved(split, fingerprint)
         return TableSource(table, resolved.label, resolved.stem, resolved.record())
@@ -182,8 +180,6 @@ def _classify(
             raise DataError(f"a data file has no splits; drop ':{named}'", file=text)
         return DataRef(whole, FILE, text)
     if p.is_dir():
-        from mcqtune.data.datasets_io import directory_kind
-
         return DataRef(whole, directory_kind(p), text, named, subset)
     if p.exists():
         raise DataError("not a regular file or directory", file=text)
