@@ -15,8 +15,9 @@ from mcqtune.cli.main import build_parser
 BEFORE = json.loads((Path(__file__).parent / "fixtures" / "cli_flags_before_redesign.json").read_text())
 # Flags added since: the clearer name of a run directory (--adapter stays as its alias), trackers.
 ADDED = {
-    "eval": {"--run"},
-    "predict": {"--run"},
+    "eval": {"--run", "--subset"},
+    "predict": {"--run", "--subset"},
+    "data check": {"--subset"},
     "export": {"--run"},
     "serve": {"--run", "--run-dir"},
     "train": {"--report-to", "--subset"},

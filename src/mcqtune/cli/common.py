@@ -77,6 +77,14 @@ class LaunchArgs:
     )
 
 
+def add_subset_flag(parser: argparse.ArgumentParser) -> None:
+    """``--subset``: the configuration of a hub data set the data flags name (TrainConfig's setting)."""
+    from mcqtune.cli.parsing import add_settings
+    from mcqtune.config import TrainConfig
+
+    add_settings(parser, TrainConfig, ("subset",))
+
+
 def add_debias_args(parser: argparse.ArgumentParser) -> None:
     from mcqtune.cli.parsing import add_settings
 
@@ -196,7 +204,7 @@ def check_scoring_args(args: argparse.Namespace, *classes: type):
 def run_analyses(args: argparse.Namespace, predictor, run: str | None, examples, prior, batch_size=16):
     """Score (under option permutations when asked) and debias (when asked): see evaluation.analysis."""
     from mcqtune.cli.data_args import field_map_from_args
-    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.data import DataRef
     from mcqtune.distributed import is_main_process
     from mcqtune.evaluation.analysis import parse_permutations
 
@@ -204,11 +212,9 @@ def run_analyses(args: argparse.Namespace, predictor, run: str | None, examples,
     calibration_examples = None
     calibration_source = None
     if args.debias and prior is None and args.calibration_data:
-        path = resolve_data(args.calibration_data, "train")
-        calibration_examples = load_examples(
-            path, args.format, field_map=field_map_from_args(args), require_answer=False
-        ).examples
-        calibration_source = str(path)
+        ref = DataRef.parse(args.calibration_data, "train", args.subset)
+        calibration_examples = ref.load(args.format, field_map_from_args(args), require_answer=False).examples
+        calibration_source = ref.label
     result = predictor.score(
         examples,
         run,

@@ -32,17 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    from mcqtune.cli.common import add_subset_flag
     from mcqtune.cli.data_args import add_data_args
     from mcqtune.cli.parsing import add_settings
 
-    parser.add_argument("file", help="data file, or a bundled name (medmcqa, arc_easy)")
+    parser.add_argument(
+        "file",
+        help="data file, bundled name (medmcqa, arc_easy), saved or hub-layout data set directory, or hub "
+        "id; SOURCE:SPLIT names a split",
+    )
     add_settings(parser, DataCheckArgs)
+    add_subset_flag(parser)
     add_data_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from mcqtune.cli.data_args import field_map_from_args
-    from mcqtune.data import check_file, resolve_data
+    from mcqtune.data import DataRef, check_file
     from mcqtune.prompt import PromptEncoder
 
     token_length = None
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         encoder = PromptEncoder(load_tokenizer(resolve_model(args.model)))
         token_length = encoder.letter_prompt_length
     report = check_file(
-        resolve_data(args.file, args.split),
+        DataRef.parse(args.file, args.split, args.subset),
         args.format,
         field_map=field_map_from_args(args),
         token_length=token_length,

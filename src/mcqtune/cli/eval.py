@@ -11,6 +11,7 @@ from mcqtune.cli.common import (
     ModelArgs,
     add_debias_args,
     add_num_processes,
+    add_subset_flag,
     check_scoring_args,
     launch_processes,
     open_predictor,
@@ -25,7 +26,12 @@ DESCRIPTION = "Evaluate the base model or a trained artifact on a data file."
 
 @dataclass
 class EvalArgs:
-    data: str | None = setting(None, "data file or bundled name (validation split)", required=True)
+    data: str | None = setting(
+        None,
+        "data file, bundled name (its validation split), data set directory or hub id; SOURCE:SPLIT names a "
+        "split",
+        required=True,
+    )
     limit: int | None = setting(None, "evaluate only the first N rows", check="positive", none_means="all")
     batch_size: int = setting(16, "questions per scoring batch", check="positive")
     on_bad_rows: str = setting(
@@ -51,27 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, ModelArgs)
     add_settings(parser, LoadingArgs)
     add_settings(parser, EvalArgs)
+    add_subset_flag(parser)
     add_num_processes(parser, "processes that each score a share of the questions")
     add_debias_args(parser)
     add_data_args(parser)
 
 
-def data_label(spec: str, split: str, path) -> str:
-    """How printouts name the data: a bundled set by its name and split, a file by its path."""
-    from pathlib import Path
-
-    from mcqtune.data import bundled_key
-
-    key = bundled_key(spec)
-    if key and not Path(spec).is_file():
-        return f"{key} ({split})"
-    return str(path)
-
-
 def run(args: argparse.Namespace) -> int:
     from mcqtune.atomic import atomic_write_json
     from mcqtune.cli.data_args import field_map_from_args
-    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.data import DataRef
     from mcqtune.distributed import is_main_process
     from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.progress import task
@@ -80,24 +75,23 @@ def run(args: argparse.Namespace) -> int:
     if launched is not None:
         return launched
     prior = check_scoring_args(args, EvalArgs)
-    path = resolve_data(args.data, "validation")
-    data = load_examples(
-        path, args.format, on_bad_rows=args.on_bad_rows, field_map=field_map_from_args(args), limit=args.limit
-    )
+    ref = DataRef.parse(args.data, "validation", args.subset)
+    data = ref.load(args.format, field_map_from_args(args), on_bad_rows=args.on_bad_rows, limit=args.limit)
     predictor, run_name = open_predictor(args)
-    with task(f"eval ({args.data})" if is_main_process() else None):
+    with task(f"eval ({ref.label})" if is_main_process() else None):
         result = run_analyses(args, predictor, run_name, data.examples, prior, batch_size=args.batch_size)
     if not is_main_process():  # every process scored its share; the main one reports and writes
         return 0
     metrics = compute_metrics(result.scored)
-    metrics["data"] = str(path)
+    metrics["data"] = ref.label
+    metrics["source"] = data.source
     metrics["model"] = predictor.model_id
     metrics["adapter"] = str(args.run) if args.run else None
     if data.skipped:
         metrics["bad_rows_skipped"] = data.skipped
     metrics.update(result.sections)
     source = f"run {args.run}" if args.run else f"zero-shot {predictor.model_id}"
-    title = f"{data_label(args.data, 'validation', path)}: {source}"
+    title = f"{ref.label}: {source}"
     print_metrics(metrics, title)
     if args.output:
         atomic_write_json(args.output, metrics)

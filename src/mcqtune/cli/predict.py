@@ -9,6 +9,7 @@ from mcqtune.cli.common import (
     LoadingArgs,
     ModelArgs,
     add_debias_args,
+    add_subset_flag,
     check_scoring_args,
     open_predictor,
     run_analyses,
@@ -23,7 +24,9 @@ DESCRIPTION = "Predict for one question (--question/--choice) or a JSONL file (-
 class PredictArgs:
     question: str | None = setting(None, "one question to answer (with two or more --choice)")
     choice: list[str] | None = setting(None, "an option (repeat, in order)", repeat=True)
-    data: str | None = setting(None, "file of questions (answers optional)")
+    data: str | None = setting(
+        None, "questions (answers optional): a file, bundled name, data set directory or hub id"
+    )
     json: bool = setting(False, "one JSON object per question")
 
 
@@ -34,19 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, ModelArgs)
     add_settings(parser, LoadingArgs)
     add_settings(parser, PredictArgs)
+    add_subset_flag(parser)
     add_debias_args(parser)
     add_data_args(parser)
 
 
 def predict_examples(args: argparse.Namespace):
     from mcqtune.cli.data_args import field_map_from_args
-    from mcqtune.data import DataError, load_examples
+    from mcqtune.data import DataError, DataRef
     from mcqtune.inference import typed_question
 
     if args.data:
-        return load_examples(
-            args.data, args.format, field_map=field_map_from_args(args), require_answer=False
-        ).examples
+        ref = DataRef.parse(args.data, "validation", args.subset)
+        return ref.load(args.format, field_map_from_args(args), require_answer=False).examples
     if args.question is None or not args.choice or len(args.choice) < 2:
         raise DataError("predict needs --data FILE, or --question and at least two --choice")
     return [typed_question(args.question, args.choice)]

@@ -63,9 +63,7 @@ def _method_of(config, kind: str) -> Method | None:
     return get_method(config.method)
 
 
-def _eval_context(
-    config, method: Method | None, tokenizer=None, data: str | None = None
-) -> _EvalContext:
+def _eval_context(config, method: Method | None, tokenizer=None, data: str | None = None) -> _EvalContext:
     """The final evaluation's setup on the validation data, or on ``data`` (a further data set)."""
     from mcqtune.data import load_source
     from mcqtune.evaluation.setup import EvalSetup
