@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ def parse_report_to(value: str | Iterable[str] | None, where: str = "--report-to
             f"{where}: unknown tracker(s) {', '.join(unknown)}; choose from {', '.join(TRACKERS)} or none"
         )
     return chosen
+
+
+def per_run_trackers(names: tuple[str, ...]) -> str | None:
+    """What each run of a compare reports to itself: its TensorBoard curves in its own run directory
+    (``tensorboard --logdir OUTPUT`` shows them all); MLflow and W&B runs are compare's own."""
+    return "tensorboard" if "tensorboard" in names else None
 
 
 def check_installed(names: Iterable[str]) -> None:
@@ -116,6 +123,7 @@ class Trackers:
         self._tensorboard = None
         self._mlflow_run = None
         self._wandb_run = None
+        self.finished = False
 
     @classmethod
     def open(
@@ -214,6 +222,9 @@ class Trackers:
     ) -> None:
         """The final numbers and files, then each tracker run closed with ``status`` (FINISHED, KILLED,
         FAILED: an interrupted run is continued by --resume)."""
+        if self.finished:
+            return
+        self.finished = True
         if metrics:
             summary = final_metrics(metrics)
             step = int((metrics.get("train") or {}).get("steps") or 0)
@@ -233,6 +244,25 @@ class Trackers:
             if metrics:
                 self._wandb_run.summary.update(final_metrics(metrics))
             self._wandb_run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+@contextmanager
+def tracked_run(
+    report_to: str | None, run_dir: Path, params: dict[str, Any], *, resume: bool, start_step: int, main: bool
+) -> Iterator[Trackers]:
+    """One training run's trackers (only the main process of a launch reports); a run that raises
+    (Ctrl-C: KILLED, to be continued by --resume; anything else: FAILED) closes its tracker runs so."""
+    names = parse_report_to(report_to) if main else ()
+    trackers = Trackers.open(
+        names, run_dir, params, run_name=run_dir.name, resume=resume, start_step=start_step
+    )
+    try:
+        yield trackers
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TrainingInterrupted"
+        trackers.finish(None, status="KILLED" if interrupted else "FAILED")
+        raise
+    trackers.finish(None)
 
 
 # A compare row's numbers, as each child run's metrics.

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcqtune import tracking
 from mcqtune.compare.backends import Execution, Job
 from mcqtune.compare.evidence import ZERO_SHOT
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
@@ -204,6 +205,12 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     configs = {method: resolve(method, method) for method in methods}
     # Zero-shot: the same evaluation keys; the method only picks which defaults file is read.
     zero = resolve(methods[0], ZERO_SHOT)
+    trackers = tracking.parse_report_to(zero.report_to)
+    tracking.check_installed(trackers)
+    # Each run keeps its own TensorBoard curves; MLflow and W&B get compare's parent and child runs.
+    own = tracking.per_run_trackers(trackers)
+    configs = {m: dataclasses.replace(c, report_to=own) for m, c in configs.items()}
+    zero = dataclasses.replace(zero, report_to=None)
     if zero.validation is None:
         raise ConfigError(
             f"--data {zero.train}: only a bundled data set has an implicit validation split; "
@@ -232,7 +239,13 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
         raise ConfigError(f"--eval-data: two data sets named {', '.join(repeated)}; rename a file")
     # Loaded now, so a bad file fails before any training (and --tune keeps their questions out of dev).
     eval_sets = {name: _load_rows(zero, ref) for name, ref in zip(names, settings.eval_data, strict=True)}
-    return {"methods": methods, "configs": configs, "zero_shot": zero, "eval_sets": eval_sets}
+    return {
+        "methods": methods,
+        "configs": configs,
+        "zero_shot": zero,
+        "eval_sets": eval_sets,
+        "trackers": trackers,
+    }
 
 
 def _load_rows(config, ref: str) -> list[Any]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcqtune import tracking
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 from mcqtune.compare.backends import Backend, Job, open_backend
 from mcqtune.compare.evidence import ANSWERS, ZERO_SHOT
@@ -183,6 +184,17 @@ def run_compare(settings: CompareSettings) -> CompareResult:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     elapsed = time.perf_counter() - start
+    tracking.track_compare(
+        plan["trackers"],
+        settings.output,
+        {"command": settings.command, "methods": methods, "seeds": settings.seeds, **shared},
+        rows,
+        [
+            settings.output / name
+            for name in (REPORT_HTML, REPORT_MD, RESULTS_JSON)
+            if (settings.output / name).is_file()
+        ],
+    )
     print(f"compare finished in {elapsed / 60:.1f} min; report: {settings.output / REPORT_HTML}", flush=True)
     return CompareResult(settings.output, rows, files, elapsed)
 

@@ -21,6 +21,7 @@ process and reach the same verdict.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from mcqtune import tracking
+from mcqtune.artifacts import ADAPTER_DIR, METRICS
 from mcqtune.atomic import remove_tree
 from mcqtune.config import ConfigError, TrainConfig
 from mcqtune.data import DataRef, MCQExample, data_refs, load_source, load_split  # noqa: F401 (load_split: re-exported)
@@ -129,6 +132,13 @@ class RunProgress:
     best_accuracy: float | None = None
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
+    # Called with each history entry as it is recorded (the experiment trackers); not checkpointed.
+    on_record: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        if self.on_record is not None:
+            self.on_record(entry)
 
     def checkpoint_state(self, total_steps: int, stream: dict[str, int], processes: int) -> dict[str, Any]:
         return {
@@ -163,7 +173,7 @@ class RunProgress:
         self.real_tokens += result.real_tokens
         self.train_seconds += result.seconds
         self.last_step = step
-        self.history.append({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
+        self.record({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
 
     @property
     def tokens_per_second(self) -> float:
@@ -203,7 +213,7 @@ def _validate(trainer: Trainer, validation: Validation, step: int, run: RunProgr
     name = validation.name
     with task(f"step {step}: validation ({name})" if trainer.accelerator.is_main_process else None):
         m = _evaluate(trainer, validation.rows, validation.setup)
-    run.history.append({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
+    run.record({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
     trainer.accelerator.print(
         f"step {step}: validation ({name}): {m['accuracy'] * 100:.1f}% on {m['n']} rows"
     )
@@ -248,6 +258,7 @@ def _train(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --output and --overwrite replaces it: pick one")
     output = Path(config.output)
+    tracking.check_installed(tracking.parse_report_to(config.report_to))
     checkpoint = prepare_run_dir(output, config, resume=resume, overwrite=overwrite)
     set_seed(config.seed)
     resolved = resolve_model(config.model)
@@ -272,12 +283,23 @@ def _train(
     say(f"objective {objective.name} (scoring {objective.scoring}), precision {trainer.precision}")
     periodic = EvalSetup.of_run(config, trainer.method, trainer.device, final=False)
     validation = Validation(periodic.rows(data.validation), periodic, validation_name(config))
+    start_step = (checkpoint.step if checkpoint is not None else 0) + 1
+    trackers = held.enter_context(
+        tracking.tracked_run(
+            config.report_to,
+            output,
+            config.to_dict(),
+            resume=checkpoint is not None,
+            start_step=start_step,
+            main=is_main_process(),
+        )
+    )
     if checkpoint is not None:
         run = _resume(trainer, checkpoint)
+        run.on_record = trackers.log_history
     else:
-        run = RunProgress()
+        run = RunProgress(on_record=trackers.log_history)
         _validate(trainer, validation, 0, run)
-    start_step = (checkpoint.step if checkpoint is not None else 0) + 1
     _run_steps(trainer, config, output, fingerprint, run, start_step, validation, show_progress)
 
     if run.best_state is not None:
@@ -291,6 +313,7 @@ def _train(
         best_step = run.best_step if run.best_step is not None else run.last_step
         metrics = save_results(output, config, trainer, best_step, metrics)
         remove_tree(checkpoint_root(output))  # finished: checkpoints are only for resuming
+        trackers.finish(metrics, [output / ADAPTER_DIR, output / METRICS])
     metrics = from_main(metrics)  # also: every process returns once the run directory is complete
     model = trainer.unwrapped if keep_model else None
     return TrainResult(output=output, metrics=metrics, history=run.history, model=model)

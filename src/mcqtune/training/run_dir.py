@@ -152,9 +152,11 @@ def run_lock(output: Path) -> Iterator[None]:
 
 def _clear_previous_run(output: Path) -> None:
     """--overwrite: remove what an earlier run wrote (only mcqtune's own names, never other files)."""
-    for name in (METRICS, MANIFEST, CONFIG_FILE):
+    from mcqtune.tracking import STATE_FILE, TENSORBOARD_DIR
+
+    for name in (METRICS, MANIFEST, CONFIG_FILE, STATE_FILE):
         (output / name).unlink(missing_ok=True)
-    for name in (ADAPTER_DIR, CHECKPOINTS_DIR):
+    for name in (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR):
         if (output / name).is_dir():
             remove_tree(output / name)
 
