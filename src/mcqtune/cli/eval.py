@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     ref = DataRef.parse(args.data, "validation", args.subset)
     data = ref.load(args.format, field_map_from_args(args), on_bad_rows=args.on_bad_rows, limit=args.limit)
     predictor, run_name = open_predictor(args)
-    with task(f"eval ({ref.label})" if is_main_process() else None):
+    with task(f"eval ({ref.name})" if is_main_process() else None):
         result = run_analyses(args, predictor, run_name, data.examples, prior, batch_size=args.batch_size)
     if not is_main_process():  # every process scored its share; the main one reports and writes
         return 0
