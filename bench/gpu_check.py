@@ -78,13 +78,13 @@ def train_config(method: str, options: dict[str, Any], steps: int, batch_size: i
 
 def longest_sequence(config) -> int:
     """Tokens of the longest training sequence the run sees: the worst batch is padded to it."""
-    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.data import load_split
     from mcqtune.models import load_tokenizer, resolve_model
     from mcqtune.prompt import PromptEncoder
 
     encoder = PromptEncoder(load_tokenizer(resolve_model(config.model)), config.prompt_config())
-    examples = load_examples(resolve_data(config.train, "train"), config.format, limit=config.train_limit)
-    encoded = encoder.encode_letter(examples.examples, with_answer=True)
+    examples, _ = load_split(config.train, config, config.train_limit, "train")
+    encoded = encoder.encode_letter(examples, with_answer=True)
     return max(len(feature.input_ids) for feature in encoded.features)
 
 

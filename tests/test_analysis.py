@@ -19,16 +19,13 @@ from mcqtune.evaluation.analysis import (
     run_analyses,
     score_permutations,
 )
+from mcqtune.evaluation.debias import LetterPrior, debias, debias_permuted, estimate_prior
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.metrics import (
-    LetterPrior,
     PermutedScores,
     ScoredExamples,
     calibration,
     compute_metrics,
-    debias,
-    debias_permuted,
-    estimate_prior,
     letter_bias,
     permutation_summary,
 )

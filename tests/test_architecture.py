@@ -120,3 +120,67 @@ def test_the_cycle_finder_reports_the_path(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
     (pkg / "c.py").write_text("import json\n")
     assert find_cycle(import_graph(tmp_path, "pkg")) is None
+
+
+# The code style's size limits (docs/ARCHITECTURE.md): a module a reader can hold, a function read top to
+# bottom. Function length counts from the ``def`` line to the last line of its body, nested ones included.
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 150
+PACKAGE = ROOT / "src" / "mcqtune"
+
+
+def function_lengths(source: str, filename: str = "<source>") -> dict[str, int]:
+    """Qualified name (``Class.method``, ``outer.inner``) -> lines, for every function in ``source``."""
+    lengths: dict[str, int] = {}
+    stack: list[tuple[ast.AST, str]] = [(ast.parse(source, filename), "")]
+    while stack:
+        node, prefix = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            name = prefix
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    lengths[name] = child.end_lineno - child.lineno + 1
+                name += "."
+            stack.append((child, name))
+    return lengths
+
+
+def test_no_module_over_the_line_limit():
+    sizes = {path: len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
+    over = sorted(
+        f"{path.relative_to(ROOT)} ({n} lines)" for path, n in sizes.items() if n > MAX_MODULE_LINES
+    )
+    assert len(sizes) > 3
+    assert not over, f"over {MAX_MODULE_LINES} lines, split along their seams: " + ", ".join(over)
+
+
+def test_no_function_over_the_line_limit():
+    over = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lengths = function_lengths(path.read_text(encoding="utf-8"), str(path))
+        over += [
+            f"{path.relative_to(ROOT)}: {name} ({n} lines)"
+            for name, n in lengths.items()
+            if n > MAX_FUNCTION_LINES
+        ]
+    assert not over, f"functions over {MAX_FUNCTION_LINES} lines: " + ", ".join(over)
+
+
+def test_the_function_measure_counts_each_function_with_its_qualified_name():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    source = f"class A:\n    def f(self):\n        def inner():\n            pass\n\n\ndef g():\n{body}"
+    assert function_lengths(source) == {"A.f": 3, "A.f.inner": 2, "g": MAX_FUNCTION_LINES}
+
+
+def test_serving_and_compare_do_not_import_the_training_recipe():
+    """They use the training stage's entry points (``training/api.py``) and the shared constants
+    (``artifacts.py``), so the recipe's inside can change shape without touching them."""
+    graph = import_graph(ROOT / "src", "mcqtune")
+    users = sorted(
+        module
+        for module, imports in graph.items()
+        if module.startswith(("mcqtune.serving", "mcqtune.compare")) and "mcqtune.training.recipe" in imports
+    )
+    assert any(module.startswith("mcqtune.serving") for module in graph)
+    assert not users, "import mcqtune.training.recipe (use mcqtune.training.api): " + ", ".join(users)

@@ -160,7 +160,7 @@ def test_data_check_reports_distribution(capsys):
 
 
 def test_method_option_flags_reach_the_config_and_are_checked_against_the_method():
-    from mcqtune.cli.main import method_option_flags
+    from mcqtune.cli.train import method_option_flags
     from mcqtune.config import ConfigError, build_config
 
     parser = build_parser()

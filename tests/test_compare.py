@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from mcqtune.compare import report as cr
 from mcqtune.compare.backends import RUN_RECORD
 from mcqtune.compare.evidence import ZERO_SHOT
 from mcqtune.compare.plan import QUICK_BUDGET, CompareSettings, default_methods, parse_methods, plan_configs
+from mcqtune.compare.plots import PLOT_FILES, write_plots
+from mcqtune.compare.reading import reading_of_results
+from mcqtune.compare.report import html_report, markdown_report
 from mcqtune.compare.runner import run_compare
+from mcqtune.compare.table import DASH, TABLE_HEADER, fmt_number, table_cells
 from mcqtune.config import ConfigError
 from mcqtune.methods import METHODS
 from mcqtune.methods.lora import LoraMethod
@@ -114,12 +117,12 @@ def _md_table(text: str) -> dict[str, dict[str, str]]:
 def test_every_output_file_is_written(compared):
     settings, result, _ = compared
     out = settings.output
-    for name in ("results.json", "results.csv", "report.md", "report.html", *cr.PLOT_FILES):
+    for name in ("results.json", "results.csv", "report.md", "report.html", *PLOT_FILES):
         assert (out / name).is_file(), name
-    for name in cr.PLOT_FILES:
+    for name in PLOT_FILES:
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
-    assert set(result.files) >= {"results.json", "report.html", *cr.PLOT_FILES}
+    assert set(result.files) >= {"results.json", "report.html", *PLOT_FILES}
 
 
 def test_rows_share_the_budget_and_the_evaluation_set(compared):
@@ -210,7 +213,7 @@ def test_report_numbers_equal_results_json(compared):
 def test_html_is_self_contained_and_describes_the_run(compared):
     settings, _, results = compared
     html = (settings.output / "report.html").read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64,") == len(cr.PLOT_FILES)
+    assert html.count("data:image/png;base64,") == len(PLOT_FILES)
     assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
     assert "mcqtune compare --methods full,lora,boom,killed (test)" in html
     for needle in ("torch", "transformers", "peft", "torch_threads", "cpu", "Reading of the results"):
@@ -304,7 +307,7 @@ def _synthetic():
 
 
 def test_reading_is_computed_from_the_numbers():
-    lines = cr.reading_of_results(_synthetic())
+    lines = reading_of_results(_synthetic())
     text = "\n".join(lines)
     assert "Best accuracy: **full** 60.0% (95% CI 56.0–64.0, n=500), +20.0 points over zero-shot" in text
     assert "Within the best's 95% CI (overlapping intervals, not distinguishable at n=500): lora" in text
@@ -313,7 +316,8 @@ def test_reading_is_computed_from_the_numbers():
     assert "not distinguishable from zero-shot: prefix" in text
     # lora: +18 points per 2 GiB = 9/GiB beats full's 20/3 = 6.7/GiB; lora is the cheapest tie.
     assert "per GiB of peak memory: **lora** (9.00 points per GiB" in text
-    assert "cheapest method within the best's CI that beats zero-shot: **lora** (2048 MiB vs 3072 MiB" in text
+    cheapest = "cheapest method within the best's CI that scores above zero-shot: **lora**"
+    assert f"{cheapest} (2048 MiB vs 3072 MiB" in text
     assert "per minute of training: **lora** (5.40 points per minute" in text
     assert "per million trainable parameters: **prefix** (100 points per million" in text
     assert "prefix answers A 70% of the time (gold 25%, TV 0.45)" in text
@@ -328,14 +332,14 @@ def test_reading_ties_follow_the_paired_test_where_there_is_one():
     rows["full"]["is_best"] = True
     for name, significant in ((ZERO_SHOT, True), ("lora", True), ("prefix", False)):
         rows[name]["vs_best"] = {"significant": significant, "runs": 1, "n": 500, "family": 3, "verdict": ""}
-    text = "\n".join(cr.reading_of_results(results))
+    text = "\n".join(reading_of_results(results))
     assert "Not shown to differ from the best by the paired test (Holm, 5%): prefix; behind it: lora." in text
     assert "Within the best's 95% CI" not in text
     # Memory: lora is cheaper than full but differs from it; prefix (tied by the test) is cheaper still.
-    tie = "cheapest method not shown to differ from the best by the paired test that beats zero-shot"
+    tie = "cheapest method not shown to differ from the best by the paired test that scores above zero-shot"
     assert f"{tie}: **prefix**" in text
     rows["prefix"]["vs_best"]["significant"] = True
-    text = "\n".join(cr.reading_of_results(results))
+    text = "\n".join(reading_of_results(results))
     assert "paired test (Holm, 5%): none; behind it: lora, prefix." in text
     assert "no other method is tied with the best, full" in text
 
@@ -344,10 +348,10 @@ def test_reading_when_nothing_beats_zero_shot_or_everything_failed():
     results = _synthetic()
     for r in results["rows"][1:4]:
         r.update(accuracy=0.30, ci95_low=0.26, ci95_high=0.34)
-    text = "\n".join(cr.reading_of_results(results))
+    text = "\n".join(reading_of_results(results))
     assert "no method beat zero-shot" in text and "worse than zero-shot" in text
     results["rows"] = [results["rows"][0], results["rows"][4]]
-    text = "\n".join(cr.reading_of_results(results))
+    text = "\n".join(reading_of_results(results))
     assert "No method finished training" in text
 
 
@@ -355,17 +359,17 @@ def test_reports_and_plots_survive_failed_and_partial_runs(tmp_path):
     results = _synthetic() | {"complete": False}
     failed_only = {**results, "rows": [results["rows"][4]]}
     for case in (results, failed_only):
-        plots = cr.write_plots(tmp_path, case["rows"], case)
-        assert [p.name for p in plots] == list(cr.PLOT_FILES)
-        html = cr.html_report(case, plots)
+        plots = write_plots(tmp_path, case["rows"], case)
+        assert [p.name for p in plots] == list(PLOT_FILES)
+        html = html_report(case, plots)
         assert "Partial results" in html
-        assert "Partial results" in cr.markdown_report(case)
+        assert "Partial results" in markdown_report(case)
 
 
 def test_table_cells_of_a_failed_row():
-    cells = cr.table_cells({"method": "qlora", "status": "failed", "error": "a | b"})
+    cells = table_cells({"method": "qlora", "status": "failed", "error": "a | b"})
     assert cells[0] == "qlora" and cells[1] == "FAILED: a / b"
-    assert set(cells[2:]) == {cr.DASH} and len(cells) == len(cr.TABLE_HEADER)
+    assert set(cells[2:]) == {DASH} and len(cells) == len(TABLE_HEADER)
 
 
 @pytest.mark.parametrize(
@@ -373,7 +377,7 @@ def test_table_cells_of_a_failed_row():
     [(1234.5, "1,234"), (12.345, "12.3"), (5.4, "5.40"), (0.01234, "0.0123"), (0, "0")],
 )
 def test_fmt_number_never_uses_exponents(value, expected):
-    assert cr.fmt_number(value) == expected
+    assert fmt_number(value) == expected
 
 
 def test_parse_methods_and_default_order():
@@ -434,7 +438,7 @@ def test_cli_compare_help_and_user_errors(tmp_path, capsys):
 
 
 def test_letter_compare_reports_cyclic_permutations_by_default():
-    from mcqtune.cli.main import _compare_permutations
+    from mcqtune.cli.compare import permutations_for as _compare_permutations
 
     assert _compare_permutations(None, "letter") == "cyclic"  # letter scoring depends on option order
     assert _compare_permutations(None, "ranking") is None  # cloze is order-free

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
-from mcqtune.compare import evidence, trials
+from mcqtune.compare import evidence, reading, trials
 from mcqtune.compare import report as cr
 from mcqtune.compare.backends import RUN_RECORD
 from mcqtune.compare.evidence import ZERO_SHOT
@@ -127,7 +127,7 @@ def test_a_rate_chosen_at_the_edge_of_its_grid_is_pointed_out():
         "adapter": {"grid": [1e-4, 3e-4, 1e-3], "chosen": 3e-4},
         "subset": {"grid": [1e-5, 3e-5], "chosen": 1e-5},
     }
-    edges = list(cr._tuning_lines({"tuning": {"dev": dev, "methods": methods}}))[1:]
+    edges = list(reading._tuning_lines({"tuning": {"dev": dev, "methods": methods}}))[1:]
     assert [line.split(";")[0] for line in edges] == [
         "Chosen at the largest value of its grid: lora",
         "Chosen at the smallest value of its grid: subset",
@@ -372,7 +372,7 @@ def test_pareto_front_keeps_only_undominated_methods():
         {"method": ZERO_SHOT, "status": "ok", "accuracy": 0.40, "trainable_params": 0},
     ]
     assert evidence.pareto_front(rows, "trainable_params") == ["ia3", "lora", "full"]
-    assert cr._pareto_lines(rows)[0].startswith("Pareto-optimal")
+    assert reading._pareto_lines(rows)[0].startswith("Pareto-optimal")
 
 
 def test_report_says_which_budget_the_methods_had():

@@ -148,8 +148,10 @@ def test_resolve_data_paths_and_errors(tmp_path: Path) -> None:
         DataError, match=r"neither an existing file nor a bundled dataset.*did you mean 'medmcqa'"
     ):
         resolve_data("medmcq", "train")
+    empty = tmp_path / "empty"  # a directory with data files is a data set (tests/test_data_sources.py)
+    empty.mkdir()
     with pytest.raises(DataError, match="is a directory"):
-        resolve_data(str(tmp_path), "train")
+        resolve_data(str(empty), "train")
     with pytest.raises(DataError, match="unknown split 'test'"):
         bundled_path("medmcqa", "test")
     with pytest.raises(DataError, match="unknown bundled dataset"):

@@ -71,7 +71,7 @@ def measure_peak_growth(method: str, output: Path) -> float:
 def test_estimate_is_within_25_percent_of_measured_peak_memory(method, tmp_path):
     import torch
 
-    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.models import resolve_precision
 
     config = train_config(method, {}, STEPS, BATCH, tmp_path / "run")
     estimate = estimate_for(config, resolve_precision("auto", torch.device("cpu")))

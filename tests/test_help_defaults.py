@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from mcqtune.cli.main import METHOD_OPTION_FLAGS, build_parser
+from mcqtune.cli.main import build_parser
 from mcqtune.compare.plan import CompareSettings, plan_configs
 from mcqtune.config import (
     CONFIG_FIELDS,
@@ -19,6 +19,7 @@ from mcqtune.config import (
     flag_name,
     keys_tagged,
 )
+from mcqtune.method_files import method_option_flags
 from mcqtune.methods import METHODS
 
 SHOWN = re.compile(r"\((default: (?P<default>.*)|required)\)$", re.S)
@@ -102,7 +103,7 @@ def test_train_help_defaults_are_the_values_used(tmp_path):
 
 def test_method_option_help_defaults_are_the_values_used():
     options = _options(("train",))
-    for flag, key, _ in METHOD_OPTION_FLAGS:
+    for flag, key, _ in method_option_flags():
         help_text = options[flag]
         methods = help_text.split(":", 1)[0].split("/")
         shown = _shown(help_text)

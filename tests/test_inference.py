@@ -22,8 +22,8 @@ from mcqtune.artifacts import ADAPTER_DIR, base_identity, save_artifact
 from mcqtune.config import method_defaults
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.errors import ArtifactError
+from mcqtune.evaluation.debias import LetterPrior
 from mcqtune.evaluation.evaluate import score_examples
-from mcqtune.evaluation.metrics import LetterPrior
 from mcqtune.inference import Predictor, predictions
 from mcqtune.methods import get_method
 from mcqtune.models import load_model, resolve_model
@@ -315,9 +315,9 @@ def test_real_model_eval_through_the_predictor_equals_the_direct_load(tmp_path):
 
     from mcqtune.cli.main import main
     from mcqtune.config import build_config
-    from mcqtune.evaluation.evaluate import resolve_precision
     from mcqtune.evaluation.metrics import compute_metrics
     from mcqtune.methods.base import store_linear_weights
+    from mcqtune.models import resolve_precision
     from mcqtune.training.recipe import train
 
     output, rows_n = tmp_path / "lora", 40

@@ -24,14 +24,14 @@ import torch
 from mcqtune.artifacts import ADAPTER_DIR, ArtifactError
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.metrics import compute_metrics
 from mcqtune.inference import Predictor
 from mcqtune.methods import METHODS, get_method, parameter_report
 from mcqtune.methods.base import tensor_digest
 from mcqtune.methods.ia3 import module_names
 from mcqtune.methods.lora import MUTATING_INITS
-from mcqtune.models import load_model, load_tokenizer, resolve_model
+from mcqtune.models import load_model, load_tokenizer, resolve_model, resolve_precision
 from mcqtune.prompt import PromptEncoder
 from mcqtune.scoring import cloze_forward, collate_cloze
 from mcqtune.training.recipe import train

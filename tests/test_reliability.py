@@ -358,12 +358,12 @@ def test_a_second_process_on_the_same_run_directory_is_refused(crashed_run, tiny
 
 
 def test_sigint_and_sigterm_finish_the_step_and_a_second_one_stops_at_once(capsys):
-    from mcqtune.training.recipe import _StopRequest
+    from mcqtune.training.interruption import StopRequest
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         # A shell's background job starts with SIGINT ignored: compare with what was there before.
         previous = signal.getsignal(sig)
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             os.kill(os.getpid(), sig)
             assert stop.signal == sig.name  # noted; the loop checkpoints and stops after this step
             with pytest.raises(KeyboardInterrupt):

@@ -288,7 +288,7 @@ def test_startup_refuses_other_base_and_names_a_broken_artifact(engine, runs, tm
 def test_cli_refuses_a_public_address_without_a_key(capsys):
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--api-key-file" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--adapter expects NAME=PATH"):
+    with pytest.raises(ConfigError, match="--run expects NAME=PATH"):
         from mcqtune.serving.registry import parse_named_paths
 
         parse_named_paths(["runs/lora"])
@@ -342,7 +342,7 @@ def test_serve_command_stops_on_an_artifact_that_fails_to_load(tiny_model_dir, t
 def test_debias_removes_the_saved_letter_prior(engine):
     import numpy as np
 
-    from mcqtune.evaluation.metrics import LetterPrior
+    from mcqtune.evaluation.debias import LetterPrior
 
     prior = LetterPrior(priors={3: [0.6, 0.3, 0.1]}, scoring="cloze", n_calibration={3: 10})
     with _client(engine, priors={"zero-shot": prior}) as debiasing:

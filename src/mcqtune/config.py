@@ -9,9 +9,8 @@ flag, when the value came from the command line); a typo in a config must never 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
@@ -20,8 +19,10 @@ import yaml
 
 from mcqtune.errors import ConfigError
 from mcqtune.method_files import LR_GRID, METHOD_FILE_KEYS, method_file, method_file_names, method_presets
-from mcqtune.models import DEFAULT_MODEL
+from mcqtune.model_names import DEFAULT_MODEL
 from mcqtune.prompt import PromptConfig
+from mcqtune.settings import check_fields, flag_name, scalar_type, setting
+from mcqtune.settings import describe_default as describe_field_default
 
 if TYPE_CHECKING:
     from mcqtune.data import FieldMap
@@ -50,35 +51,6 @@ def data_formats() -> tuple[str, ...]:
     return (AUTO, *FORMATS)
 
 
-def setting(
-    default: Any = None,
-    help: str = "",
-    *,
-    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
-    check: str | None = None,
-    none_means: str | None = None,
-    tags: Iterable[str] = (),
-    flag: bool = True,
-    required: bool = False,
-    factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A config field with its facts: ``check`` is 'positive', 'non_negative' or 'ratio'; ``none_means``
-    says what an unset (None) value does, for ``--help``; ``flag=False``: no command-line flag;
-    ``required``: no default (given as a flag or in the YAML; train checks it before any work)."""
-    metadata = {
-        "help": help,
-        "choices": choices,
-        "check": check,
-        "none_means": none_means,
-        "tags": frozenset(tags),
-        "flag": flag,
-        "required": required,
-    }
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 def _registered_methods() -> tuple[str, ...]:
     from mcqtune.methods import METHODS
 
@@ -104,19 +76,26 @@ class TrainConfig:
     model: str = setting(DEFAULT_MODEL, "bundled name, local HF dir, .gguf file or hub id", tags=_RUN)
     train: str = setting(
         "medmcqa",
-        "training data: a file or a bundled name (medmcqa, arc_easy)",
+        "training data: a file, a bundled name (medmcqa, arc_easy), a saved or hub-layout data set "
+        "directory, or a hub id owner/name; SOURCE:SPLIT names a split",
         tags=_SHARED_FLAG,
     )
     validation: str | None = setting(
         AUTO,
-        "validation data: a file or a bundled name; auto: the training data's own validation split "
-        "when it is a bundled name, none for a file",
+        "validation data, as --train; auto: the training data's own validation split when it is a "
+        "bundled name, none otherwise",
+        tags=_RUN,
+    )
+    subset: str | None = setting(
+        None,
+        "the subset (configuration) of a hub data set or hub-layout directory named by the data flags",
+        none_means="the data set's only one",
         tags=_RUN,
     )
     format: str = setting(AUTO, "data format", choices=data_formats, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     # The user's own column names (mcqtune.data.FieldMap): applied to the train and validation files;
     # given as --field/--answer-base/--strip-query-prefix (cli/data_args.py) or in the YAML.
-    fields: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))  # noqa: RUF009
+    fields: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     answer_base: int | None = setting(None, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     strip_query_prefix: bool = setting(False, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
     output: str | None = setting(None, "run directory for the artifact, config and metrics", required=True)
@@ -196,20 +175,29 @@ class TrainConfig:
         none_means="only on Ctrl-C",
     )
     keep_checkpoints: int = setting(2, "checkpoints kept while training", check="positive")
-    method_options: dict[str, Any] = setting(factory=dict, flag=False)  # noqa: RUF009 (a field())
-    prompt: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))  # noqa: RUF009
+    report_to: str | None = setting(
+        None,
+        "experiment trackers for the run's settings, curves and results: tensorboard, mlflow, wandb, "
+        "comma-separated (pip install 'mcqtune[tracking]')",
+        none_means="none",
+        tags=(TAG_COMPARE,),
+    )
+    method_options: dict[str, Any] = setting(factory=dict, flag=False)
+    prompt: dict[str, Any] = setting(factory=dict, flag=False, tags=(TAG_SHARED, TAG_ZERO_SHOT))
 
     def validate(self, source: str = "config", from_flags: Iterable[str] = ()) -> None:
         """Check every field's choices and range; ``from_flags``: keys whose value the user typed as a
         flag, named as that flag (``--max-steps``) instead of ``source: 'max_steps'``."""
         typed = set(from_flags)
 
-        def bad(key: str, why: str) -> ConfigError:
+        def bad_where(key: str) -> str:
             # prompt.max_length typed as --max-length: the flag is named after the last part
-            where = (
+            return (
                 flag_name(key.rpartition(".")[2]) if key.partition(".")[0] in typed else f"{source}: '{key}'"
             )
-            return ConfigError(f"{where} {why}")
+
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"{bad_where(key)} {why}")
 
         from mcqtune.data import DataError
 
@@ -218,22 +206,10 @@ class TrainConfig:
             self.field_map()
         except DataError as exc:  # names the key: "fields: unknown key 'qestion' ..."
             raise ConfigError(f"{source}: {exc}") from None
-        for f in fields(self):
-            value = getattr(self, f.name)
-            choices = field_choices(f)
-            if choices and value not in choices:
-                raise bad(f.name, f"must be one of {', '.join(choices)}, got '{value}'")
-            check = f.metadata.get("check")
-            if check is None or value is None:
-                continue
-            finite = math.isfinite(value)
-            if check == "positive" and not (finite and value > 0):
-                kind = "integer" if isinstance(value, int) else "number"
-                raise bad(f.name, f"must be a positive {kind}, got {value}")
-            if check == "non_negative" and not (finite and value >= 0):
-                raise bad(f.name, f"must be a number >= 0, got {value}")
-            if check == "ratio" and not (finite and 0 <= value < 1):
-                raise bad(f.name, f"must be in [0, 1), got {value}")
+        check_fields(self, lambda key: bad_where(key))
+        from mcqtune.tracking import parse_report_to
+
+        parse_report_to(self.report_to, bad_where("report_to"))
         if self.max_steps is None and self.epochs is None:
             raise bad("max_steps", "or 'epochs' must be set")
         unknown = set(self.prompt) - set(PromptConfig.__dataclass_fields__)
@@ -280,41 +256,14 @@ def flag_keys() -> tuple[str, ...]:
     return tuple(name for name, f in CONFIG_FIELDS.items() if f.metadata["flag"])
 
 
-def flag_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
-    choices = f.metadata.get("choices")
-    return choices() if callable(choices) else choices
-
-
 def field_type(key: str) -> type:
     """The scalar type of a field (``int | None`` -> int)."""
-    annotation = get_type_hints(TrainConfig)[key]
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
-
-
-def format_value(value: Any) -> str:
-    """A default as ``--help`` shows it: on/off for switches, plain numbers and names, lists as a,b,c."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
+    return scalar_type(TrainConfig, key)
 
 
 def describe_default(key: str, value: Any = dataclasses.MISSING) -> str:
     """What ``--help`` says a config key defaults to: the value, or what an unset value means."""
-    f = CONFIG_FIELDS[key]
-    if value is dataclasses.MISSING:
-        value = f.default
-    if f.metadata["required"]:
-        return "required"
-    if value is None:
-        return f"default: {f.metadata['none_means']}"
-    return f"default: {format_value(value)}"
+    return describe_field_default(CONFIG_FIELDS[key], value)
 
 
 def flag_help(key: str, value: Any = dataclasses.MISSING) -> str:
@@ -469,13 +418,15 @@ def check_method_options(method: str, options: dict[str, Any], source: str) -> N
 
 
 def own_validation(train: str) -> str | None:
-    """The validation set that goes with ``train``: a bundled name's own validation split; none for a
-    user's file (an existing file wins over a bundled name, as in ``resolve_data``)."""
-    from mcqtune.data.loading import bundled_key
+    """The validation set that goes with ``train`` (``DataRef.own_validation``: a bundled name's own
+    validation split; none for a user's file or data set). A source that names nothing known is left to
+    the data load to report, with the rest of the data errors."""
+    from mcqtune.data import DataError, DataRef
 
-    if Path(train).expanduser().is_file():
+    try:
+        return DataRef.parse(train, "train").own_validation()
+    except DataError:
         return None
-    return bundled_key(train)
 
 
 def build_config(

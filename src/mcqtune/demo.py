@@ -17,10 +17,10 @@ import torch
 from mcqtune.atomic import atomic_write_json, atomic_write_text
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
-from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.format import format_distribution
 from mcqtune.evaluation.metrics import compute_metrics
-from mcqtune.models import load_model, load_tokenizer, resolve_model
+from mcqtune.models import load_model, load_tokenizer, resolve_model, resolve_precision
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.recipe import train
 

@@ -19,7 +19,7 @@ import torch
 from mcqtune import __version__
 from mcqtune.artifacts import CONFIG_FILE, EXPORT_MANIFEST, read_manifest
 from mcqtune.atomic import atomic_directory, atomic_write_json, directory_bytes
-from mcqtune.data import FieldMap, MCQExample, load_examples, resolve_data
+from mcqtune.data import DataRef, FieldMap, MCQExample
 from mcqtune.errors import ExportError
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.inference import Predictor
@@ -51,13 +51,9 @@ def _check_rows(run_dir: Path, limit: int) -> list[MCQExample]:
     for key in ("validation", "train"):
         if config.get(key):
             try:
-                path = resolve_data(config[key], "validation" if key == "validation" else "train")
-                field_map = FieldMap.from_settings(
-                    config.get("fields"), config.get("answer_base"), config.get("strip_query_prefix", False)
-                )
-                return load_examples(
-                    path, config.get("format", "auto"), field_map=field_map, limit=limit
-                ).examples
+                ref = DataRef.parse(config[key], key, config.get("subset"))
+                field_map = FieldMap.from_config(config)
+                return ref.load(config.get("format", "auto"), field_map, limit=limit).examples
             except (OSError, ValueError):
                 continue  # data moved since training: export without the check, and say so
     return []
@@ -81,7 +77,7 @@ def export_run(
     if method.frozen_base and not can_merge:
         raise ExportError(
             f"{run_dir}: a {manifest['method']} run cannot be merged into the base weights (it adds "
-            "modules or key/values the base architecture lacks); use it with --adapter, or train lora"
+            "modules or key/values the base architecture lacks); use it with --run, or train lora"
         )
     if dtype not in MERGED_DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(MERGED_DTYPES)}, got '{dtype}'")

@@ -32,7 +32,7 @@ from mcqtune.config import resolve_scoring
 from mcqtune.data import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQExample
 from mcqtune.errors import ArtifactError, DataError
 from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
-from mcqtune.evaluation.evaluate import resolve_precision, score_examples
+from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.metrics import ScoredExamples
 from mcqtune.methods import Method, get_method
 from mcqtune.methods.base import (
@@ -42,7 +42,14 @@ from mcqtune.methods.base import (
     store_linear_weights,
     untie_output_head,
 )
-from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
+from mcqtune.models import (
+    config_hash,
+    default_device,
+    load_policy,
+    load_tokenizer,
+    resolve_model,
+    resolve_precision,
+)
 from mcqtune.preflight import check_adapter_dir
 from mcqtune.prompt import PromptConfig, PromptEncoder
 

@@ -11,11 +11,13 @@ import yaml
 
 # Keys of a configs/methods/<name>.yaml that describe the method rather than configure a run: a preset
 # names the method it presets and says what it is; ``lr_grid`` is the learning rates ``compare --tune lr``
-# tries; ``search`` is the method's search space for ``mcqtune search`` (mcqtune.search.space).
+# tries; ``flags`` gives options a command-line flag of their own; ``search`` is the method's search
+# space for ``mcqtune search`` (mcqtune.search.space).
 PRESET_OF = "preset_of"
 LR_GRID = "lr_grid"
+OPTION_FLAGS = "flags"
 SEARCH = "search"
-METHOD_FILE_KEYS = (PRESET_OF, "description", LR_GRID, SEARCH)
+METHOD_FILE_KEYS = (PRESET_OF, "description", LR_GRID, OPTION_FLAGS, SEARCH)
 
 
 def method_file(method: str) -> dict[str, Any]:
@@ -42,3 +44,18 @@ def method_file_names() -> list[str]:
     """The names of configs/methods/*.yaml: every method and preset, without importing the methods."""
     directory = resources.files("mcqtune") / "configs" / "methods"
     return sorted(p.name.removesuffix(".yaml") for p in directory.iterdir() if p.name.endswith(".yaml"))
+
+
+def method_option_flags() -> list[tuple[str, str, str]]:
+    """Every option flag the method files declare (``flags: {option: [--flag, what it does]}``), as
+    (flag, option, help) in file order; a flag declared twice must mean the same option."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for name in method_file_names():
+        declared = method_file(name).get(OPTION_FLAGS) or {}
+        for key, (flag, text) in declared.items():
+            if flag in found and found[flag][1] != key:
+                raise ValueError(
+                    f"configs/methods/{name}.yaml: {flag} is already the flag of {found[flag][1]}"
+                )
+            found.setdefault(flag, (flag, key, text))
+    return list(found.values())

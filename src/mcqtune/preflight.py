@@ -9,7 +9,7 @@
   activation estimate that exceeds what is left after loading gives a warning (that part is an estimate);
 - safetensors files are checked for a complete header and the exact length it announces, so a
   truncated or corrupt weights file is a one-line error instead of a deserialisation traceback;
-- adapter directories (``--adapter``): a registered method in the manifest, safetensors weights only
+- adapter directories (``--run``): a registered method in the manifest, safetensors weights only
   unless ``--allow-pickle``.
 """
 
@@ -250,13 +250,13 @@ def check_training_fits(
 
 
 def check_adapter_dir(run_dir: Path | str, *, allow_pickle: bool = False) -> dict[str, Any]:
-    """Validate a ``--adapter`` run directory before the base model is loaded for it; returns its manifest."""
+    """Validate a ``--run`` directory before the base model is loaded for it; returns its manifest."""
     from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, ArtifactError, read_manifest
     from mcqtune.methods import METHODS
 
     run_dir = Path(run_dir)
     if run_dir.is_file():
-        raise ArtifactError(f"--adapter {run_dir}: is a file; pass the run directory that train wrote")
+        raise ArtifactError(f"--run {run_dir}: is a file; pass the run directory that train wrote")
     manifest = read_manifest(run_dir)
     method = manifest["method"]
     if not isinstance(method, str) or method not in METHODS:

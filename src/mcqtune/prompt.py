@@ -15,11 +15,12 @@ actual ask usually is) and, if the options alone do not fit, the row is skipped 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from mcqtune.data import LETTERS, MCQExample
+
+if TYPE_CHECKING:  # transformers is heavy to import, and the command line's parser reads PromptConfig
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_LETTER_TEMPLATE = (
     "Choose the correct option for the following question.\n\n"

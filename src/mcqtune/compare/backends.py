@@ -34,8 +34,7 @@ from typing import Any
 
 from mcqtune.artifacts import MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_text
-from mcqtune.config import ConfigError
-from mcqtune.errors import BackendError
+from mcqtune.errors import BackendError, ConfigError
 
 BACKENDS = ("local", "ray")
 DEFAULT_BACKEND = "local"

@@ -1,7 +1,7 @@
 """From runs to table rows: seeds folded into mean +- spread, every method tested against the best on the
 same questions, and which methods are Pareto-optimal (nothing both cheaper and more accurate).
 
-A *run* row is one training run (or the zero-shot evaluation) as :func:`mcqtune.compare.runner.build_row`
+A *run* row is one training run (or the zero-shot evaluation) as :func:`mcqtune.compare.run_row.build_row`
 makes it, with the per-question answers of every data set it was scored on under :data:`ANSWERS`. A
 *table* row is one method: its runs' mean, their spread and the paired test against the best method,
 in-domain (the validation data) and on every further data set (``transfer``). Pure: rows in, rows out.

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcqtune import tracking
 from mcqtune.compare.backends import Execution, Job
 from mcqtune.compare.evidence import ZERO_SHOT
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
@@ -173,9 +174,11 @@ def parse_budget(text: str | None) -> float | None:
 
 
 def eval_set_name(ref: str) -> str:
-    """How reports name a further data set: a bundled name as given, a file by its stem."""
-    path = Path(ref).expanduser()
-    return path.stem if path.is_file() else ref
+    """How reports name a further data set (``DataRef.name``: a bundled name, a file's stem, a data
+    set with its split)."""
+    from mcqtune.data import DataRef
+
+    return DataRef.parse(ref, "validation").name
 
 
 def plan_configs(settings: CompareSettings) -> dict[str, Any]:
@@ -211,9 +214,16 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
     configs = {method: resolve(method, method) for method in methods}
     # Zero-shot: the same evaluation keys; the method only picks which defaults file is read.
     zero = resolve(methods[0], ZERO_SHOT)
+    trackers = tracking.parse_report_to(zero.report_to)
+    tracking.check_installed(trackers)
+    # Each run keeps its own TensorBoard curves; MLflow and W&B get compare's parent and child runs.
+    own = tracking.per_run_trackers(trackers)
+    configs = {m: dataclasses.replace(c, report_to=own) for m, c in configs.items()}
+    zero = dataclasses.replace(zero, report_to=None)
     if zero.validation is None:
         raise ConfigError(
-            f"--data {zero.train}: a data file has no implicit validation split; pass --validation"
+            f"--data {zero.train}: only a bundled data set has an implicit validation split; "
+            "pass --validation"
         )
     reference = zero.to_dict()
     # With a time budget each method's step count is its own (what fits in the time); the time is shared.
@@ -238,7 +248,13 @@ def plan_configs(settings: CompareSettings) -> dict[str, Any]:
         raise ConfigError(f"--eval-data: two data sets named {', '.join(repeated)}; rename a file")
     # Loaded now, so a bad file fails before any training (and --tune keeps their questions out of dev).
     eval_sets = {name: _load_rows(zero, ref) for name, ref in zip(names, settings.eval_data, strict=True)}
-    return {"methods": methods, "configs": configs, "zero_shot": zero, "eval_sets": eval_sets}
+    return {
+        "methods": methods,
+        "configs": configs,
+        "zero_shot": zero,
+        "eval_sets": eval_sets,
+        "trackers": trackers,
+    }
 
 
 def searched_configs(settings: CompareSettings) -> dict[str, str]:
@@ -262,16 +278,9 @@ def searched_configs(settings: CompareSettings) -> dict[str, str]:
 
 
 def _load_rows(config, ref: str) -> list[Any]:
-    from mcqtune.training.recipe import load_split
+    from mcqtune.data import load_split
 
-    return load_split(resolve_data_path(ref), config, None)[0]
-
-
-def resolve_data_path(ref: str) -> Path:
-    """A further data set's file: a file as given, a bundled name's validation split."""
-    from mcqtune.data import resolve_data
-
-    return resolve_data(ref, "validation")
+    return load_split(ref, config, None)[0]
 
 
 def off_reference(config) -> str | None:
@@ -281,8 +290,7 @@ def off_reference(config) -> str | None:
     two-method compare of docs/EVALUATION.md), and a GPU is another machine altogether."""
     import torch
 
-    from mcqtune.evaluation.evaluate import resolve_precision
-    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES
+    from mcqtune.models import DEFAULT_MODEL, MODEL_ALIASES, resolve_precision
 
     if torch.cuda.is_available():
         return "the measured speeds are for a CPU, this machine has a GPU"
@@ -322,15 +330,14 @@ def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float |
     Counts every run: zero-shot, each method's seeds, and with --tune its trials (one per grid value,
     each run to its end: the pruner only shortens some of them)."""
     from mcqtune.compare import trials
-    from mcqtune.data import load_examples, resolve_data
+    from mcqtune.data import load_split
     from mcqtune.methods import Method, get_method
 
     zero = plan["zero_shot"]
     if off_reference(zero):
         return None
     try:
-        path = resolve_data(zero.validation, "validation")
-        n_val = len(load_examples(path, zero.format, field_map=zero.field_map()).examples)
+        n_val = len(load_split(zero.validation, zero, None)[0])
     except Exception:  # the real run reports data problems properly
         return None
     final = min(zero.final_eval_limit or n_val, n_val)

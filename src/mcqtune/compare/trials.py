@@ -81,11 +81,10 @@ def carve_dev_files(zero, held_out_sets: list[list[Any]], size: int, folder: Pat
     ``held_out_sets``), write it and the trial rows as JSONL in ``folder``; return what a report says
     about it and the two files. The same inputs always give the same files (a search's workers agree)."""
     from mcqtune.config import ConfigError
-    from mcqtune.data import resolve_data
-    from mcqtune.training.recipe import load_split
+    from mcqtune.data import load_split
 
-    train, _ = load_split(resolve_data(zero.train, "train"), zero, zero.train_limit)
-    held_out, _ = load_split(resolve_data(zero.validation, "validation"), zero, None)
+    train, _ = load_split(zero.train, zero, zero.train_limit, "train")
+    held_out, _ = load_split(zero.validation, zero, None)
     for rows in held_out_sets:  # every --eval-data row, not only the scored ones
         held_out += rows
     try:
@@ -113,7 +112,8 @@ def trial_config(config, dev_train: Path, dev: Path, steps: int, every: int, **c
         config,
         train=str(dev_train),
         validation=str(dev),
-        format="jsonl",  # write_jsonl's layout; the user's field flags were applied when carving
+        format="jsonl",  # write_jsonl's layout; the user's field flags (and subset) applied when carving
+        subset=None,
         fields={},
         answer_base=None,
         strip_query_prefix=False,

@@ -19,14 +19,18 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcqtune.artifacts import CONFIG_FILE, METRICS
 from mcqtune.atomic import atomic_write_json
 from mcqtune.compare.backends import RUN_RECORD
 from mcqtune.compare.evidence import ZERO_SHOT
-from mcqtune.compare.plan import eval_set_name, resolve_data_path
+from mcqtune.compare.plan import eval_set_name
 from mcqtune.progress import task
+
+if TYPE_CHECKING:
+    from mcqtune.evaluation.setup import EvalSetup
+    from mcqtune.methods.base import Method
 
 
 def _peak_memory() -> dict[str, Any]:
@@ -41,51 +45,37 @@ def _peak_memory() -> dict[str, Any]:
 
 @dataclass
 class _EvalContext:
-    """Everything train()'s final evaluation uses, rebuilt so zero-shot and extras score the same way."""
+    """A final evaluation's prompt encoder, rows and setup: train()'s own (:class:`EvalSetup`), so the
+    zero-shot row, the permutations and the further data sets are scored the way train() scores."""
 
     encoder: Any
     rows: list[Any]
-    device: Any
-    precision: str
-    packed: bool
-
-    def score_kwargs(self, config) -> dict[str, Any]:
-        return {
-            "batch_size": config.eval_batch_size,
-            "packed": self.packed,
-            "precision": self.precision,
-            "device": self.device,
-        }
+    setup: EvalSetup
+    source: dict[str, Any] | None = None  # what was read (DataRef.record), for the run's records
 
 
-def _eval_context(
-    config, tokenizer=None, packed: bool | None = None, data_file: Path | None = None
-) -> _EvalContext:
-    """The final evaluation's setup on the validation data, or on ``data_file`` (a further data set)."""
-    from mcqtune.data import load_examples, resolve_data
-    from mcqtune.evaluation.evaluate import resolve_precision
+def _method_of(config, kind: str) -> Method | None:
+    """The trained method, whose packing rule its scores follow; None for the untrained base model."""
+    if kind == ZERO_SHOT:
+        return None
     from mcqtune.methods import get_method
+
+    return get_method(config.method)
+
+
+def _eval_context(config, method: Method | None, tokenizer=None, data: str | None = None) -> _EvalContext:
+    """The final evaluation's setup on the validation data, or on ``data`` (a further data set)."""
+    from mcqtune.data import load_source
+    from mcqtune.evaluation.setup import EvalSetup
     from mcqtune.models import default_device, load_tokenizer, resolve_model
     from mcqtune.prompt import PromptEncoder
 
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(config.model))
-    device = default_device()
-    data = load_examples(
-        data_file or resolve_data(config.validation, "validation"),
-        config.format,
-        on_bad_rows=config.on_bad_rows,
-        field_map=config.field_map(),
-    )
-    rows = data.examples[: config.final_eval_limit] if config.final_eval_limit else data.examples
-    if packed is None:
-        packed = config.packing and get_method(config.method).supports_packing
+    setup = EvalSetup.of_run(config, method, default_device())
+    loaded = load_source(data or config.validation, config, None)
     return _EvalContext(
-        encoder=PromptEncoder(tokenizer, config.prompt_config()),
-        rows=rows,
-        device=device,
-        precision=resolve_precision(config.precision, device),
-        packed=packed,
+        PromptEncoder(tokenizer, config.prompt_config()), setup.rows(loaded.examples), setup, loaded.source
     )
 
 
@@ -99,17 +89,17 @@ def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]
 
     predictor = Predictor(config.model, precision=config.precision)
     model = predictor.module()
-    context = _eval_context(config, predictor.tokenizer, packed=config.packing)
+    context = _eval_context(config, None, predictor.tokenizer)
     objective = resolve_objective(config.objective, model.num_parameters())
     scoring = OBJECTIVE_TO_SCORING[objective]
-    name = Path(config.validation).name
+    name = eval_set_name(config.validation)
     with task(f"zero-shot validation ({name})"):
         scored = predictor.score(
             context.rows,
             scoring=scoring,
             prompt=context.encoder.config,
-            packed=context.packed,
-            batch_size=config.eval_batch_size,
+            packed=context.setup.packed,
+            batch_size=context.setup.batch_size,
         ).scored
     metrics = compute_metrics(scored) | {PER_QUESTION: per_question(scored)}
     print(format_metrics(metrics, f"validation ({name}, zero-shot, {scoring} scoring):"), flush=True)
@@ -120,6 +110,7 @@ def _evaluate_zero_shot(config) -> tuple[dict[str, Any], Any, str, _EvalContext]
         "parameters": {"trainable": 0, "total": total, "trainable_percent": 0.0},
         "artifact_bytes": 0,
         "validation": metrics,
+        "sources": {"validation": context.source},
         "history": [],
     }
     return metrics_file, model, scoring, context
@@ -130,30 +121,28 @@ TRANSFER_KEYS = ("n", "accuracy", "ci95", "majority_baseline", "scoring")
 
 
 def _score_further_sets(
-    model, config, scoring: str, packed: bool | None, eval_data: Sequence[str]
+    model, config, scoring: str, method: Method | None, eval_data: Sequence[str]
 ) -> dict[str, Any]:
     """Accuracy, CI, majority baseline and per-question answers of ``model`` on each further data set
     (first ``final_eval_limit`` rows, read with the same format and field flags as the validation data)."""
-    from mcqtune.evaluation.evaluate import score_examples
     from mcqtune.evaluation.format import format_metrics
     from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
 
     out: dict[str, Any] = {}
     for ref in eval_data:
         name = eval_set_name(ref)
-        context = _eval_context(config, packed=packed, data_file=resolve_data_path(ref))
+        context = _eval_context(config, method, data=ref)
         with task(f"further data set ({name})"):
-            scored = score_examples(
-                model, context.encoder, context.rows, scoring, **context.score_kwargs(config)
-            )
+            scored = context.setup.score(model, context.encoder, context.rows, scoring)
         metrics = compute_metrics(scored)
         print(format_metrics(metrics, f"further data set {name} ({scoring} scoring):"), flush=True)
         out[name] = {k: metrics.get(k) for k in TRANSFER_KEYS} | {PER_QUESTION: per_question(scored)}
+        out[name]["source"] = context.source
     return out
 
 
 def _permutation_accuracy(
-    model, config, context: _EvalContext | None, scoring: str | None, mode: str | None
+    model, config, context: _EvalContext | None, method: Method | None, scoring: str | None, mode: str | None
 ) -> dict[str, Any] | None:
     """Accuracy averaged over option orders on the final evaluation set (optional)."""
     if not mode or model is None or not scoring:
@@ -161,9 +150,9 @@ def _permutation_accuracy(
     from mcqtune.evaluation.analysis import score_permutations
     from mcqtune.evaluation.metrics import permutation_summary as summarise
 
-    context = context or _eval_context(config)
-    with task(f"permutations ({mode}, {Path(config.validation).name})"):
-        kwargs = context.score_kwargs(config) | {"seed": config.seed}
+    context = context or _eval_context(config, method)
+    with task(f"permutations ({mode}, {eval_set_name(config.validation)})"):
+        kwargs = context.setup.score_kwargs() | {"seed": config.seed}
         result = score_permutations(model, context.encoder, context.rows, scoring, mode, **kwargs)
     summary = summarise(result)
     print(
@@ -178,7 +167,7 @@ def _train_one(config, resume: bool, on_validation=None):
     """train() in this process; with --resume, continue from the run's own checkpoint when it has one.
     Its progress reaches the log as a line every few seconds (stdout is a pipe, not a terminal).
     ``on_validation`` hears every validation check (a search trial reports them to its pruner)."""
-    from mcqtune.training.recipe import train
+    from mcqtune.training.api import train
 
     if on_validation is not None:  # a search trial: always from the start, reporting every check
         return train(config, keep_model=True, overwrite=True, on_validation=on_validation)
@@ -200,8 +189,8 @@ def _reuse_finished_run(config):
     import yaml
 
     from mcqtune.inference import Predictor
+    from mcqtune.training.api import TrainResult
     from mcqtune.training.checkpoint import config_differences
-    from mcqtune.training.recipe import TrainResult
 
     output = Path(config.output)
     try:
@@ -241,11 +230,11 @@ def worker_main(argv: list[str]) -> int:
     try:
         config = TrainConfig(**spec["config"])
         config.validate("compare")
+        method = _method_of(config, kind)
         if kind == ZERO_SHOT:
             metrics, model, scoring, context = _evaluate_zero_shot(config)
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / METRICS, metrics)
-            packed = context.packed
         else:
             hook = None
             if link is not None:
@@ -255,12 +244,12 @@ def worker_main(argv: list[str]) -> int:
             result = _train_one(config, bool(spec.get("resume")), hook)
             model, context = result.model, None
             scoring = (result.metrics.get("validation") or {}).get("scoring")
-            packed = None  # the method's own (as train() scored it)
-        permutation = _permutation_accuracy(model, config, context, scoring, spec.get("permutations"))
+        permutations = spec.get("permutations")
+        permutation = _permutation_accuracy(model, config, context, method, scoring, permutations)
         if permutation is not None:
             record["permutation"] = permutation
         if spec.get("eval_data") and scoring:
-            record["transfer"] = _score_further_sets(model, config, scoring, packed, spec["eval_data"])
+            record["transfer"] = _score_further_sets(model, config, scoring, method, spec["eval_data"])
         record["status"] = "ok"
     except pruned as exc:  # a search trial its pruner stopped: not a failure
         record.update(status="pruned", error=str(exc))

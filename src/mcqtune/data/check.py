@@ -11,7 +11,7 @@ from typing import Any
 
 from mcqtune.data.examples import MCQExample, answer_distribution, majority_baseline
 from mcqtune.data.fields import FieldMap
-from mcqtune.data.loading import read_examples
+from mcqtune.data.loading import open_source, read_examples
 from mcqtune.errors import MAX_LISTED_PROBLEMS, Problem
 
 
@@ -86,16 +86,18 @@ class DataReport:
 
 
 def check_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Any,
     format: str = "auto",
     field_map: FieldMap | None = None,
     token_length: Callable[[MCQExample], int] | None = None,
     *,
     require_answer: bool = True,
 ) -> DataReport:
-    """Validate a whole file and summarise it; every bad row is collected instead of stopping at the first."""
+    """Validate a whole file (or any source a ``DataRef`` names) and summarise it; every bad row is
+    collected instead of stopping at the first."""
+    source = open_source(path)
     result = read_examples(
-        path, format, on_bad_rows="skip", field_map=field_map, limit=None, require_answer=require_answer
+        source, format, on_bad_rows="skip", field_map=field_map, limit=None, require_answer=require_answer
     )
     examples = result.examples
     distribution = answer_distribution(examples)
@@ -106,7 +108,7 @@ def check_file(
     if token_length is not None and examples:
         lengths = _percentiles([int(token_length(e)) for e in examples])
     return DataReport(
-        path=str(path),
+        path=source.name,
         format=result.format,
         rows=len(examples),
         options_histogram=dict(sorted(Counter(len(e.choices) for e in examples).items())),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mcqtune.errors import DataError, Problem
 
@@ -58,6 +59,9 @@ class LoadResult:
     format: str
     skipped: int
     warnings: list[Problem] = field(default_factory=list)
+    # What was read, as a run records it (``DataRef.record``: kind, source, split, fingerprint); None for
+    # a bare path.
+    source: dict[str, Any] | None = None
 
 
 def answer_distribution(examples: Iterable[MCQExample]) -> dict[str, int]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcqtune.data.bundled_sets import BUNDLED_DIR
 from mcqtune.data.examples import LoadResult, MCQExample
 from mcqtune.data.fields import FieldMap
 from mcqtune.data.formats import (
@@ -51,11 +52,6 @@ from mcqtune.errors import DataError, Problem
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DATASETS = ("medmcqa", "arc_easy")
-SPLITS = ("train", "validation")
-BUNDLED_DIR = Path(__file__).parent / "bundled"
-
-_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 # Likely question fields, to suggest a field map for a file no layout fits.
 _QUESTION_GUESSES = ("question", "query", "prompt", "question_stem", "stem", "input", "text")
 
@@ -112,6 +108,82 @@ def _peek(p: Path, file: str) -> _Peek:
     )
 
 
+@dataclass
+class _Top:
+    """The field names a file shows before its rows: a header, a schema, or the first JSON object's keys."""
+
+    keys: list[str]  # empty when nothing readable was found
+    line: int | None  # the header's line or the first object's; None for parquet
+    is_header: bool
+
+
+class _FileSource:
+    """A data file as the loader reads it: its first look, its rows and the names messages give it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.p = _check_path(path)
+        self.name = str(path)
+        self.stem = self.p.stem
+        self.bundled = _is_bundled_file(self.p)
+        self.thing = "the file"
+        self.record: dict[str, Any] | None = None  # set by a DataRef: what metrics.json says it read
+
+    def check_not_empty(self) -> None:
+        if self.p.stat().st_size == 0:
+            raise DataError("file is empty", file=self.name)
+
+    def peek(self) -> _Peek:
+        return _peek(self.p, self.name)
+
+    def generic_layout(self) -> Layout:
+        return LAYOUTS[reader_for(self.p)]
+
+    def rows(self, layout: Layout) -> Rows:
+        return open_rows(self.p, self.name, layout.reader or reader_for(self.p))
+
+    def top(self, rows: Rows) -> _Top:
+        if rows.columns is not None:
+            return _Top(rows.columns, rows.header_line, True)
+        try:
+            first = first_object(self.p, self.name)
+        except DataError:
+            first = None  # the row loop reports the same lines with their numbers
+        return _Top(list(first[1]), first[0], False) if first else _Top([], None, False)
+
+
+class TableSource:
+    """Rows already in a table (a ``datasets.Dataset``: a saved or hub data set's split), read like a
+    parquet file: typed values, a column schema, problems at 0-based row indices under ``name``."""
+
+    def __init__(self, table: Any, name: str, stem: str, record: dict[str, Any] | None = None) -> None:
+        self.table = table
+        self.name = name
+        self.stem = stem
+        self.bundled = False
+        self.thing = "the data set"
+        self.record = record
+
+    def check_not_empty(self) -> None:
+        if len(self.table) == 0:
+            raise DataError("has no rows", file=self.name)
+
+    def peek(self) -> _Peek:
+        self.check_not_empty()
+        return _Peek("parquet", list(self.table.column_names), dict(self.table[0]), "the columns")
+
+    def generic_layout(self) -> Layout:
+        return LAYOUTS["parquet"]
+
+    def rows(self, layout: Layout) -> Rows:
+        return Rows(lambda: enumerate(self.table), list(self.table.column_names), None, "row", False)
+
+    def top(self, rows: Rows) -> _Top:
+        return _Top(list(self.table.column_names), None, True)
+
+
+_Source = _FileSource | TableSource
+
+
 def _guess_fields(peek: _Peek) -> FieldMap | None:
     """A field map for a file no layout fits, when its keys say which is which; else None."""
     sample = peek.sample or {}
@@ -141,8 +213,9 @@ def _unknown(file: str, peek: _Peek) -> DataError:
     )
 
 
-def _detect(p: Path, file: str, user: FieldMap) -> Layout:
-    peek = _peek(p, file)
+def _detect(source: _Source, user: FieldMap) -> Layout:
+    file = source.name
+    peek = source.peek()
     layout = detect_layout(peek.keys, peek.sample, peek.kind, file, peek.where)
     if layout is None:
         raise _unknown(file, peek)
@@ -166,49 +239,29 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     ``cop``) need ``--format medmcqa-raw``. Raises :class:`DataError` when the layout is unknown or
     ambiguous, listing the ``--format`` choices.
     """
-    return _detect(_check_path(path), str(path), FieldMap()).name
+    return _detect(_FileSource(path), FieldMap()).name
 
 
 # ------------------------------------------------------------------------------------ field checks
 
 
-def _format_hint(p: Path, fmt: str) -> str:
+def _format_hint(source: _Source, fmt: str) -> str:
     """'; the file looks like X' when detection confidently names another format, else ''."""
     try:
-        guess = detect_format(p)
+        guess = _detect(source, FieldMap()).name
     except DataError:
         return ""
     if guess == fmt or {guess, fmt} <= {"medmcqa", "medmcqa-raw"}:
         return ""
-    return f"; the file looks like '{guess}' (try --format {guess}, or auto)"
+    return f"; {source.thing} looks like '{guess}' (try --format {guess}, or auto)"
 
 
 def _plural(names: list[str]) -> str:
     return "s" * (len(names) > 1) + " " + ", ".join(f"'{c}'" for c in names)
 
 
-@dataclass
-class _Top:
-    """The field names a file shows before its rows: a header, a schema, or the first JSON object's keys."""
-
-    keys: list[str]  # empty when nothing readable was found
-    line: int | None  # the header's line or the first object's; None for parquet
-    is_header: bool
-
-
-def _top_of(p: Path, file: str, rows: Rows) -> _Top:
-    if rows.columns is not None:
-        return _Top(rows.columns, rows.header_line, True)
-    try:
-        first = first_object(p, file)
-    except DataError:
-        first = None  # the row loop reports the same lines with their numbers
-    return _Top(list(first[1]), first[0], False) if first else _Top([], None, False)
-
-
 def _check_fields(
-    p: Path,
-    file: str,
+    source: _Source,
     layout: Layout,
     fm: FieldMap,
     user: FieldMap,
@@ -218,12 +271,13 @@ def _check_fields(
     """Stop before any row is read when the map names a field the file lacks, or leaves one unmapped."""
     if not top.keys:
         return  # nothing readable at the top: the row loop reports why, line by line
+    file = source.name
     keys, line = top.keys, top.line
     listed = f"({'columns' if top.is_header else 'keys'}: {', '.join(keys)})"
     for key, value in user.columns().items():
         for column in value if isinstance(value, tuple) else (value,):
             if column not in keys:
-                where = "the file has no column" if top.is_header else "the first row has no field"
+                where = f"{source.thing} has no column" if top.is_header else "the first row has no field"
                 raise DataError(
                     f"--field {key}={column}: {where} '{column}' {listed}", file=file, line=line, field=column
                 )
@@ -235,13 +289,13 @@ def _check_fields(
     flag = f"; name it with --field {key}={found[0] if found else 'COLUMN'}"
     if top.is_header:
         raise DataError(
-            f"missing column{_plural(missing)} {listed}{_format_hint(p, layout.name)}; pass the right "
+            f"missing column{_plural(missing)} {listed}{_format_hint(source, layout.name)}; pass the right "
             f"--format{flag}",
             file=file,
             line=line,
             field=missing[0],
         )
-    hint = _format_hint(p, layout.name)
+    hint = _format_hint(source, layout.name)
     if hint or user.columns():
         # An explicit format or map that does not fit the file at all would otherwise give one "missing
         # field" per row; say once what the file looks like instead.
@@ -349,22 +403,32 @@ def _layout_named(name: str) -> Layout:
     raise DataError(f"unknown format {name!r}{hint}; choose one of: auto, {FORMAT_CHOICES}")
 
 
-def _auto_layout(p: Path, file: str, user: FieldMap) -> Layout:
+def _auto_layout(source: _Source, user: FieldMap) -> Layout:
     try:
-        return _detect(p, file, user)
+        return _detect(source, user)
     except DataError:
         if not user.columns():
             raise
         # The user named the fields: read the file as the generic layout of its extension.
-        return LAYOUTS[reader_for(p)]
+        return source.generic_layout()
 
 
 def _is_bundled_file(p: Path) -> bool:
     return p.resolve().is_relative_to(BUNDLED_DIR.resolve())
 
 
+def open_source(source: Any) -> _Source:
+    """A loader source from a path, a data reference (``reference.DataRef``: files, bundled sets,
+    saved and hub data sets) or an opened source."""
+    if isinstance(source, _FileSource | TableSource):
+        return source
+    if hasattr(source, "open_source"):  # a DataRef (imported lazily: it imports this module)
+        return source.open_source()
+    return _FileSource(source)
+
+
 def read_examples(
-    path: str | os.PathLike[str],
+    path: Any,
     format: str,
     *,
     on_bad_rows: str,
@@ -377,24 +441,23 @@ def read_examples(
         raise DataError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer or None, got {limit!r}")
-    p = _check_path(path)
-    file = str(path)
+    source = open_source(path)
+    file = source.name
     # A user's map describes their own files; the bundled ones always load with their known layout.
-    user = FieldMap() if field_map is None or _is_bundled_file(p) else field_map
+    user = FieldMap() if field_map is None or source.bundled else field_map
     auto = format == "auto"
     if auto:
-        if p.stat().st_size == 0:
-            raise DataError("file is empty", file=file)
-        layout = _auto_layout(p, file, user)
+        source.check_not_empty()
+        layout = _auto_layout(source, user)
     else:
         layout = _layout_named(format)
 
-    rows = open_rows(p, file, layout.reader or reader_for(p))
-    top = _top_of(p, file, rows)
+    rows = source.rows(layout)
+    top = source.top(rows)
     fm = user.over(layout.fields(top.keys))
     ctx = Ctx(
         file=file,
-        stem=p.stem,
+        stem=source.stem,
         unit=rows.unit,
         untyped=rows.untyped,
         require_answer=require_answer,
@@ -403,11 +466,20 @@ def read_examples(
     )
     if auto and layout.answer_from_keys and user.answer is None:
         fm = _answer_column(file, fm, user, top.keys, rows, ctx)
-    _check_fields(p, file, layout, fm, user, top, fm.required_fields(require_answer))
+    _check_fields(source, layout, fm, user, top, fm.required_fields(require_answer))
     # Digit strings are read as indices once the base is known from the user or the data (not assumed).
     ctx.digit_strings = rows.untyped or fm.answer_base is None or user.answer_base is not None
     fm = _answer_base(file, fm, user, rows, ctx)
+    result = _convert_rows(rows, layout, fm, ctx, limit)
+    if auto and limit is None and layout.check_loaded is not None:
+        result.warnings += layout.check_loaded(result.examples, file)
+    result.source = source.record
+    return result
 
+
+def _convert_rows(rows: Rows, layout: Layout, fm: FieldMap, ctx: Ctx, limit: int | None) -> LoadResult:
+    """Every row through the layout's converter: good examples, problems, warnings (duplicate ids)."""
+    file = ctx.file
     examples: list[MCQExample] = []
     problems: list[Problem] = []
     warnings: list[Problem] = []
@@ -448,15 +520,13 @@ def read_examples(
         raise DataError(
             "file is empty" if rows.header_line is None else "no data rows after the header", file=file
         )
-    if auto and limit is None and layout.check_loaded is not None:
-        warnings += layout.check_loaded(examples, file)
     return LoadResult(
         examples=examples, problems=problems, format=layout.name, skipped=skipped, warnings=warnings
     )
 
 
 def load_examples(
-    path: str | os.PathLike[str],
+    path: Any,
     format: str = "auto",
     *,
     on_bad_rows: str = "error",
@@ -464,7 +534,7 @@ def load_examples(
     limit: int | None = None,
     require_answer: bool = True,
 ) -> LoadResult:
-    """Load and validate a data file.
+    """Load and validate a data file, or any source a ``DataRef`` names (bundled, saved or hub data set).
 
     ``on_bad_rows="error"`` scans the whole file and raises one :class:`DataError` listing every problem
     (a user fixing a file wants them all at once); ``"skip"`` drops bad rows and records them.
@@ -472,10 +542,16 @@ def load_examples(
     answer (``answer=None``) for prediction. ``field_map`` names the user's own columns (not applied to
     the bundled files). A load that leaves no usable example raises.
     """
+    source = open_source(path)
     result = read_examples(
-        path, format, on_bad_rows=on_bad_rows, field_map=field_map, limit=limit, require_answer=require_answer
+        source,
+        format,
+        on_bad_rows=on_bad_rows,
+        field_map=field_map,
+        limit=limit,
+        require_answer=require_answer,
     )
-    file = str(path)
+    file = source.name
     if result.problems and on_bad_rows == "error":
         raise DataError.from_problems(file, result.problems, result.skipped)
     if not result.examples:
@@ -487,51 +563,8 @@ def load_examples(
         )
     if result.warnings:
         # The bundled files' upstream quirks (duplicate options) are known; do not nag on every demo run.
-        level = logging.INFO if _is_bundled_file(Path(path)) else logging.WARNING
+        level = logging.INFO if source.bundled else logging.WARNING
         log.log(
             level, "%s: %d warning(s), rows kept (first: %s)", file, len(result.warnings), result.warnings[0]
         )
     return result
-
-
-# ------------------------------------------------------------------------------- bundled datasets
-
-
-def bundled_key(name: str) -> str | None:
-    """The bundled dataset a name refers to (case and - vs _ do not matter), else None."""
-    key = name.strip().lower().replace("-", "_")
-    return key if key in BUNDLED_DATASETS else None
-
-
-def bundled_path(name: str, split: str) -> Path:
-    """Path of a dataset shipped in the package, so demos and tests run offline."""
-    key = bundled_key(name)
-    if key is None:
-        raise DataError(f"unknown bundled dataset {name!r}; bundled: {', '.join(BUNDLED_DATASETS)}")
-    split_key = _SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
-    if split_key not in SPLITS:
-        raise DataError(f"unknown split {split!r} for bundled {key}; choose one of: {', '.join(SPLITS)}")
-    path = BUNDLED_DIR / key / f"{split_key}.jsonl"
-    if not path.is_file():
-        raise DataError("bundled data file is missing from the installation", file=str(path))
-    return path
-
-
-def resolve_data(spec: str, split: str) -> Path:
-    """Turn a ``--data`` value into a file: an existing file path wins, then a bundled dataset name."""
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return p
-    if bundled_key(spec) is not None:
-        return bundled_path(spec, split)
-    if p.is_dir():
-        raise DataError(
-            f"is a directory, not a data file; pass a .jsonl/.csv/.parquet file or a bundled dataset "
-            f"({', '.join(BUNDLED_DATASETS)})",
-            file=spec,
-        )
-    close = difflib.get_close_matches(spec.strip().lower().replace("-", "_"), BUNDLED_DATASETS, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise DataError(
-        f"{spec!r} is neither an existing file nor a bundled dataset ({', '.join(BUNDLED_DATASETS)}){hint}"
-    )

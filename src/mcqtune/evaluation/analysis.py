@@ -5,7 +5,7 @@
   :func:`~mcqtune.evaluation.evaluate.score_examples` call and un-permuted back to the original options;
   :func:`~mcqtune.evaluation.metrics.permutation_summary` turns that into numbers.
 - :func:`run_analyses`: score once, then add the permutation summary and/or content-free debiasing with
-  a prior given or estimated here (the math: :mod:`mcqtune.evaluation.metrics`).
+  a prior given or estimated here (the math: :mod:`mcqtune.evaluation.debias`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,9 @@ import numpy as np
 
 from mcqtune.data import MCQExample
 from mcqtune.errors import ConfigError
+from mcqtune.evaluation.debias import LetterPrior, debias, debias_permuted, debias_summary, estimate_prior
 from mcqtune.evaluation.evaluate import score_examples
-from mcqtune.evaluation.metrics import (
-    PERMUTATION_MODES,
-    LetterPrior,
-    PermutedScores,
-    ScoredExamples,
-    debias,
-    debias_permuted,
-    debias_summary,
-    estimate_prior,
-    permutation_summary,
-)
+from mcqtune.evaluation.metrics import PERMUTATION_MODES, PermutedScores, ScoredExamples, permutation_summary
 from mcqtune.progress import task
 
 MAX_ALL_PERMUTATIONS = 720  # 6 options; "all" beyond that is a typo, not a plan

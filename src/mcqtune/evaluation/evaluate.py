@@ -30,17 +30,6 @@ def autocast_context(device: torch.device, precision: str) -> Callable[[], Abstr
     return nullcontext
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
-
-
 def _length_sorted_batches(
     features: list[Any], length: Callable[[Any], int], batch_size: int
 ) -> list[list[Any]]:

@@ -7,12 +7,9 @@
   accuracy, :func:`letter_bias` (per-letter precision/recall, confusion matrix, distribution distances)
   and :func:`calibration` (ECE over equal-width confidence bins, reliability bins, Brier score);
 - :func:`permutation_summary`: accuracy averaged over option orders, "circular" accuracy (right under
-  every order), the share of questions whose chosen option depends on the order, position bias;
-- :class:`LetterPrior`, :func:`estimate_prior`, :func:`debias`: the model's content-free prior over
-  answer *positions* (PriDe, Zheng et al. 2024, "Large Language Models Are Not Robust Multiple Choice
-  Selectors"), estimated without labels from cyclically permuted scores and removed from the option
-  log-probabilities. A prior is a small JSON file, so ``eval`` can estimate it once and ``predict`` (or
-  a server) can reuse it.
+  every order), the share of questions whose chosen option depends on the order, position bias.
+
+Removing the model's letter prior from these scores (PriDe) is :mod:`mcqtune.evaluation.debias`.
 
 The model-running side (scoring batches, scoring under permutations) is :mod:`mcqtune.evaluation.evaluate`
 and :mod:`mcqtune.evaluation.analysis`; the printed text is :mod:`mcqtune.evaluation.format`.
@@ -21,23 +18,19 @@ and :mod:`mcqtune.evaluation.analysis`; the printed text is :mod:`mcqtune.evalua
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mcqtune.data import LETTERS, MCQExample
-from mcqtune.errors import PriorError
 
 PERMUTATION_MODES = ("cyclic", "all")  # orders that put every option at every position equally often
 ECE_BINS = 10
 KL_SMOOTHING = 0.5  # add-half counts so one empty letter does not make KL infinite
-PRIOR_FORMAT_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------ scores
@@ -65,7 +58,7 @@ class ScoredExamples:
         return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _log_softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
+def log_softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     """Log-softmax that keeps -inf (absent options) and NaN (absent orders) where they are."""
     with np.errstate(invalid="ignore", divide="ignore"):
         top = np.max(np.where(np.isnan(scores), -np.inf, scores), axis=axis, keepdims=True)
@@ -101,7 +94,7 @@ class PermutedScores:
     @property
     def log_probs(self) -> np.ndarray:
         """(N, P, K) log-softmax over each (question, order)'s options, in original option order."""
-        return _log_softmax(self.scores)
+        return log_softmax(self.scores)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -232,7 +225,8 @@ def correct_vector(metrics: dict[str, Any]) -> tuple[list[str], np.ndarray] | No
 # ------------------------------------------------------------------------------------ letter bias
 
 
-def _round(value: float, digits: int = 4) -> float:
+def rounded(value: float, digits: int = 4) -> float:
+    """A plain float to ``digits`` places: what metrics.json stores (numpy scalars do not serialise)."""
     return round(float(value), digits)
 
 
@@ -256,7 +250,7 @@ def distribution_distances(predicted: np.ndarray, gold: np.ndarray) -> dict[str,
     ps = _distribution(p * scale_p + KL_SMOOTHING)
     qs = _distribution(q * scale_q + KL_SMOOTHING)
     kl = float((ps * np.log(ps / qs)).sum())
-    return {"tv_distance": _round(tv), "kl_divergence": _round(kl)}
+    return {"tv_distance": rounded(tv), "kl_divergence": rounded(kl)}
 
 
 def letter_bias(
@@ -287,9 +281,9 @@ def letter_bias(
             else (0.0 if precision is not None and recall is not None else None)
         )
         per_letter[letter] = {
-            "precision": None if precision is None else _round(precision),
-            "recall": None if recall is None else _round(recall),
-            "f1": None if f1 is None else _round(f1),
+            "precision": None if precision is None else rounded(precision),
+            "recall": None if recall is None else rounded(recall),
+            "f1": None if f1 is None else rounded(f1),
             "gold": int(gold_counts[i]),
             "predicted": int(pred_counts[i]),
         }
@@ -299,18 +293,20 @@ def letter_bias(
         "letters": letters,
         "confusion": confusion.tolist(),
         "per_letter": per_letter,
-        "gold_distribution": {k: _round(v) for k, v in zip(letters, _distribution(gold_counts), strict=True)},
+        "gold_distribution": {
+            k: rounded(v) for k, v in zip(letters, _distribution(gold_counts), strict=True)
+        },
         "predicted_distribution": {
-            k: _round(v) for k, v in zip(letters, _distribution(pred_counts), strict=True)
+            k: rounded(v) for k, v in zip(letters, _distribution(pred_counts), strict=True)
         },
     }
     if n:
         result.update(distribution_distances(pred_counts, gold_counts))
         top = int(pred_counts.argmax())
         result["most_predicted"] = letters[top]
-        result["most_predicted_share"] = _round(pred_counts[top] / n)
+        result["most_predicted_share"] = rounded(pred_counts[top] / n)
         recalls = [v["recall"] for v in per_letter.values() if v["recall"] is not None]
-        result["macro_recall"] = _round(np.mean(recalls)) if recalls else None
+        result["macro_recall"] = rounded(np.mean(recalls)) if recalls else None
     return result
 
 
@@ -347,22 +343,22 @@ def calibration(
     for b in range(n_bins):
         members = index == b
         count = int(members.sum())
-        entry: dict[str, Any] = {"lower": _round(edges[b], 2), "upper": _round(edges[b + 1], 2), "n": count}
+        entry: dict[str, Any] = {"lower": rounded(edges[b], 2), "upper": rounded(edges[b + 1], 2), "n": count}
         if count:
             acc = float(correct[members].mean())
             conf = float(confidence[members].mean())
             gap = abs(acc - conf)
             ece += gap * count / n
             mce = max(mce, gap)
-            entry.update(accuracy=_round(acc), confidence=_round(conf))
+            entry.update(accuracy=rounded(acc), confidence=rounded(conf))
         bins.append(entry)
     return {
         "n": n,
-        "ece": _round(ece),
-        "mce": _round(mce),
-        "brier": _round(brier),
-        "mean_confidence": _round(confidence.mean()),
-        "accuracy": _round(correct.mean()),
+        "ece": rounded(ece),
+        "mce": rounded(mce),
+        "brier": rounded(brier),
+        "mean_confidence": rounded(confidence.mean()),
+        "accuracy": rounded(correct.mean()),
         "bins": bins,
     }
 
@@ -399,7 +395,7 @@ def permutation_summary(result: PermutedScores) -> dict[str, Any]:
         [len(set(predictions[q, valid[q]].tolist())) > 1 for q in range(n)],
         dtype=bool,
     )
-    summary["answer_changes_share"] = _round(changes.mean())
+    summary["answer_changes_share"] = rounded(changes.mean())
     # How much an option's log-probability moves with the order (0 for an order-invariant scorer).
     logp = np.where(valid[:, :, None], result.log_probs, np.nan)
     finite = np.isfinite(logp).any(axis=1)
@@ -415,14 +411,14 @@ def permutation_summary(result: PermutedScores) -> dict[str, Any]:
         gold = np.array([-1 if e.answer is None else e.answer for e in result.examples])
         correct = (predictions == gold[:, None]) & valid
         per_question = correct.sum(axis=1) / n_orders
-        summary["accuracy_original"] = _round(correct[answered, 0].mean())
-        summary["accuracy_mean"] = _round(per_question[answered].mean())
-        summary["accuracy_circular"] = _round((correct.sum(axis=1) == n_orders)[answered].mean())
-        summary["accuracy_ensemble"] = _round((ensemble == gold)[answered].mean())
+        summary["accuracy_original"] = rounded(correct[answered, 0].mean())
+        summary["accuracy_mean"] = rounded(per_question[answered].mean())
+        summary["accuracy_circular"] = rounded((correct.sum(axis=1) == n_orders)[answered].mean())
+        summary["accuracy_ensemble"] = rounded((ensemble == gold)[answered].mean())
         same_orders = len({tuple(p) for p in result.permutations}) == 1
         if same_orders:
             summary["accuracy_per_order"] = [
-                _round(correct[answered, p].mean()) for p in range(result.scores.shape[1])
+                rounded(correct[answered, p].mean()) for p in range(result.scores.shape[1])
             ]
             summary["orders"] = ["".join(LETTERS[i] for i in perm) for perm in result.permutations[0]]
         # Position bias: which letter is picked, against where the gold option was shown.
@@ -439,220 +435,4 @@ def permutation_summary(result: PermutedScores) -> dict[str, Any]:
             "tv_distance": bias["tv_distance"],
             "kl_divergence": bias["kl_divergence"],
         }
-    return summary
-
-
-# ------------------------------------------------------------------------------------ debiasing
-
-
-@dataclass
-class LetterPrior:
-    """The model's content-free prior over answer positions, per option count (PriDe)."""
-
-    priors: dict[int, list[float]]
-    scoring: str
-    n_calibration: dict[int, int]
-    model: str | None = None
-    adapter: str | None = None
-    source: str | None = None
-
-    def log_prior(self, n_options: int) -> np.ndarray | None:
-        prior = self.priors.get(n_options)
-        return None if prior is None else np.log(np.asarray(prior, dtype=float))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": PRIOR_FORMAT_VERSION,
-            "kind": "mcqtune-letter-prior",
-            "scoring": self.scoring,
-            "model": self.model,
-            "adapter": self.adapter,
-            "source": self.source,
-            "priors": {
-                str(k): {LETTERS[i]: _round(v, 6) for i, v in enumerate(p)}
-                for k, p in sorted(self.priors.items())
-            },
-            "n_calibration": {str(k): v for k, v in sorted(self.n_calibration.items())},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LetterPrior:
-        if data.get("kind") != "mcqtune-letter-prior":
-            raise PriorError("not a mcqtune letter prior (missing kind: mcqtune-letter-prior)")
-        try:
-            priors = {
-                int(k): [float(v[LETTERS[i]]) for i in range(int(k))] for k, v in data["priors"].items()
-            }
-            counts = {int(k): int(v) for k, v in data.get("n_calibration", {}).items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PriorError(f"letter prior is malformed: {exc}") from None
-        for k, p in priors.items():
-            if any(not v > 0 for v in p):
-                raise PriorError(f"letter prior for {k} options has a non-positive probability")
-        return cls(
-            priors=priors,
-            scoring=data.get("scoring", "letter"),
-            n_calibration=counts,
-            model=data.get("model"),
-            adapter=data.get("adapter"),
-            source=data.get("source"),
-        )
-
-    def save(self, path: str | Path) -> None:
-        from mcqtune.atomic import atomic_write_json
-
-        atomic_write_json(Path(path), self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> LetterPrior:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PriorError(f"{path}: cannot read letter prior ({exc})") from None
-        if not isinstance(data, dict):
-            raise PriorError(f"{path}: not a mcqtune letter prior")
-        try:
-            return cls.from_dict(data)
-        except PriorError as exc:
-            raise PriorError(f"{path}: {exc}") from None
-
-    def check(self, scoring: str, model: str | None = None, adapter: str | None = None) -> list[str]:
-        """Raise if the scoring differs; return warnings if the model or adapter differ."""
-        if scoring != self.scoring:
-            raise PriorError(f"letter prior was estimated with {self.scoring} scoring, not {scoring}")
-        warnings = []
-        if model and self.model and model != self.model:
-            warnings.append(f"letter prior was estimated on model {self.model}, not {model}")
-        if (adapter or None) != (self.adapter or None):
-            warnings.append(f"letter prior was estimated with adapter {self.adapter}, not {adapter}")
-        return warnings
-
-    def describe(self) -> str:
-        parts = []
-        for k, p in sorted(self.priors.items()):
-            dist = " ".join(f"{LETTERS[i]}:{v * 100:.0f}%" for i, v in enumerate(p))
-            parts.append(f"{dist} ({k} options, {self.n_calibration.get(k, 0)} questions)")
-        return "; ".join(parts)
-
-
-def estimate_prior(
-    result: PermutedScores,
-    *,
-    model: str | None = None,
-    adapter: str | None = None,
-    source: str | None = None,
-) -> LetterPrior:
-    """PriDe's content-free prior from permuted scores of a calibration sample; uses no labels.
-
-    For each question, the log-probability of each *position* is averaged over the orders (under
-    cyclic orders every option sits at every position once, so the option content cancels) and
-    softmax-normalised; the prior is the mean of these per-question priors, per option count.
-    """
-    if result.mode not in PERMUTATION_MODES:
-        # Random orders do not put every option at every position equally often: content leaks in.
-        raise PriorError("estimate the letter prior from cyclic or all orders (not random ones)")
-    positions = result.positions()
-    valid = result.valid
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, int] = {}
-    for q, perms in enumerate(result.permutations):
-        k = len(perms[0])
-        mean_logp = positions[q, valid[q], :k].mean(axis=0)
-        per_question = np.exp(mean_logp - mean_logp.max())
-        per_question /= per_question.sum()
-        sums[k] = sums.get(k, np.zeros(k)) + per_question
-        counts[k] = counts.get(k, 0) + 1
-    if not counts:
-        raise PriorError("no calibration question could be scored")
-    priors = {k: (sums[k] / counts[k]).tolist() for k in sums}
-    return LetterPrior(priors, result.scoring, counts, model=model, adapter=adapter, source=source)
-
-
-def debias_scores(scores: np.ndarray, n_options: Sequence[int], prior: LetterPrior) -> tuple[np.ndarray, int]:
-    """``log_softmax(scores) - log prior`` row by row; rows with no prior for their option count stay.
-
-    Returns the new (N, K) scores (-inf kept for absent options) and how many rows had no prior.
-    """
-    logp = _log_softmax(np.asarray(scores, dtype=float))
-    out = logp.copy()
-    missing = 0
-    for row, k in enumerate(n_options):
-        log_prior = prior.log_prior(int(k))
-        if log_prior is None:
-            missing += 1
-            continue
-        out[row, :k] = logp[row, :k] - log_prior
-    return out, missing
-
-
-def debias(scored: ScoredExamples, prior: LetterPrior) -> ScoredExamples:
-    """A ScoredExamples with the prior removed from every question's scores."""
-    scores, _ = debias_scores(scored.scores, [len(e.choices) for e in scored.examples], prior)
-    return dataclasses.replace(scored, scores=scores)
-
-
-def debias_permuted(result: PermutedScores, prior: LetterPrior) -> PermutedScores:
-    """Remove the prior position by position from every order (for order-robustness after debiasing)."""
-    logp = result.log_probs
-    out = logp.copy()
-    for q, perms in enumerate(result.permutations):
-        for p, perm in enumerate(perms):
-            log_prior = prior.log_prior(len(perm))
-            if log_prior is None or not result.valid[q, p]:
-                continue
-            out[q, p, list(perm)] = logp[q, p, list(perm)] - log_prior
-    return dataclasses.replace(result, scores=out)
-
-
-def debias_summary(
-    before: ScoredExamples,
-    after: ScoredExamples,
-    prior: LetterPrior,
-    calibration_rows: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """Accuracy and letter bias before vs after debiasing on the same rows.
-
-    ``calibration_rows`` (indices into ``before.examples``) are the rows the prior was estimated on,
-    if they are part of the evaluated set: the summary then also reports the rows outside it.
-    """
-    gold = [e.answer for e in before.examples]
-    n_letters = before.scores.shape[1]
-    pred_before = before.predictions
-    pred_after = after.predictions
-    summary: dict[str, Any] = {
-        "prior": prior.to_dict()["priors"],
-        "n_calibration": prior.n_calibration,
-        "calibration_source": prior.source,
-        "n": len(gold),
-        "changed_predictions_share": _round((pred_before != pred_after).mean()) if len(gold) else 0.0,
-    }
-    answered = np.array([g is not None for g in gold], dtype=bool)
-    if not answered.any():
-        return summary
-    gold_arr = np.array([-1 if g is None else g for g in gold])
-
-    def part(rows: np.ndarray) -> dict[str, Any]:
-        result: dict[str, Any] = {"n": int(rows.sum())}
-        for name, pred in (("before", pred_before), ("after", pred_after)):
-            bias = letter_bias(gold_arr[rows], pred[rows], n_letters)
-            probs = (before if name == "before" else after).probabilities[rows]
-            cal = calibration(probs, gold_arr[rows].tolist())
-            result[name] = {
-                "accuracy": _round((pred[rows] == gold_arr[rows]).mean()),
-                "predicted_distribution": bias["predicted_distribution"],
-                "tv_distance": bias.get("tv_distance"),
-                "macro_recall": bias.get("macro_recall"),
-                "ece": cal.get("ece"),
-                "brier": cal.get("brier"),
-            }
-        return result
-
-    summary["all_rows"] = part(answered)
-    if calibration_rows is not None:
-        outside = answered.copy()
-        outside[list(calibration_rows)] = False
-        if outside.any() and outside.sum() < answered.sum():
-            summary["outside_calibration"] = part(outside)
-    summary["after_letter_bias"] = letter_bias(gold_arr[answered], pred_after[answered], n_letters)
-    summary["after_calibration"] = calibration(after.probabilities[answered], gold_arr[answered].tolist())
     return summary

@@ -285,6 +285,11 @@ class Method(ABC):
     # artifacts, so an inference Predictor loads a model of its own for each one.
     shares_base: ClassVar[bool] = True
 
+    def packs(self, requested: bool) -> bool:
+        """Whether this method trains and is scored with packed cloze options: when ``--packing`` asks for
+        it and the method can. One rule, read by the trainer and by every evaluation of a run."""
+        return requested and self.supports_packing
+
     def own_layers_in_inference_dtype(self, options: dict[str, Any]) -> bool:
         """Whether bf16 inference may store the artifact's own linear layers in bf16 (half their memory,
         no cast per call) and still score exactly as the trained model: true when each layer is only ever

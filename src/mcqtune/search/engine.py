@@ -145,7 +145,8 @@ def _describe(values: dict[str, Any]) -> str:
 
 
 def _objective(settings: SearchSettings, plan: SearchPlan, method: str, study, seed: int):
-    from mcqtune.compare.runner import _run_worker, build_row
+    from mcqtune.compare.launch import _run_worker
+    from mcqtune.compare.run_row import build_row
 
     compare = CompareSettings(
         output=settings.output, echo=not settings.quiet, worker_args=settings.worker_args

@@ -9,4 +9,4 @@ DEFAULT_PORT = 8000
 DEFAULT_WINDOW_MS = 5.0  # how long the first question of a batch waits for more
 DEFAULT_MAX_BATCH = 16  # questions per forward pass
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
-DEFAULT_MAX_LOADED = 4  # --adapter-dir artifacts held at once
+DEFAULT_MAX_LOADED = 4  # --run-dir artifacts held at once

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from mcqtune import __version__
 from mcqtune.data import BUNDLED_DATASETS, LETTERS, MCQExample, bundled_path, load_examples
 from mcqtune.errors import ArtifactError, RequestError
-from mcqtune.evaluation.metrics import LetterPrior, debias_scores
+from mcqtune.evaluation.debias import LetterPrior, debias_scores
 from mcqtune.serving import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_WINDOW_MS, schemas
 from mcqtune.serving.batching import Answer, DynamicBatcher
 from mcqtune.serving.registry import ArtifactRegistry

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mcqtune.artifacts import METRICS
 from mcqtune.data import MCQExample
 from mcqtune.inference import Predictor
-from mcqtune.training.recipe import METRICS
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Named artifacts the server answers with: fixed ones (``--adapter NAME=DIR``, loaded at start-up) and,
-with ``--adapter-dir DIR``, any run directory directly under DIR, loaded on first use and unloaded least
+"""Named artifacts the server answers with: fixed ones (``--run NAME=DIR``, loaded at start-up) and,
+with ``--run-dir DIR``, any run directory directly under DIR, loaded on first use and unloaded least
 recently used first so at most ``max_loaded`` of them are held at once.
 
 Every method here runs on the batcher's single worker thread (attach/detach/score never overlap), so
@@ -23,7 +23,7 @@ from mcqtune.serving.engine import ArtifactInfo, Engine
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
 
-def parse_named_paths(pairs: list[str] | None, flag: str = "--adapter") -> dict[str, Path]:
+def parse_named_paths(pairs: list[str] | None, flag: str = "--run") -> dict[str, Path]:
     """``["lora=runs/lora", ...]`` -> ``{"lora": Path("runs/lora")}``; names are checked and unique."""
     named: dict[str, Path] = {}
     for pair in pairs or []:
@@ -49,7 +49,7 @@ class ArtifactRegistry:
         if max_loaded < 1:
             raise ConfigError(f"--max-loaded must be at least 1, got {max_loaded}")
         if adapter_dir is not None and not Path(adapter_dir).is_dir():
-            raise ConfigError(f"--adapter-dir {adapter_dir}: not a directory")
+            raise ConfigError(f"--run-dir {adapter_dir}: not a directory")
         self.engine = engine
         self.named = dict(named or {})
         self.adapter_dir = Path(adapter_dir).resolve() if adapter_dir is not None else None
@@ -58,7 +58,7 @@ class ArtifactRegistry:
         self.lazy: OrderedDict[str, ArtifactInfo] = OrderedDict()  # least recently used first
 
     def load_named(self) -> None:
-        """Attach every ``--adapter NAME=DIR``; the first that fails stops start-up naming it."""
+        """Attach every ``--run NAME=DIR``; the first that fails stops start-up naming it."""
         for name, directory in self.named.items():
             try:
                 self.pinned[name] = self.engine.attach(name, directory)
@@ -66,7 +66,7 @@ class ArtifactRegistry:
                 raise ArtifactError(f"artifact '{name}' ({directory}) could not be loaded: {exc}") from None
 
     def _lazy_dir(self, name: str) -> Path | None:
-        """The run directory for ``name`` under --adapter-dir, never a path outside it."""
+        """The run directory for ``name`` under --run-dir, never a path outside it."""
         if self.adapter_dir is None or not NAME_PATTERN.match(name) or name == "..":
             return None
         candidate = (self.adapter_dir / name).resolve()

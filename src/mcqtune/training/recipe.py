@@ -1,8 +1,11 @@
 """The ``train`` command: checks, run directory, validation, checkpoints, final eval, artifact, metrics.
 
 The model, objective, data stream and optimizer step live in :class:`~mcqtune.training.trainer.Trainer`
-(shared with the benchmark); this module only orchestrates a run around it. Periodic validation keeps
-the best trainable state, which is what gets saved.
+(shared with the benchmark); this module only orchestrates a run around it: ``train()`` reads top to
+bottom. The run directory (fresh or resumed, lock, disk, writing the results) is ``run_dir.py``; stopping
+on a signal is ``interruption.py``; how validation scores is :class:`~mcqtune.evaluation.setup.EvalSetup`,
+the same set-up compare's worker scores with. Periodic validation keeps the best trainable state, which
+is what gets saved.
 
 Reliability (docs/RELIABILITY.md): everything is validated before the run directory is touched; a
 checkpoint (``checkpoint.py``) is written every ``save_steps`` steps and on Ctrl-C/SIGTERM, and
@@ -17,14 +20,9 @@ process and reach the same verdict.
 
 from __future__ import annotations
 
-import errno
 import logging
-import math
-import signal
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,62 +31,47 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from mcqtune.artifacts import (
-    ADAPTER_DIR,
-    CHECKPOINTS_DIR,
-    CONFIG_FILE,
-    LOCK_FILE,
-    MANIFEST,
-    METRICS,
-    save_artifact,
-)
-from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
+from mcqtune import tracking
+from mcqtune.artifacts import ADAPTER_DIR, METRICS
+from mcqtune.atomic import remove_tree
 from mcqtune.config import ConfigError, TrainConfig
-from mcqtune.data import DataError, MCQExample, load_examples, resolve_data
+from mcqtune.data import DataRef, MCQExample, data_refs, load_source, load_split  # noqa: F401 (load_split: re-exported)
 from mcqtune.distributed import (
     any_process,
     barrier,
     from_main,
     gather_from_all,
     is_main_process,
-    launched_processes,
     rank_and_size,
 )
-from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.format import format_metrics
 from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
+from mcqtune.evaluation.setup import EvalSetup
 from mcqtune.methods.base import load_trainable_state, trainable_state
 from mcqtune.models import load_policy, load_tokenizer, resolve_model
-from mcqtune.preflight import MIB, DiskSpaceError, check_output_dir, ensure_free_space, mib
 from mcqtune.progress import bar, task
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import (
     Checkpoint,
-    CheckpointError,
     capture_rng,
     checkpoint_path,
     checkpoint_root,
-    clean_checkpoint_dir,
-    config_differences,
-    estimate_checkpoint_bytes,
     file_fingerprint,
-    latest_checkpoint,
-    list_checkpoints,
     restore_rng,
     save_checkpoint,
-    step_of,
+)
+from mcqtune.training.interruption import StopRequest, TrainingInterrupted
+from mcqtune.training.run_dir import (
+    check_fingerprint,
+    ensure_run_fits_disk,
+    prepare_run_dir,
+    run_lock,
+    save_results,
+    tidy_run_dir,
 )
 from mcqtune.training.trainer import StepResult, Trainer
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no run-directory lock
-    fcntl = None
-
 log = logging.getLogger(__name__)
-
-
-_RESUME_HINT = "free some space and run the same command again: it resumes from the last checkpoint"
 
 
 @dataclass
@@ -99,44 +82,39 @@ class TrainResult:
     model: torch.nn.Module | None = None
 
 
-def load_split(path: Path | None, config: TrainConfig, limit: int | None) -> tuple[list[MCQExample], int]:
-    """Validated examples of one data file and how many bad rows ``--on-bad-rows skip`` dropped."""
-    if path is None:
-        return [], 0
-    result = load_examples(
-        path, config.format, on_bad_rows=config.on_bad_rows, field_map=config.field_map(), limit=limit
-    )
-    if result.skipped:
-        log.warning("%s: skipped %d bad rows (--on-bad-rows skip)", path, result.skipped)
-    if not result.examples:
-        raise DataError("no usable rows", file=str(path))
-    return result.examples, result.skipped
-
-
 @dataclass
 class TrainData:
     """The validated training and validation rows and where they came from."""
 
-    train_path: Path
-    val_path: Path | None
+    train_ref: DataRef
+    val_ref: DataRef | None
     train: list[MCQExample]
     validation: list[MCQExample]
     skipped: dict[str, int]
+    sources: dict[str, dict[str, Any] | None]  # what was read (DataRef.record), for metrics.json
 
     @classmethod
     def load(cls, config: TrainConfig) -> TrainData:
-        train_path = resolve_data(config.train, "train")
-        val_path = resolve_data(config.validation, "validation") if config.validation else None
-        train_rows, train_skipped = load_split(train_path, config, config.train_limit)
-        val_rows, val_skipped = load_split(val_path, config, None)
-        skipped = {"train": train_skipped, "validation": val_skipped}
-        return cls(train_path, val_path, train_rows, val_rows, skipped)
+        train_ref, val_ref = data_refs(config)
+        train = load_source(train_ref, config, config.train_limit)
+        val = load_source(val_ref, config, None) if val_ref is not None else None
+        skipped = {"train": train.skipped, "validation": val.skipped if val else 0}
+        sources = {"train": train.source, "validation": val.source if val else None}
+        return cls(train_ref, val_ref, train.examples, val.examples if val else [], skipped, sources)
+
+    def _identity(self, role: str, ref: DataRef | None) -> str | None:
+        """A data file's sha256; a data set's fingerprint (``datasets``')."""
+        if ref is None:
+            return None
+        if ref.is_file:
+            return file_fingerprint(ref.path)["sha256"]
+        return (self.sources[role] or {}).get("fingerprint")
 
     def fingerprint(self, trainer: Trainer) -> dict[str, Any]:
-        """What must not change under a checkpoint: the data files, the base and the trainable shapes."""
+        """What must not change under a checkpoint: the data, the base and the trainable shapes."""
         return {
-            "train_sha256": file_fingerprint(self.train_path)["sha256"],
-            "validation_sha256": (file_fingerprint(self.val_path) or {}).get("sha256"),
+            "train_sha256": self._identity("train", self.train_ref),
+            "validation_sha256": self._identity("validation", self.val_ref),
             "base_config_hash": trainer.base_identity["base_config_hash"],
             "trainable": {n: list(p.shape) for n, p in trainer.named_trainable.items()},
         }
@@ -154,8 +132,17 @@ class RunProgress:
     best_accuracy: float | None = None
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
+    # Called with each history entry as it is recorded (the experiment trackers); not checkpointed.
+    on_record: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
     # Told every validation check's (step, metrics); may raise to stop the run (a pruned search trial).
-    on_validation: Callable[[int, dict[str, Any]], None] | None = None
+    on_validation: Callable[[int, dict[str, Any]], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        if self.on_record is not None:
+            self.on_record(entry)
 
     def checkpoint_state(self, total_steps: int, stream: dict[str, int], processes: int) -> dict[str, Any]:
         return {
@@ -190,7 +177,7 @@ class RunProgress:
         self.real_tokens += result.real_tokens
         self.train_seconds += result.seconds
         self.last_step = step
-        self.history.append({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
+        self.record({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
 
     @property
     def tokens_per_second(self) -> float:
@@ -198,41 +185,39 @@ class RunProgress:
 
 
 def validation_name(config: TrainConfig) -> str:
-    """How printouts name the validation data: a bundled name as given, a file by its name."""
-    return Path(config.validation).name if config.validation else "none"
+    """How printouts name the validation data (``DataRef.name``)."""
+    return DataRef.parse(config.validation, "validation").name if config.validation else "none"
 
 
 def _evaluate(
-    trainer: Trainer, rows: list[MCQExample], config: TrainConfig, keep_answers: bool = False
+    trainer: Trainer, rows: list[MCQExample], setup: EvalSetup, keep_answers: bool = False
 ) -> dict[str, Any]:
     """Metrics on ``rows``; ``keep_answers`` adds each question's correctness (the final evaluation keeps
     it, so runs scored on the same questions can be compared question by question)."""
-    scored = score_examples(
-        trainer.unwrapped,
-        trainer.objective.encoder,
-        rows,
-        trainer.objective.scoring,
-        batch_size=config.eval_batch_size,
-        packed=trainer.packed,
-        precision=trainer.precision,
-        device=trainer.device,
-    )
+    scored = setup.score(trainer.unwrapped, trainer.objective.encoder, rows, trainer.objective.scoring)
     metrics = compute_metrics(scored)
     if keep_answers:
         metrics[PER_QUESTION] = per_question(scored)
     return metrics
 
 
-def _validate(
-    trainer: Trainer, rows: list[MCQExample], config: TrainConfig, step: int, run: RunProgress
-) -> None:
+@dataclass
+class Validation:
+    """Periodic validation's rows, setup and display name, fixed for the whole run."""
+
+    rows: list[MCQExample]
+    setup: EvalSetup
+    name: str
+
+
+def _validate(trainer: Trainer, validation: Validation, step: int, run: RunProgress) -> None:
     """Periodic validation; the best trainable state after step 0 is kept (and saved at the end)."""
-    if not rows:
+    if not validation.rows:
         return
-    name = validation_name(config)
+    name = validation.name
     with task(f"step {step}: validation ({name})" if trainer.accelerator.is_main_process else None):
-        m = _evaluate(trainer, rows, config)
-    run.history.append({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
+        m = _evaluate(trainer, validation.rows, validation.setup)
+    run.record({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
     trainer.accelerator.print(
         f"step {step}: validation ({name}): {m['accuracy'] * 100:.1f}% on {m['n']} rows"
     )
@@ -242,167 +227,6 @@ def _validate(
         run.best_state = trainable_state(trainer.unwrapped)
     if run.on_validation is not None:
         run.on_validation(step, m)
-
-
-def _prepare_run_dir(
-    output: Path, config: TrainConfig, *, resume: bool, overwrite: bool
-) -> Checkpoint | None:
-    """Decide, before anything is loaded or written, whether this run starts fresh or resumes.
-
-    A finished run is never silently trained again, and checkpoints from a different config are never
-    silently mixed with this one: both are errors that say what to do.
-    """
-    check_output_dir(output)
-    if overwrite:
-        return None  # the old run is removed later, once every other check has passed
-    if (output / METRICS).is_file():
-        raise CheckpointError(
-            f"{output} already holds a finished run ({METRICS} exists); not training it again. "
-            "Pass --overwrite to replace it, or choose another --output"
-        )
-    checkpoint, problems = latest_checkpoint(output)
-    for problem in problems:
-        log.warning("skipping a damaged checkpoint: %s", problem)
-    if checkpoint is None:
-        if problems:
-            raise CheckpointError(
-                f"{output}: no usable checkpoint ({len(problems)} damaged; first: {problems[0]}). "
-                "Pass --overwrite to start over"
-            )
-        if resume:
-            raise CheckpointError(
-                f"--resume: {output} holds no checkpoint to resume from; run without --resume to start"
-            )
-        if (output / MANIFEST).exists() or (output / ADAPTER_DIR).exists():
-            raise CheckpointError(
-                f"{output} holds an artifact ({MANIFEST}, {ADAPTER_DIR}/) but no checkpoint and no "
-                f"{METRICS}; pass --overwrite to replace it, or choose another --output"
-            )
-        return None
-    differences = config_differences(checkpoint.config, config.to_dict())
-    if differences:
-        raise CheckpointError(
-            f"{output} has a checkpoint (step {checkpoint.step}) from a run with a different config:\n  "
-            + "\n  ".join(differences)
-            + "\nre-run with the same settings to resume, pass --overwrite to start over, "
-            "or choose another --output"
-        )
-    processes = launched_processes()
-    if checkpoint.processes != processes:  # the data shards and per-process RNG states would not match
-        raise CheckpointError(
-            f"{output} has a checkpoint (step {checkpoint.step}) written by {checkpoint.processes} "
-            f"process(es), but this launch has {processes}; resume with {checkpoint.processes} "
-            f"(train --num-processes {checkpoint.processes}), pass --overwrite to start over, "
-            "or choose another --output"
-        )
-    return checkpoint
-
-
-def _check_fingerprint(checkpoint: Checkpoint, current: dict[str, Any]) -> None:
-    saved = checkpoint.fingerprint
-    for key, what in (
-        ("train_sha256", "the training data file"),
-        ("validation_sha256", "the validation data file"),
-        ("base_config_hash", "the base model"),
-        ("trainable", "the trainable parameters"),
-    ):
-        if saved.get(key) != current.get(key):
-            raise CheckpointError(
-                f"{checkpoint.path}: {what} changed since this checkpoint was written; resuming would mix "
-                "two different runs. Restore it, pass --overwrite to start over, or choose another --output"
-            )
-
-
-@contextmanager
-def _run_lock(output: Path) -> Iterator[None]:
-    """One training launch per run directory: a second one (the same command started again while the
-    first still runs) would interleave checkpoints with it.
-
-    The main process takes the lock and tells the others whether it got it, so the N processes of one
-    launch are admitted together and a second launch is refused on all of its processes.
-    """
-    handle = refusal = None
-    if is_main_process():
-        output.mkdir(parents=True, exist_ok=True)
-        handle = (output / LOCK_FILE).open("a")
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                refusal = (
-                    f"{output} is being written by another mcqtune train process; "
-                    "wait for it to finish or stop it (Ctrl-C saves a checkpoint) before running again"
-                )
-    try:
-        refusal = from_main(refusal)
-        if refusal is not None:
-            raise CheckpointError(refusal)
-        yield
-    finally:
-        if handle is not None:
-            handle.close()
-
-
-def _clear_previous_run(output: Path) -> None:
-    """--overwrite: remove what an earlier run wrote (only mcqtune's own names, never other files)."""
-    for name in (METRICS, MANIFEST, CONFIG_FILE):
-        (output / name).unlink(missing_ok=True)
-    for name in (ADAPTER_DIR, CHECKPOINTS_DIR):
-        if (output / name).is_dir():
-            remove_tree(output / name)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the run can be resumed."""
-
-    def __init__(self, signal_name: str, step: int, total_steps: int, checkpoint: Path):
-        self.signal_name = signal_name
-        self.step = step
-        self.total_steps = total_steps
-        self.checkpoint = checkpoint
-        super().__init__(
-            f"training stopped by {signal_name} after step {step} of {total_steps}; "
-            f"checkpoint saved to {checkpoint}"
-        )
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM while training: finish the current step, save a checkpoint, then stop.
-
-    A second signal restores the default behaviour at once (the previous checkpoint stays intact).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
-            self._restore()
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        print(
-            f"\n{self.signal}: finishing this step and saving a checkpoint "
-            "(press Ctrl-C again to stop at once without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
 
 
 def train(
@@ -445,88 +269,82 @@ def _train(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --output and --overwrite replaces it: pick one")
     output = Path(config.output)
-    checkpoint = _prepare_run_dir(output, config, resume=resume, overwrite=overwrite)
+    tracking.check_installed(tracking.parse_report_to(config.report_to))
+    checkpoint = prepare_run_dir(output, config, resume=resume, overwrite=overwrite)
     set_seed(config.seed)
     resolved = resolve_model(config.model)
     tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     encoder = PromptEncoder(tokenizer, config.prompt_config())
     data = TrainData.load(config)
-    trainer = Trainer(config, resolved, encoder, data.train, data_file=data.train_path)
+    trainer = Trainer(config, resolved, encoder, data.train, data_file=data.train_ref.label)
     fingerprint = data.fingerprint(trainer)
     if checkpoint is not None:
-        _check_fingerprint(checkpoint, fingerprint)
-    _ensure_run_fits_disk(output, config, trainer, resuming=checkpoint is not None)
+        check_fingerprint(checkpoint, fingerprint)
+    ensure_run_fits_disk(output, config, trainer, resuming=checkpoint is not None)
 
     # Every check passed: from here on the run directory is written.
-    held.enter_context(_run_lock(output))
+    held.enter_context(run_lock(output))
     if is_main_process():
-        _tidy_run_dir(output, overwrite, checkpoint)
+        tidy_run_dir(output, overwrite, checkpoint)
     barrier()
     say = trainer.accelerator.print
     say(f"method {trainer.method.name}: {trainer.parameters.describe()}")
     say(trainer.describe_batch())
     objective = trainer.objective
     say(f"objective {objective.name} (scoring {objective.scoring}), precision {trainer.precision}")
-    eval_rows = data.validation[: config.eval_limit] if config.eval_limit else data.validation
+    periodic = EvalSetup.of_run(config, trainer.method, trainer.device, final=False)
+    validation = Validation(periodic.rows(data.validation), periodic, validation_name(config))
+    start_step = (checkpoint.step if checkpoint is not None else 0) + 1
+    trackers = held.enter_context(
+        tracking.tracked_run(
+            config.report_to,
+            output,
+            config.to_dict(),
+            resume=checkpoint is not None,
+            start_step=start_step,
+            main=is_main_process(),
+        )
+    )
     if checkpoint is not None:
         run = _resume(trainer, checkpoint)
-        run.on_validation = on_validation
+        run.on_record, run.on_validation = trackers.log_history, on_validation
     else:
-        run = RunProgress(on_validation=on_validation)
-        _validate(trainer, eval_rows, config, 0, run)
-    start_step = (checkpoint.step if checkpoint is not None else 0) + 1
-    _run_steps(trainer, config, output, fingerprint, run, start_step, eval_rows, show_progress)
+        run = RunProgress(on_record=trackers.log_history, on_validation=on_validation)
+        _validate(trainer, validation, 0, run)
+    _run_steps(trainer, config, output, fingerprint, run, start_step, validation, show_progress)
 
     if run.best_state is not None:
         load_trainable_state(trainer.unwrapped, run.best_state)
         best = f"step {run.best_step} ({run.best_accuracy * 100:.1f}% on validation)"
         say(f"keeping the best checkpoint: {best}")
     trainer.unwrapped.eval()
-    final = None
-    if data.validation:
-        final_rows = (
-            data.validation[: config.final_eval_limit] if config.final_eval_limit else data.validation
-        )
-        name = validation_name(config)
-        with task(f"final validation ({name})" if show_progress and is_main_process() else None):
-            final = _evaluate(trainer, final_rows, config, keep_answers=True)
-        say(
-            format_metrics(final, f"validation ({name}, {trainer.method.name}, {objective.scoring} scoring):")
-        )
+    final = _final_evaluation(trainer, config, data.validation, validation.name, show_progress)
     metrics = _results(config, trainer, data, run, final)
     if is_main_process():
-        metrics = _save_results(output, config, trainer, run, metrics)
+        best_step = run.best_step if run.best_step is not None else run.last_step
+        metrics = save_results(output, config, trainer, best_step, metrics)
         remove_tree(checkpoint_root(output))  # finished: checkpoints are only for resuming
+        trackers.finish(metrics, [output / ADAPTER_DIR, output / METRICS])
     metrics = from_main(metrics)  # also: every process returns once the run directory is complete
     model = trainer.unwrapped if keep_model else None
     return TrainResult(output=output, metrics=metrics, history=run.history, model=model)
 
 
-def _ensure_run_fits_disk(output: Path, config: TrainConfig, trainer: Trainer, *, resuming: bool) -> None:
-    """While rotating, keep_checkpoints + 1 checkpoints exist at once, plus the final artifact."""
-    checkpoint_bytes = estimate_checkpoint_bytes(trainer.trainable)
-    saves = math.ceil(trainer.total_steps / config.save_steps) if config.save_steps else 1
-    at_once = 1 if resuming else min(saves, config.keep_checkpoints + 1)
-    artifact = mib(trainer.trainable_bytes)
-    ensure_free_space(
-        output,
-        at_once * checkpoint_bytes + trainer.trainable_bytes + MIB,
-        f"this run ({at_once} checkpoint(s) of ~{mib(checkpoint_bytes)}, a ~{artifact} artifact)",
-        "free some space, lower --keep-checkpoints, or choose another --output",
+def _final_evaluation(
+    trainer: Trainer, config: TrainConfig, examples: list[MCQExample], name: str, show_progress: bool
+) -> dict[str, Any] | None:
+    """The kept model's metrics on the first ``final_eval_limit`` validation rows, with each question's
+    correctness (None without validation data)."""
+    if not examples:
+        return None
+    setup = EvalSetup.of_run(config, trainer.method, trainer.device)
+    with task(f"final validation ({name})" if show_progress and is_main_process() else None):
+        final = _evaluate(trainer, setup.rows(examples), setup, keep_answers=True)
+    scoring = trainer.objective.scoring
+    trainer.accelerator.print(
+        format_metrics(final, f"validation ({name}, {trainer.method.name}, {scoring} scoring):")
     )
-
-
-def _tidy_run_dir(output: Path, overwrite: bool, checkpoint: Checkpoint | None) -> None:
-    """Remove an overwritten run, temporaries of killed writers, and checkpoints newer than the resumed
-    one (damaged ones: dead ends)."""
-    if overwrite:
-        _clear_previous_run(output)
-    clean_checkpoint_dir(output)
-    remove_stale_temporaries(output)
-    if checkpoint is not None:
-        for path in list_checkpoints(output):
-            if (step_of(path) or 0) > checkpoint.step:
-                remove_tree(path)
+    return final
 
 
 def _resume(trainer: Trainer, checkpoint: Checkpoint) -> RunProgress:
@@ -546,7 +364,7 @@ def _run_steps(
     fingerprint: dict[str, Any],
     run: RunProgress,
     start_step: int,
-    eval_rows: list[MCQExample],
+    validation: Validation,
     show_progress: bool,
 ) -> None:
     """The loop: step, log, validate every ``eval_steps``, checkpoint every ``save_steps`` and on a
@@ -574,7 +392,7 @@ def _run_steps(
 
     show = show_progress and is_main_process()
     progress = bar(total, f"train {trainer.method.name}", "step", start_step - 1, enabled=show)
-    with _StopRequest() as stop, closing(progress):
+    with StopRequest() as stop, closing(progress):
         for step in range(start_step, total + 1):
             run.record_step(step, trainer.step(), trainer.learning_rate)
             progress.update(1)
@@ -586,7 +404,7 @@ def _run_steps(
             out_of_time = limit is not None and any_process(run.train_seconds >= limit)
             last = step == total or out_of_time
             if step % config.eval_steps == 0 or last:
-                _validate(trainer, eval_rows, config, step, run)
+                _validate(trainer, validation, step, run)
             due = config.save_steps is not None and (step % config.save_steps == 0 or step == total)
             # read once (a signal may arrive while the checkpoint is written); all processes stop together
             seen = stop.signal
@@ -624,6 +442,7 @@ def _results(
             "mean_loss_last_10": round(float(np.mean(run.losses[-10:])), 5),
         },
         "data": {"train": config.train, "validation": config.validation},
+        "sources": data.sources,
         "history": run.history,
     }
     if any(data.skipped.values()):
@@ -634,34 +453,4 @@ def _results(
         )
         metrics["validation"] = final
         metrics["zero_shot_val_accuracy_subset"] = zero_shot
-    return metrics
-
-
-def _save_results(
-    output: Path, config: TrainConfig, trainer: Trainer, run: RunProgress, metrics: dict[str, Any]
-) -> dict[str, Any]:
-    """The artifact first, metrics.json last: metrics.json is what marks the run finished."""
-    method, objective = trainer.method.name, trainer.objective_name
-    manifest = {
-        "method": method,
-        "method_options": config.method_options,
-        "objective": objective,
-        "scoring": trainer.objective.scoring,
-        **trainer.base_identity,
-        "prompt": trainer.objective.encoder.config.to_dict(),
-        "packing": trainer.packed,
-        "parameters": trainer.parameters.to_dict(),
-        "best_step": run.best_step if run.best_step is not None else run.last_step,
-    }
-    try:
-        ensure_free_space(output, trainer.trainable_bytes + MIB, "the artifact", _RESUME_HINT)
-        artifact_bytes = save_artifact(trainer.unwrapped, output, manifest)
-        trainer.accelerator.print(f"saved {method} artifact to {output} ({artifact_bytes / 2**20:.2f} MiB)")
-        atomic_write_yaml(output / CONFIG_FILE, config.to_dict() | {"objective": objective})
-        metrics = {**metrics, "artifact_bytes": artifact_bytes}
-        atomic_write_json(output / METRICS, metrics)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskSpaceError(f"disk full while saving the artifact in {output}; {_RESUME_HINT}") from exc
-        raise
     return metrics

@@ -26,10 +26,9 @@ from transformers import get_scheduler
 from mcqtune.artifacts import base_identity
 from mcqtune.config import ConfigError, TrainConfig, resolve_objective
 from mcqtune.data import DataError, MCQExample
-from mcqtune.evaluation.evaluate import resolve_precision
 from mcqtune.methods import get_method, parameter_report
 from mcqtune.methods.base import Method, check_master_weights, load_trainable_state, option_errors
-from mcqtune.models import ModelError, ResolvedModel
+from mcqtune.models import ModelError, ResolvedModel, resolve_precision
 from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_summary
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import Checkpoint, tensor_bytes
@@ -135,7 +134,7 @@ class Trainer:
             enable_gradient_checkpointing(model, self.method, config.model)
         if model_hook is not None:
             model_hook(model)
-        self.packed = config.packing and self.method.supports_packing
+        self.packed = self.method.packs(config.packing)
         self.objective = make_objective(self.objective_name, encoder, self.packed)
         self.parameters = parameter_report(model)
 
