@@ -21,7 +21,7 @@ ADDED = {
     "export": {"--run"},
     "serve": {"--run", "--run-dir"},
     "train": {"--report-to", "--subset"},
-    "compare": {"--report-to", "--subset"},
+    "compare": {"--report-to", "--subset", "--from-search"},
 }
 
 
