@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_OPTIONS
 from mcqtune.artifacts import ADAPTER_DIR, ArtifactError
 from mcqtune.config import build_config
 from mcqtune.data import bundled_path, load_examples
@@ -38,13 +39,6 @@ from mcqtune.training.recipe import train
 
 CPU = torch.device("cpu")
 
-# Small options for the tiny model; a registered method not named here runs with its YAML defaults.
-TINY_OPTIONS: dict[str, dict[str, Any]] = {
-    "subset": {"top_k": 2},
-    "prefix": {"num_virtual_tokens": 4},
-    "lora": {"r": 4},
-    "qlora": {"r": 4},
-}
 # (case id, method, options, objectives): every registered method with both objectives (found through the
 # registry, so a new method is tested here without being listed), then variants of its options, which
 # run the ranking objective only to keep this file fast.
