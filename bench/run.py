@@ -678,6 +678,7 @@ SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "startup": section_startup,
     "lm_eval": section_lm_eval,
     "levers": section_levers,
+    "limits": lambda ctx: __import__("bench.limits", fromlist=["run_limits"]).run_limits(ctx),  # --only
 }
 
 
