@@ -10,6 +10,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -318,7 +319,10 @@ def test_load_on_a_real_loopback_server_has_no_errors(engine, runs, record_prope
         record_property(key, value)
     assert result.errors == []
     assert len(result.latencies_ms) == 400
-    assert result.percentile(99) >= result.percentile(50) > 0
+    assert min(result.latencies_ms) > 0
+    summary = result.summary()  # the reported percentiles are those of the recorded latencies
+    assert summary["p50_ms"] == round(float(np.percentile(result.latencies_ms, 50)), 1)
+    assert summary["p99_ms"] == round(float(np.percentile(result.latencies_ms, 99)), 1)
 
 
 def test_serve_command_starts_answers_and_stops(runs, tiny_model_dir):
@@ -329,7 +333,9 @@ def test_serve_command_starts_answers_and_stops(runs, tiny_model_dir):
     argv = ["--model", str(tiny_model_dir), "--precision", "fp32", f"--adapter=lora={runs['lora']}"]
     with serve_process(argv, start_timeout=120) as url:
         answer = httpx.post(url + "/v1/answer", json={**QUESTION, "adapter": "lora"}, timeout=60)
-        assert answer.status_code == 200 and answer.json()["letter"] in "ABC"
+        body = answer.json()
+        assert answer.status_code == 200 and len(body["probabilities"]) == 3
+        assert body["letter"] == "ABC"[max(range(3), key=body["probabilities"].__getitem__)]
 
 
 def test_serve_command_stops_on_an_artifact_that_fails_to_load(tiny_model_dir, tmp_path):

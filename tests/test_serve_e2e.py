@@ -14,6 +14,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mcqtune.cli.main import main
@@ -136,7 +137,9 @@ def test_load_400_requests_from_8_clients_without_errors(server, arc_examples, r
         record_property(key, value)
     assert result.errors == []
     assert summary["requests"] == LOAD_REQUESTS and len(result.latencies_ms) == LOAD_REQUESTS
-    assert summary["p99_ms"] >= summary["p50_ms"] > 0  # (bounds on the latencies: bench/serve_bench.py)
+    assert min(result.latencies_ms) > 0  # (bounds on the latencies: bench/serve_bench.py)
+    assert summary["p50_ms"] == round(float(np.percentile(result.latencies_ms, 50)), 1)
+    assert summary["p99_ms"] == round(float(np.percentile(result.latencies_ms, 99)), 1)
 
 
 def test_a_browser_that_cannot_start_fails_in_ci_and_skips_elsewhere(monkeypatch):
