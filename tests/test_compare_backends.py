@@ -47,12 +47,14 @@ SAME_KEYS = (
     "best_step",
     "learning_curve",
 )
-RAY_TEST_SECONDS = 300
+# A hang guard (a Ray worker that never answers), not a speed bound: far above what the test takes
+# even on a loaded machine.
+RAY_HANG_SECONDS = 1200
 
 
 @contextlib.contextmanager
 def _deadline(seconds: int):
-    """Fail the test (instead of hanging CI) if the block runs longer than ``seconds``."""
+    """Fail the test (instead of hanging CI) if the block runs longer than ``seconds`` (hangs only)."""
 
     def expire(signum, frame):
         raise TimeoutError(f"took longer than {seconds} s")
@@ -138,7 +140,7 @@ def test_parallel_two_equals_sequential(tmp_path, tiny_model_dir, sequential):
 def test_ray_local_instance_equals_sequential(tmp_path, tiny_model_dir, sequential):
     import ray
 
-    with _deadline(RAY_TEST_SECONDS):
+    with _deadline(RAY_HANG_SECONDS):
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
         try:
             results = _compare(tmp_path, tiny_model_dir, Execution(backend="ray", cpus_per_job=1))
