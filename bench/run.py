@@ -75,6 +75,13 @@ def section_levers(ctx: Context) -> dict[str, Any]:
     return run_levers(ctx)
 
 
+def section_limits(ctx: Context) -> dict[str, Any]:
+    """The time and memory limits that were test assertions, as ratios to each limit (bench/limits.py)."""
+    from bench.limits import run_limits
+
+    return run_limits(ctx)
+
+
 SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "peak": peak.section_peak,
     "trl": trl.section_trl,
@@ -86,6 +93,7 @@ SECTION_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "startup": startup.section_startup,
     "lm_eval": lm_eval.section_lm_eval,
     "levers": section_levers,
+    "limits": section_limits,  # only with --only limits
 }
 
 

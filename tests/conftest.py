@@ -17,6 +17,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import torch  # after the thread count
 
+# Method options that fit the tiny model below (4 layers, hidden 64) or keep it fast; a registered method
+# not named here runs with its YAML defaults.
+TINY_OPTIONS: dict[str, dict] = {
+    "subset": {"top_k": 2},
+    "prefix": {"num_virtual_tokens": 4},
+    "lora": {"r": 4},
+    "qlora": {"r": 4},
+}
+
 
 @pytest.fixture(scope="session")
 def bundled_resolved():

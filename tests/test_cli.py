@@ -140,8 +140,10 @@ def test_predict_prints_every_option_probability(trained_run, capsys):
     )
     assert code == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["prediction"] in "ABC"
-    assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    probabilities = line["probabilities"]
+    assert set(probabilities) == {"A", "B", "C"}
+    assert line["prediction"] == max(probabilities, key=probabilities.get)  # the most probable letter
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_bad_data_is_a_one_line_user_error(tmp_path, tiny_model_dir, capsys):
@@ -154,7 +156,7 @@ def test_bad_data_is_a_one_line_user_error(tmp_path, tiny_model_dir, capsys):
 
 
 def test_data_check_reports_distribution(capsys):
-    assert main(["data", "check", "medmcqa", "--no-tokens"]) in (0, 1)
+    assert main(["data", "check", "medmcqa", "--no-tokens"]) == 0  # warnings (duplicate options) only
     out = capsys.readouterr().out
     assert "3000" in out or "3,000" in out
 

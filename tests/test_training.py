@@ -237,3 +237,30 @@ def test_the_benchmark_steps_the_same_trainer(tiny_model_dir, tokenizer, arc_exa
     trainer = Trainer(config, resolved, encoder, arc_examples[:8])
     assert stepper.losses == [trainer.step().loss, trainer.step().loss]
     assert stepper.timings.questions == [2, 2]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_asked_for_is_used_whatever_the_host(
+    native_bf16, tiny_model_dir, tokenizer, arc_examples, monkeypatch
+):
+    """ "auto" follows the CPU (bf16 only with native support); "bf16" and "fp32" are what they say on any
+    host, so tests that ask for bf16 run the bf16 path where the CPU only emulates it (AVX2)."""
+    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.training.trainer import Trainer
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16 else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    for asked in ("bf16", "fp32"):
+        trainer = Trainer(
+            _trainer_config(tiny_model_dir, precision=asked),
+            resolve_model(str(tiny_model_dir)),
+            PromptEncoder(tokenizer),
+            arc_examples[:2],
+        )
+        assert trainer.precision == asked
+        assert trainer.accelerator.mixed_precision == ("bf16" if asked == "bf16" else "no")
+        frozen = trainer.unwrapped.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+        assert frozen.dtype == (torch.bfloat16 if asked == "bf16" else torch.float32)
+        assert trainer.step().loss > 0

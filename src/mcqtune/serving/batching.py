@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,6 +28,18 @@ from mcqtune.serving.registry import ArtifactRegistry
 # more than 5 ms to send their next question: bench/serve_bench.py collected 5.8 of its 8 clients' questions
 # per batch with 5 ms. Waiting 5% of a pass costs at most 5% of latency.
 WINDOW_SHARE = 0.05
+
+
+class Clock:
+    """Time as the batcher reads and waits on it: a monotonic clock and a bounded wait for the next
+    question. Tests pass one they control, so a window is checked without sleeping against it."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    async def wait(self, next_item: Awaitable[_Item], timeout: float) -> _Item:
+        """The next queued item, or TimeoutError after ``timeout`` seconds."""
+        return await asyncio.wait_for(next_item, timeout)
 
 
 @dataclass
@@ -52,8 +64,10 @@ class DynamicBatcher:
         window_ms: float = DEFAULT_WINDOW_MS,
         max_batch: int = DEFAULT_MAX_BATCH,
         on_batch: Callable[[int], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.registry = registry
+        self.clock = clock or Clock()
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
         self.on_batch = on_batch or (lambda size: None)
@@ -81,27 +95,32 @@ class DynamicBatcher:
             self._queue.put_nowait(item)
         return list(await asyncio.gather(*(item.future for item in items)))
 
+    def current_window(self) -> float:
+        """Seconds a batch waits for more questions after its first: ``window_ms`` or
+        :data:`WINDOW_SHARE` of the last pass, whichever is longer."""
+        return max(self.window, WINDOW_SHARE * self._last_pass_seconds)
+
     async def _collect(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = time.perf_counter() + max(self.window, WINDOW_SHARE * self._last_pass_seconds)
+            deadline = self.clock.now() + self.current_window()
             while len(batch) < self.max_batch:
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                     continue
-                remaining = deadline - time.perf_counter()
+                remaining = deadline - self.clock.now()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    batch.append(await self.clock.wait(self._queue.get(), remaining))
                 except TimeoutError:
                     break
             self.on_batch(len(batch))
-            start = time.perf_counter()
+            start = self.clock.now()
             results = await loop.run_in_executor(self._worker, self._score, batch)
-            self._last_pass_seconds = time.perf_counter() - start
+            self._last_pass_seconds = self.clock.now() - start
             for item, result in zip(batch, results, strict=True):
                 if item.future.done():  # the client went away
                     continue
