@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import TINY_OPTIONS
-from mcqtune.artifacts import ADAPTER_DIR, MANIFEST
+from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, METRICS
 from mcqtune.config import build_config, method_option_defaults
 from mcqtune.data import MCQExample
 from mcqtune.methods import METHODS, get_method
@@ -258,6 +258,7 @@ def test_the_artifact_is_the_best_validated_state(tiny_model_dir, tmp_path, monk
         assert torch.equal(seen["final"][name], seen[2][name]), name
     assert any(not torch.equal(seen[5][n], seen[2][n]) for n in saved)  # the last state differs
     assert json.loads((output / MANIFEST).read_text())["best_step"] == 2
+    assert json.loads((output / METRICS).read_text())["train"]["best_step"] == 2
     metrics = json.loads((output / "metrics.json").read_text())
     validated = {h["step"]: h["val_accuracy"] for h in metrics["history"] if "val_accuracy" in h}
     assert validated == scripted

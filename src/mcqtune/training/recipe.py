@@ -431,6 +431,8 @@ def _results(
         "parameters": trainer.parameters.to_dict(),
         "train": {
             "steps": run.last_step,  # below planned_steps when a time budget stopped the run
+            # the step whose state is the artifact: the best validated one (the last without validation)
+            "best_step": run.best_step if run.best_step is not None else run.last_step,
             "planned_steps": trainer.total_steps,
             "processes": trainer.processes,
             "global_batch_size": trainer.global_batch_size,
