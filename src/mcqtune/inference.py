@@ -45,6 +45,7 @@ from mcqtune.methods.base import (
 from mcqtune.models import config_hash, default_device, load_policy, load_tokenizer, resolve_model
 from mcqtune.preflight import check_adapter_dir
 from mcqtune.prompt import PromptConfig, PromptEncoder
+from mcqtune.textgen import Generated, TokenLogprob, context_length, end_token_ids, greedy, prompt_logprobs
 
 
 def shared_view(base: torch.nn.Module) -> torch.nn.Module:
@@ -389,4 +390,41 @@ class Predictor:
                 precision=self.precision,
                 device=self.device,
                 **analyses,
+            )
+
+    # ------------------------------------------------------------ plain language modelling (OpenAI API)
+
+    def context_length(self) -> int:
+        """The longest prompt + completion the base takes, in tokens."""
+        return context_length(self.base())
+
+    def end_token_ids(self) -> set[int]:
+        return end_token_ids(self.base(), self.tokenizer)
+
+    def prompt_logprobs(
+        self, adapter: str | None, rows: Sequence[Sequence[int]], top_k: int = 0
+    ) -> list[tuple[list[TokenLogprob | None], TokenLogprob]]:
+        """Each prompt token's log-probability under artifact ``adapter`` (None: the base), and the
+        greedy next token (:func:`mcqtune.textgen.prompt_logprobs`)."""
+        with self._lock:
+            model = self.module(adapter)
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            return prompt_logprobs(
+                model, rows, top_k, precision=self.precision, device=self.device, pad_id=pad_id
+            )
+
+    def generate(
+        self, adapter: str | None, prompt: Sequence[int], max_new_tokens: int, **options: Any
+    ) -> Generated:
+        """Greedy generation with artifact ``adapter``; ``options`` are :func:`mcqtune.textgen.greedy`'s."""
+        with self._lock:
+            model = self.module(adapter)
+            return greedy(
+                model,
+                self.tokenizer,
+                prompt,
+                max_new_tokens,
+                precision=self.precision,
+                device=self.device,
+                **options,
             )

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from mcqtune.serving.registry import ArtifactRegistry
 # more than 5 ms to send their next question: bench/serve_bench.py collected 5.8 of its 8 clients' questions
 # per batch with 5 ms. Waiting 5% of a pass costs at most 5% of latency.
 WINDOW_SHARE = 0.05
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +82,16 @@ class DynamicBatcher:
         for item in items:
             self._queue.put_nowait(item)
         return list(await asyncio.gather(*(item.future for item in items)))
+
+    async def run(self, adapter: str | None, job: Callable[[], T]) -> T:
+        """Run ``job`` on the model thread with artifact ``adapter`` loaded (the OpenAI endpoints'
+        work: between batches, never beside one)."""
+
+        def work() -> T:
+            self.registry.ensure(adapter, keep=[adapter])
+            return job()
+
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
     async def _collect(self) -> None:
         assert self._queue is not None

@@ -54,6 +54,7 @@ class Scores:
 
 class Engine(Protocol):
     base_id: str
+    predictor: Predictor  # the OpenAI endpoints' plain language-model work goes straight to it
 
     def base_info(self) -> ArtifactInfo: ...
 
