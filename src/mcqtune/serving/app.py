@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -26,6 +25,7 @@ from mcqtune import __version__
 from mcqtune.data import BUNDLED_DATASETS, LETTERS, MCQExample, bundled_path, load_examples
 from mcqtune.errors import ArtifactError, RequestError
 from mcqtune.evaluation.metrics import LetterPrior, debias_scores
+from mcqtune.evaluation.temperature import option_probabilities
 from mcqtune.serving import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_WINDOW_MS, schemas
 from mcqtune.serving.batching import Answer, DynamicBatcher
 from mcqtune.serving.openai_api import error_body, is_openai_path, openai_router, validation_error
@@ -157,13 +157,13 @@ def _answer_response(request: schemas.AnswerRequest, answer: Answer, prior, star
     scores = answer.scores
     if request.debias:
         scores = debias_scores(scores[None, :], [len(scores)], prior)[0][0]
-    shifted = np.exp(scores - scores.max())
-    probabilities = shifted / shifted.sum()
+    probabilities, kind = option_probabilities(scores, answer.temperature, request.debias)
     index = int(probabilities.argmax())
     return schemas.AnswerResponse(
         letter=LETTERS[index],
         index=index,
         probabilities=[float(p) for p in probabilities],
+        probability_kind=kind,
         adapter=request.adapter,
         scoring=answer.scoring,
         debiased=request.debias,

@@ -37,6 +37,7 @@ class Answer:
     scores: np.ndarray  # one score per option
     scoring: str
     batch_size: int  # questions in the forward pass this answer came from
+    temperature: float | None = None  # the artifact's calibration temperature (None: uncalibrated)
 
 
 @dataclass
@@ -148,7 +149,7 @@ class DynamicBatcher:
             for adapter, scores in scored.items():
                 for i, row in zip(groups[adapter], scores.rows, strict=True):
                     results[i] = (
-                        Answer(row, scores.scoring, len(batch))
+                        Answer(row, scores.scoring, len(batch), scores.temperature)
                         if row is not None
                         else RequestError(
                             "the question and its options are longer than the model's maximum length"

@@ -54,6 +54,7 @@ from mcqtune.distributed import (
     launched_processes,
     rank_and_size,
 )
+from mcqtune.evaluation import temperature
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.format import format_metrics
 from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
@@ -218,6 +219,8 @@ def _evaluate(
     metrics = compute_metrics(scored)
     if keep_answers:
         metrics[PER_QUESTION] = per_question(scored)
+        if (fit := temperature.temperature_summary(scored)) is not None:  # the artifact's calibration
+            metrics[temperature.METRICS_KEY] = fit
     return metrics
 
 
@@ -642,6 +645,7 @@ def _save_results(
         "packing": trainer.packed,
         "parameters": trainer.parameters.to_dict(),
         "best_step": run.best_step if run.best_step is not None else run.last_step,
+        temperature.MANIFEST_KEY: temperature.manifest_entry(metrics.get("validation"), config.validation),
     }
     try:
         ensure_free_space(output, trainer.trainable_bytes + MIB, "the artifact", _RESUME_HINT)
