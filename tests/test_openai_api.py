@@ -7,7 +7,6 @@ completion; every method's artifact computes its own log-probabilities; bad requ
 
 from __future__ import annotations
 
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,12 @@ from fastapi.testclient import TestClient
 from mcqtune.cli.main import main
 from mcqtune.serving.app import ServeSettings, create_app
 from mcqtune.serving.engine import open_engine
-from mcqtune.serving.loadgen import running_server
+from mcqtune.serving.loadgen import (
+    lm_eval_scores,
+    local_completions_args,
+    running_server,
+    write_lm_eval_task,
+)
 from mcqtune.serving.registry import ArtifactRegistry
 
 openai = pytest.importorskip("openai", reason="the OpenAI SDK is a test extra (pip install -e .[test])")
@@ -66,59 +70,18 @@ def client(server):
 
 
 def _task_dir(tmp_path: Path, arc_examples) -> Path:
-    """A local lm-eval multiple-choice task over the first bundled ARC-Easy validation rows."""
-    rows = [
-        {"question": e.question, "choices": list(e.choices), "answer": e.answer}
-        for e in arc_examples[:LM_EVAL_QUESTIONS]
-    ]
-    (tmp_path / "arc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (tmp_path / "mcq_arc_local.yaml").write_text(
-        "task: mcq_arc_local\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'arc.jsonl'}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
-        'doc_to_choice: "{{choices}}"\n'
-        'doc_to_target: "{{answer}}"\n'
-        "metric_list:\n  - metric: acc\n",
-        encoding="utf-8",
-    )
-    return tmp_path
+    return write_lm_eval_task(tmp_path, arc_examples[:LM_EVAL_QUESTIONS])
 
 
 def _lm_eval(task_dir: Path, model: str, model_args: dict) -> tuple[float, list[float]]:
-    """lm-eval's accuracy and each question's chosen-answer log-likelihoods, within CLIENT_TIMEOUT_S."""
-    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is a test extra (pip install -e .[test])")
-    from lm_eval.tasks import TaskManager
-
-    def run():
-        return lm_eval.simple_evaluate(
-            model=model,
-            model_args=model_args,
-            tasks=["mcq_arc_local"],
-            task_manager=TaskManager(include_path=str(task_dir)),
-            log_samples=True,
-        )
-
+    """lm-eval's accuracy and every option's log-likelihood, within CLIENT_TIMEOUT_S."""
+    pytest.importorskip("lm_eval", reason="lm-eval is a test extra (pip install -e .[test])")
     with ThreadPoolExecutor(1) as pool:
-        results = pool.submit(run).result(timeout=CLIENT_TIMEOUT_S)
-    accuracy = results["results"]["mcq_arc_local"]["acc,none"]
-    samples = sorted(results["samples"]["mcq_arc_local"], key=lambda s: s["doc_id"])
-    loglikelihoods = [float(response[0]) for s in samples for response in s["filtered_resps"]]
-    return accuracy, loglikelihoods
+        return pool.submit(lm_eval_scores, task_dir, model, model_args).result(timeout=CLIENT_TIMEOUT_S)
 
 
 def _local_completions(server: str, name: str, tiny_model_dir: Path, batch_size: int = 1) -> dict:
-    return {
-        "model": name,
-        "base_url": f"{server}/v1/completions",
-        "tokenizer_backend": "huggingface",
-        "tokenizer": str(tiny_model_dir),
-        "batch_size": batch_size,
-        "max_retries": 1,
-        "add_bos_token": True,  # what hf does by default with this tokenizer; both must say the same
-    }
+    return local_completions_args(server, name, tiny_model_dir, batch_size)
 
 
 def test_lm_eval_local_completions_scores_a_served_lora_like_hf_with_peft(

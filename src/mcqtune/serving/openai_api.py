@@ -190,7 +190,9 @@ class OpenAIEndpoints:
     def _run_completions(self, request: CompletionRequest, adapter: str | None) -> list[dict[str, Any]]:
         """Worker thread: every prompt's choice (text, log-probs, finish reason, token counts)."""
         prompts = self._encode(request.prompts)
-        max_tokens = request.max_tokens if request.max_tokens is not None else 0
+        max_tokens = request.max_tokens
+        if max_tokens is None:  # an explicit null: up to the context length (vLLM)
+            max_tokens = max(self.predictor.context_length() - max(len(p.ids) for p in prompts), 1)
         if max_tokens == 0 and not request.echo:
             raise OpenAIError("max_tokens=0 needs echo=true (it returns only the prompt)", param="max_tokens")
         for prompt in prompts:

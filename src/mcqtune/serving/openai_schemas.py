@@ -99,7 +99,9 @@ class CompletionRequest(_Sampling):
         description="text, a list of texts, token ids, or a list of token-id lists"
     )
     max_tokens: int | None = Field(
-        default=DEFAULT_COMPLETION_TOKENS, ge=0, description="0 only with echo (the prompt's log-probs)"
+        default=DEFAULT_COMPLETION_TOKENS,
+        ge=0,
+        description="0 only with echo (the prompt's log-probs); null: up to the context length",
     )
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
