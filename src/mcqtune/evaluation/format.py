@@ -76,8 +76,8 @@ def format_temperature(summary: dict[str, Any]) -> str:
     if "temperature" in summary and "ece_before" in summary:
         return (
             f"temperature       {summary['temperature']:.3f} fitted on {summary['n']} questions: ECE "
-            f"{summary['ece_before']:.3f} -> {summary['ece_after']:.3f} (cross-fitted), NLL "
-            f"{summary['nll_before']:.3f} -> {summary['nll_after']:.3f}"
+            f"{summary['ece_before']:.3f} -> {summary['ece_after']:.3f}, NLL "
+            f"{summary['nll_before']:.3f} -> {summary['nll_after']:.3f} (after: cross-fitted)"
         )
     if summary.get("probability_kind") == "calibrated":
         after = summary.get("calibration_after") or {}

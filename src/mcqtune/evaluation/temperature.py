@@ -88,8 +88,8 @@ def _labelled(scored: ScoredExamples) -> tuple[np.ndarray, np.ndarray]:
 
 
 def temperature_summary(scored: ScoredExamples) -> dict[str, Any] | None:
-    """Fit T on ``scored``'s labelled questions; ECE and NLL before, and after (cross-fitted over
-    :data:`FOLDS` folds) for metrics.json. None when too few questions are labelled."""
+    """Fit T on ``scored``'s labelled questions; ECE, Brier and NLL before, and after (every "after"
+    cross-fitted over :data:`FOLDS` folds) for metrics.json. None when too few questions are labelled."""
     scores, gold = _labelled(scored)
     n = len(gold)
     if n < MIN_QUESTIONS:
@@ -113,7 +113,7 @@ def temperature_summary(scored: ScoredExamples) -> dict[str, Any] | None:
         "brier_before": before["brier"],
         "brier_after": after["brier"],
         "nll_before": round(_gold_nll(scores, gold, 1.0), 4),
-        "nll_after": round(_gold_nll(scores, gold, temperature), 4),
+        "nll_after": round(float(-np.log(out_of_fold[np.arange(n), gold]).mean()), 4),
         "after_is": f"{folds}-fold cross-fitted (each fold scaled by a temperature fitted on the others)",
     }
     if at_edge:
