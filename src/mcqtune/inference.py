@@ -34,6 +34,15 @@ from mcqtune.errors import ArtifactError, DataError
 from mcqtune.evaluation.analysis import AnalysisResult, run_analyses
 from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.evaluation.metrics import ScoredExamples
+from mcqtune.evaluation.temperature import (
+    CALIBRATED,
+    KIND_KEY,
+    METRICS_KEY,
+    UNCALIBRATED,
+    eval_section,
+    manifest_temperature,
+    option_probabilities,
+)
 from mcqtune.methods import Method, get_method
 from mcqtune.methods.base import (
     PLAIN_BASE,
@@ -52,6 +61,7 @@ from mcqtune.models import (
 )
 from mcqtune.preflight import check_adapter_dir
 from mcqtune.prompt import PromptConfig, PromptEncoder
+from mcqtune.textgen import Generated, TokenLogprob, context_length, end_token_ids, greedy, prompt_logprobs
 
 
 def shared_view(base: torch.nn.Module) -> torch.nn.Module:
@@ -102,16 +112,28 @@ class Artifact:
     def packed(self) -> bool:
         return self.manifest.get("packing", True)
 
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature fitted on its validation split (None: trained before that)."""
+        return manifest_temperature(self.manifest)
+
 
 @dataclass(frozen=True)
 class Prediction:
-    """One answered question: the chosen option and every option's probability."""
+    """One answered question: the chosen option and every option's probability, and whether those are
+    calibrated (the artifact's temperature applied) or uncalibrated scores (a softmax over option
+    scores: the zero-shot model, an artifact trained before calibration, debiased scores)."""
 
     example: MCQExample
     index: int
     probabilities: tuple[float, ...]
     raw_index: int  # before the letter prior was removed (== index without debiasing)
     debiased: bool
+    probability_kind: str = UNCALIBRATED  # CALIBRATED or UNCALIBRATED (evaluation/temperature.py)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.probability_kind == CALIBRATED
 
     @property
     def letter(self) -> str:
@@ -126,6 +148,7 @@ class Prediction:
             "id": self.example.id,
             "prediction": self.letter,
             "probabilities": {LETTERS[i]: round(p, 4) for i, p in enumerate(self.probabilities)},
+            KIND_KEY: self.probability_kind,
         }
         if self.correct is not None:
             record["correct"] = self.correct
@@ -135,18 +158,22 @@ class Prediction:
 
 
 def predictions(result: AnalysisResult) -> list[Prediction]:
-    """Per-question records of a scoring result (debiased when a prior was applied)."""
+    """Per-question records of a scoring result (debiased when a prior was applied), with calibrated
+    probabilities where the artifact carries a temperature (:attr:`AnalysisResult.temperature`)."""
     final = result.debiased if result.debiased is not None else result.scored
+    debiased = result.debiased is not None
+    probabilities, kind = option_probabilities(final.scores, result.temperature, debiased)
     return [
         Prediction(
             example=example,
             index=int(index),
             probabilities=tuple(float(p) for p in probs[: len(example.choices)]),
             raw_index=int(raw),
-            debiased=result.debiased is not None,
+            debiased=debiased,
+            probability_kind=kind,
         )
         for example, probs, index, raw in zip(
-            final.examples, final.probabilities, final.predictions, result.scored.predictions, strict=True
+            final.examples, probabilities, final.predictions, result.scored.predictions, strict=True
         )
     ]
 
@@ -361,6 +388,11 @@ class Predictor:
             return self.exported["scoring"]
         return resolve_scoring("auto", self.base().num_parameters())
 
+    def temperature(self, adapter: str | None = None) -> float | None:
+        """The artifact's calibration temperature; None for the zero-shot base and older artifacts."""
+        artifact = self._artifact(adapter)
+        return artifact.temperature if artifact is not None else None
+
     def prompt(self, adapter: str | None = None) -> PromptConfig:
         artifact = self._artifact(adapter)
         if artifact is not None:
@@ -384,7 +416,7 @@ class Predictor:
         with self._lock:
             artifact = self._artifact(adapter)
             model = self.module(adapter)
-            return run_analyses(
+            result = run_analyses(
                 model,
                 PromptEncoder(self.tokenizer, prompt or self.prompt(adapter)),
                 examples,
@@ -396,4 +428,46 @@ class Predictor:
                 precision=self.precision,
                 device=self.device,
                 **analyses,
+            )
+        # Calibrated probabilities where the artifact carries a temperature; eval reports which.
+        result.temperature = self.temperature(adapter)
+        if result.scored is not None and result.scored.examples:
+            result.sections[METRICS_KEY] = eval_section(result.scored, result.temperature)
+        return result
+
+    # ------------------------------------------------------------ plain language modelling (OpenAI API)
+
+    def context_length(self) -> int:
+        """The longest prompt + completion the base takes, in tokens."""
+        return context_length(self.base())
+
+    def end_token_ids(self) -> set[int]:
+        return end_token_ids(self.base(), self.tokenizer)
+
+    def prompt_logprobs(
+        self, adapter: str | None, rows: Sequence[Sequence[int]], top_k: int = 0
+    ) -> list[tuple[list[TokenLogprob | None], TokenLogprob]]:
+        """Each prompt token's log-probability under artifact ``adapter`` (None: the base), and the
+        greedy next token (:func:`mcqtune.textgen.prompt_logprobs`)."""
+        with self._lock:
+            model = self.module(adapter)
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            return prompt_logprobs(
+                model, rows, top_k, precision=self.precision, device=self.device, pad_id=pad_id
+            )
+
+    def generate(
+        self, adapter: str | None, prompt: Sequence[int], max_new_tokens: int, **options: Any
+    ) -> Generated:
+        """Greedy generation with artifact ``adapter``; ``options`` are :func:`mcqtune.textgen.greedy`'s."""
+        with self._lock:
+            model = self.module(adapter)
+            return greedy(
+                model,
+                self.tokenizer,
+                prompt,
+                max_new_tokens,
+                precision=self.precision,
+                device=self.device,
+                **options,
             )

@@ -172,6 +172,7 @@ class AnalysisResult:
     prior: LetterPrior | None = None
     debiased: ScoredExamples | None = None  # the prior removed
     sections: dict[str, Any] = field(default_factory=dict)  # extra metrics: permutations, debias
+    temperature: float | None = None  # the artifact's calibration temperature (evaluation/temperature.py)
     warnings: list[str] = field(default_factory=list)
 
 

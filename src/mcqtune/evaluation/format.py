@@ -27,6 +27,7 @@ def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
     for text in (
         format_letter_bias(metrics.get("letter_bias") or {}),
         format_calibration(metrics.get("calibration") or {}),
+        format_temperature(metrics.get("temperature_scaling") or {}),
     ):
         if text:
             lines.append(text)
@@ -68,6 +69,24 @@ def format_calibration(cal: dict[str, Any]) -> str:
         f"calibration       ECE {cal['ece']:.3f} ({len(cal['bins'])} bins), Brier {cal['brier']:.3f}, "
         f"mean confidence {cal['mean_confidence'] * 100:.1f}% vs accuracy {cal['accuracy'] * 100:.1f}%"
     )
+
+
+def format_temperature(summary: dict[str, Any]) -> str:
+    """Training's temperature fit (ECE before and after) or eval's account of its probabilities."""
+    if "temperature" in summary and "ece_before" in summary:
+        return (
+            f"temperature       {summary['temperature']:.3f} fitted on {summary['n']} questions: ECE "
+            f"{summary['ece_before']:.3f} -> {summary['ece_after']:.3f}, NLL "
+            f"{summary['nll_before']:.3f} -> {summary['nll_after']:.3f} (after: cross-fitted)"
+        )
+    if summary.get("probability_kind") == "calibrated":
+        after = summary.get("calibration_after") or {}
+        ece = f", ECE after it {after['ece']:.3f}" if after.get("n") else ""
+        temperature = summary["temperature"]
+        return f"probabilities     calibrated with the artifact's temperature {temperature:.3f}{ece}"
+    if summary.get("probability_kind"):
+        return f"probabilities     uncalibrated scores: {summary.get('note', '')}"
+    return ""
 
 
 def format_permutation_summary(summary: dict[str, Any], title: str = "") -> str:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -26,8 +25,10 @@ from mcqtune import __version__
 from mcqtune.data import BUNDLED_DATASETS, LETTERS, MCQExample, bundled_path, load_examples
 from mcqtune.errors import ArtifactError, RequestError
 from mcqtune.evaluation.debias import LetterPrior, debias_scores
+from mcqtune.evaluation.temperature import option_probabilities
 from mcqtune.serving import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_WINDOW_MS, schemas
 from mcqtune.serving.batching import Answer, DynamicBatcher
+from mcqtune.serving.openai_api import error_body, is_openai_path, openai_router, validation_error
 from mcqtune.serving.registry import ArtifactRegistry
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -67,8 +68,13 @@ class Metrics:
         )
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, path: str = "", **openai: str | None
+) -> JSONResponse:
+    """``{"error": message}``; on the OpenAI endpoints OpenAI's ``{"error": {"message", "type", "param",
+    "code"}}`` (``openai``: its param and code), which their clients parse."""
+    body = error_body(status, message, **openai) if is_openai_path(path) else {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -113,7 +119,7 @@ class BodyLimit:
         too_large = f"request body is over the {self.limit} byte limit"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await _error(413, too_large)(scope, receive, send)
+            await _error(413, too_large, path=scope["path"])(scope, receive, send)
             return
         # Read the whole body here (it is small by definition) and hand the app a replay of it.
         chunks: list[bytes] = []
@@ -126,7 +132,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             if received > self.limit:
-                await _error(413, too_large)(scope, receive, send)
+                await _error(413, too_large, path=scope["path"])(scope, receive, send)
                 return
             more = message.get("more_body", False)
         body = b"".join(chunks)
@@ -151,13 +157,13 @@ def _answer_response(request: schemas.AnswerRequest, answer: Answer, prior, star
     scores = answer.scores
     if request.debias:
         scores = debias_scores(scores[None, :], [len(scores)], prior)[0][0]
-    shifted = np.exp(scores - scores.max())
-    probabilities = shifted / shifted.sum()
+    probabilities, kind = option_probabilities(scores, answer.temperature, request.debias)
     index = int(probabilities.argmax())
     return schemas.AnswerResponse(
         letter=LETTERS[index],
         index=index,
         probabilities=[float(p) for p in probabilities],
+        probability_kind=kind,
         adapter=request.adapter,
         scoring=answer.scoring,
         debiased=request.debias,
@@ -203,6 +209,8 @@ def create_app(registry: ArtifactRegistry, settings: ServeSettings | None = None
                     401,
                     "missing API key" if supplied is None else "wrong API key",
                     {"WWW-Authenticate": 'Basic realm="mcqtune", charset="UTF-8"'},
+                    path,
+                    code="invalid_api_key",
                 )
             else:
                 response = await call_next(request)
@@ -218,19 +226,23 @@ def create_app(registry: ArtifactRegistry, settings: ServeSettings | None = None
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
+        if is_openai_path(request.url.path):  # OpenAI answers a bad parameter with 400
+            message, param, code = validation_error(list(exc.errors()))
+            return _error(400, message, path=request.url.path, param=param, code=code)
         return _error(422, _validation_message(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), path=request.url.path)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
-        return _error(exc.status, str(exc))
+        openai = {"param": getattr(exc, "param", None), "code": getattr(exc, "code", None)}
+        return _error(exc.status, str(exc), path=request.url.path, **openai)
 
     @app.exception_handler(ArtifactError)
     async def artifact_error(request: Request, exc: ArtifactError):
-        return _error(422, str(exc))
+        return _error(422, str(exc), path=request.url.path)
 
     def _prior(request: schemas.AnswerRequest) -> LetterPrior | None:
         registry.check_name(request.adapter)
@@ -300,5 +312,6 @@ def create_app(registry: ArtifactRegistry, settings: ServeSettings | None = None
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    app.include_router(openai_router(registry, batcher))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from mcqtune.serving.registry import ArtifactRegistry
 # more than 5 ms to send their next question: bench/serve_bench.py collected 5.8 of its 8 clients' questions
 # per batch with 5 ms. Waiting 5% of a pass costs at most 5% of latency.
 WINDOW_SHARE = 0.05
+T = TypeVar("T")
 
 
 class Clock:
@@ -47,6 +49,7 @@ class Answer:
     scores: np.ndarray  # one score per option
     scoring: str
     batch_size: int  # questions in the forward pass this answer came from
+    temperature: float | None = None  # the artifact's calibration temperature (None: uncalibrated)
 
 
 @dataclass
@@ -99,6 +102,16 @@ class DynamicBatcher:
         """Seconds a batch waits for more questions after its first: ``window_ms`` or
         :data:`WINDOW_SHARE` of the last pass, whichever is longer."""
         return max(self.window, WINDOW_SHARE * self._last_pass_seconds)
+
+    async def run(self, adapter: str | None, job: Callable[[], T]) -> T:
+        """Run ``job`` on the model thread with artifact ``adapter`` loaded (the OpenAI endpoints'
+        work: between batches, never beside one)."""
+
+        def work() -> T:
+            self.registry.ensure(adapter, keep=[adapter])
+            return job()
+
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
     async def _collect(self) -> None:
         assert self._queue is not None
@@ -155,7 +168,7 @@ class DynamicBatcher:
             for adapter, scores in scored.items():
                 for i, row in zip(groups[adapter], scores.rows, strict=True):
                     results[i] = (
-                        Answer(row, scores.scoring, len(batch))
+                        Answer(row, scores.scoring, len(batch), scores.temperature)
                         if row is not None
                         else RequestError(
                             "the question and its options are longer than the model's maximum length"

@@ -50,10 +50,12 @@ class Scores:
 
     scoring: str
     rows: list[np.ndarray | None]
+    temperature: float | None = None  # the artifact's calibration temperature (None: uncalibrated)
 
 
 class Engine(Protocol):
     base_id: str
+    predictor: Predictor  # the OpenAI endpoints' plain language-model work goes straight to it
 
     def base_info(self) -> ArtifactInfo: ...
 
@@ -133,7 +135,7 @@ class PredictorEngine:
 
     def score(self, examples: list[MCQExample], adapter: str | None) -> Scores:
         result = self.predictor.score(examples, adapter, batch_size=self.batch_size)
-        return Scores(result.scored.scoring, _rows(result.scored, len(examples)))
+        return Scores(result.scored.scoring, _rows(result.scored, len(examples)), result.temperature)
 
     def score_groups(self, groups: dict[str | None, list[MCQExample]]) -> dict[str | None, Scores]:
         """Each artifact's questions; artifacts that can share a forward pass (LoRA adapters on one
@@ -161,7 +163,8 @@ class PredictorEngine:
         results: dict[str, Scores] = {}
         start = 0
         for name, examples in groups.items():
-            results[name] = Scores(scored.scoring, rows[start : start + len(examples)])
+            temperature = self.predictor.temperature(name)
+            results[name] = Scores(scored.scoring, rows[start : start + len(examples)], temperature)
             start += len(examples)
         return results
 

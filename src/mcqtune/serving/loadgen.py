@@ -6,6 +6,7 @@ same client loop, so their numbers are comparable.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,12 +17,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import uvicorn
 
+from mcqtune.data import MCQExample
 from mcqtune.serving import DEFAULT_HOST
 
 
@@ -147,3 +150,66 @@ def run_load(
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
     return LoadResult(total, errors, time.perf_counter() - start, latencies, batch_sizes)
+
+
+# ------------------------------------------------------------------------------------ lm-eval clients
+
+LM_EVAL_TASK = "mcq_arc_local"  # the local multiple-choice task the OpenAI-endpoint checks run
+
+
+def write_lm_eval_task(directory: Path, examples: list[MCQExample]) -> Path:
+    """A local lm-evaluation-harness multiple-choice task (``--include_path DIRECTORY --tasks
+    mcq_arc_local``) over ``examples``: a JSONL file and its YAML, ARC's "Question: ...\\nAnswer:"
+    prompt, each option scored as a continuation. Returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": e.question, "choices": list(e.choices), "answer": e.answer} for e in examples]
+    data = directory / f"{LM_EVAL_TASK}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (directory / f"{LM_EVAL_TASK}.yaml").write_text(
+        f"task: {LM_EVAL_TASK}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
+        encoding="utf-8",
+    )
+    return directory
+
+
+def local_completions_args(
+    url: str, model: str, tokenizer: str | Path, batch_size: int = 1
+) -> dict[str, Any]:
+    """lm-eval ``local-completions`` model arguments for artifact ``model`` served at ``url``: token-id
+    prompts encoded by the local ``tokenizer`` directory (no network), BOS added as lm-eval's ``hf``
+    model adds it for this tokenizer, so the two score the same tokens."""
+    return {
+        "model": model,
+        "base_url": f"{url}/v1/completions",
+        "tokenizer_backend": "huggingface",
+        "tokenizer": str(tokenizer),
+        "batch_size": batch_size,
+        "max_retries": 1,
+        "add_bos_token": True,
+    }
+
+
+def lm_eval_scores(task_dir: Path, model: str, model_args: dict[str, Any]) -> tuple[float, list[float]]:
+    """Run lm-eval (the ``test`` extra) on :data:`LM_EVAL_TASK`: its accuracy and every option's
+    log-likelihood in question order."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    results = simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=[LM_EVAL_TASK],
+        task_manager=TaskManager(include_path=str(task_dir)),
+        log_samples=True,
+    )
+    samples = sorted(results["samples"][LM_EVAL_TASK], key=lambda s: s["doc_id"])
+    loglikelihoods = [float(response[0]) for s in samples for response in s["filtered_resps"]]
+    return results["results"][LM_EVAL_TASK]["acc,none"], loglikelihoods

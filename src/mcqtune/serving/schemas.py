@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mcqtune.data import MAX_OPTIONS, MIN_OPTIONS
+from mcqtune.evaluation.temperature import CALIBRATED, UNCALIBRATED
 
 MAX_TEXT_CHARS = 4000  # one question or option; the body size limit bounds the whole request
 MAX_BATCH_QUESTIONS = 64
@@ -37,6 +38,11 @@ class AnswerResponse(BaseModel):
     letter: str
     index: int
     probabilities: list[float]
+    probability_kind: Literal[CALIBRATED, UNCALIBRATED] = Field(  # type: ignore[valid-type]
+        description="calibrated: the artifact's temperature (fitted on its validation split) applied; "
+        "uncalibrated score: a softmax over option scores (zero-shot, an artifact trained before "
+        "calibration, or debiased scores)"
+    )
     adapter: str | None
     scoring: str
     debiased: bool

@@ -44,6 +44,7 @@ from mcqtune.distributed import (
     is_main_process,
     rank_and_size,
 )
+from mcqtune.evaluation import temperature
 from mcqtune.evaluation.format import format_metrics
 from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
 from mcqtune.evaluation.setup import EvalSetup
@@ -198,6 +199,8 @@ def _evaluate(
     metrics = compute_metrics(scored)
     if keep_answers:
         metrics[PER_QUESTION] = per_question(scored)
+        if (fit := temperature.temperature_summary(scored)) is not None:  # the artifact's calibration
+            metrics[temperature.METRICS_KEY] = fit
     return metrics
 
 

@@ -27,6 +27,7 @@ from mcqtune.artifacts import (
 from mcqtune.atomic import atomic_write_json, atomic_write_yaml, remove_stale_temporaries, remove_tree
 from mcqtune.config import TrainConfig
 from mcqtune.distributed import from_main, is_main_process, launched_processes
+from mcqtune.evaluation import temperature
 from mcqtune.preflight import MIB, DiskSpaceError, check_output_dir, ensure_free_space, mib
 from mcqtune.training.checkpoint import (
     Checkpoint,
@@ -203,6 +204,7 @@ def save_results(
         "packing": trainer.packed,
         "parameters": trainer.parameters.to_dict(),
         "best_step": best_step,
+        temperature.MANIFEST_KEY: temperature.manifest_entry(metrics.get("validation"), config.validation),
     }
     try:
         ensure_free_space(output, trainer.trainable_bytes + MIB, "the artifact", RESUME_HINT)

@@ -75,7 +75,14 @@ function renderResult(answer, choices, title) {
   verdict.querySelector(".letter").textContent = answer.letter;
   verdict.querySelector(".muted").textContent =
     `(${answer.scoring} scoring${answer.debiased ? ", debiased" : ""}, ${answer.latency_ms.toFixed(0)} ms)`;
-  card.append(heading, verdict);
+  const kind = document.createElement("p");
+  kind.className = "kind muted";
+  kind.dataset.kind = answer.probability_kind;
+  kind.textContent =
+    answer.probability_kind === "calibrated"
+      ? "Calibrated probabilities (temperature fitted on the artifact's validation split)."
+      : "Uncalibrated scores: a softmax over option scores, not probabilities to trust.";
+  card.append(heading, verdict, kind);
   if (knownAnswer !== null && knownAnswer < choices.length) {
     const right = answer.index === knownAnswer;
     const mark = document.createElement("p");
