@@ -152,3 +152,17 @@ def test_serve_answers_say_calibrated_or_uncalibrated(tiny_model_dir, run, old_r
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed[KIND_KEY] == CALIBRATED
     assert list(printed["probabilities"].values()) == pytest.approx(kinds["new"]["probabilities"], abs=1e-4)
+
+
+def test_predict_prints_which_kind_its_percentages_are(tiny_model_dir, run, capsys):
+    question = ["--question", QUESTION.question, *(f"--choice={c}" for c in QUESTION.choices)]
+    base = ["predict", "--model", str(tiny_model_dir), "--precision", "fp32", *question]
+    assert main([*base, "--run", str(run)]) == 0
+    temperature = json.loads((run / MANIFEST).read_text())[MANIFEST_KEY]["temperature"]
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[1]
+        == f"probabilities: calibrated (temperature {temperature:.3g}, fitted on the run's validation split)"
+    )
+    assert main(base) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("probabilities: uncalibrated scores")

@@ -78,12 +78,24 @@ def run(args: argparse.Namespace) -> int:
         return 0
     source = f"run {args.run}" if args.run else f"zero-shot {predictor.model_id}"
     print(f"{source}, {result.scored.scoring} scoring{', debiased' if result.debiased is not None else ''}")
+    print(probability_note(records, result.temperature))
     for record in records:
         print_record(record, from_file=bool(args.data))
     judged = [r.correct for r in records if r.correct is not None]
     if args.data and judged:
         print(f"{sum(judged)} of {len(judged)} questions with a known answer right")
     return 0
+
+
+def probability_note(records, temperature: float | None) -> str:
+    """What the percentages are: calibrated probabilities (the run's fitted temperature) or scores."""
+    if records and records[0].calibrated:
+        fitted = f"temperature {temperature:.3g}, fitted on the run's validation split"
+        return f"probabilities: calibrated ({fitted})"
+    return (
+        "probabilities: uncalibrated scores (a softmax over option scores: the zero-shot model, a run "
+        "trained before calibration, or debiased scores), not how often the answer is right"
+    )
 
 
 def print_record(record, from_file: bool) -> None:
