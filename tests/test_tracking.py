@@ -48,6 +48,8 @@ def _train_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture()
 def mlflow_store(tmp_path, monkeypatch):
+    # MLflow keeps a SQLite store's artifacts in ./mlruns: the test's own directory, not the checkout
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mcqtune-test")
