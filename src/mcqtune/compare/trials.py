@@ -7,7 +7,7 @@ and the training rows left for the trials are written as plain JSONL files under
 trial is an ordinary compare run (``runs/tune/<method>/lr<LR>-steps<N>``, executed by the runner's
 ``evaluate`` callback): any backend that runs compare runs runs trials. Each method's ``lr_grid`` (its
 ``configs/methods/<name>.yaml``) is one Optuna study (``OUTPUT/tune/optuna.db``, study
-``compare-lr.<method>``), one trial per candidate: a trial trains half the final step budget and
+``compare-lr.<method>``), one trial per candidate: a trial trains about half the final step budget and
 reports its dev accuracy every quarter of it to the pruner (median), which stops a candidate worse than
 the median of the others at the same step. The best finished trial's dev accuracy picks the learning
 rate (ties: the earlier candidate); the final runs then train on all the training rows with it.
@@ -55,13 +55,14 @@ def lr_candidates(method: str) -> list[float]:
 
 
 def halving_budgets(config) -> tuple[int, int]:
-    """A trial's check interval and length: every quarter of the final runs' steps, up to half of them."""
+    """A trial's check interval and length: every quarter of the final runs' steps, for two checks (about
+    half of them; exactly two checks, not a third one step after the second)."""
     from mcqtune.config import ConfigError
 
     if config.max_steps is None:
         raise ConfigError("--tune: trials are sized in steps; set --max-steps instead of --epochs")
     low = max(1, config.max_steps // 4)
-    return low, max(low, config.max_steps // 2)
+    return low, max(low, min(2 * low, config.max_steps // 2))
 
 
 def trial_steps(config, candidates: int) -> list[int]:
