@@ -245,7 +245,7 @@ def test_precision_asked_for_is_used_whatever_the_host(
 ):
     """ "auto" follows the CPU (bf16 only with native support); "bf16" and "fp32" are what they say on any
     host, so tests that ask for bf16 run the bf16 path where the CPU only emulates it (AVX2)."""
-    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.models import resolve_precision
     from mcqtune.training.trainer import Trainer
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
