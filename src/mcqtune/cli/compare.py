@@ -105,10 +105,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mcqtune.cli.backend_args import add_backend_args
     from mcqtune.cli.data_args import add_data_args
     from mcqtune.cli.parsing import add_settings
+
+    add_settings(parser, CompareArgs, ("methods", "output", "config"))
+    add_budget_flags(parser)
+    add_settings(
+        parser,
+        CompareArgs,
+        tuple(k for k in CompareArgs.__dataclass_fields__ if k not in ("methods", "output", "config")),
+    )
+    add_backend_args(parser)
+    add_data_args(parser)
+
+
+def add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    """The training settings every run of a compare (or a search) shares, as flags: TrainConfig's keys
+    tagged for compare, their help showing compare's budget and --quick's (``--data`` for ``train``)."""
+    from mcqtune.cli.parsing import add_settings
     from mcqtune.compare.plan import DEFAULT_BUDGET, QUICK_BUDGET
     from mcqtune.config import TAG_COMPARE, TrainConfig, keys_tagged
 
-    add_settings(parser, CompareArgs, ("methods", "output", "config"))
     add_settings(
         parser,
         TrainConfig,
@@ -118,13 +133,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         quick=QUICK_BUDGET,
         names={"train": "--data"},
     )
-    add_settings(
-        parser,
-        CompareArgs,
-        tuple(k for k in CompareArgs.__dataclass_fields__ if k not in ("methods", "output", "config")),
-    )
-    add_backend_args(parser)
-    add_data_args(parser)
 
 
 def permutations_for(flag: str | None, objective: str | None) -> str | None:

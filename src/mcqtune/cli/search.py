@@ -23,22 +23,13 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mcqtune.cli.compare import add_budget_flags
     from mcqtune.cli.data_args import add_data_args
     from mcqtune.cli.parsing import add_settings
-    from mcqtune.compare.plan import DEFAULT_BUDGET, QUICK_BUDGET
-    from mcqtune.config import TAG_COMPARE, TrainConfig, keys_tagged
     from mcqtune.search.settings import SearchSettings, flag_keys
 
     add_settings(parser, SearchSettings, flag_keys())
-    add_settings(
-        parser,
-        TrainConfig,
-        keys_tagged(TAG_COMPARE),
-        layered=True,
-        defaults=DEFAULT_BUDGET,
-        quick=QUICK_BUDGET,
-        names={"train": "--data"},
-    )
+    add_budget_flags(parser)
     add_data_args(parser)
 
 
