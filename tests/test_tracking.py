@@ -199,3 +199,25 @@ def test_compare_logs_a_parent_run_and_a_child_per_method(tmp_path, tiny_model_d
     assert "report.html" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     # each trained run keeps its own TensorBoard curves
     assert _scalars(out / "runs" / "lora" / TENSORBOARD_DIR)["train/loss"]
+
+
+def test_search_logs_a_parent_run_and_a_child_per_finished_trial(tmp_path, tiny_model_dir, mlflow_store):
+    space = tmp_path / "space.yaml"
+    space.write_text("lora:\n  r: {type: int, low: 2, high: 8, log: true}\n")
+    argv = [
+        "search", "--methods", "lora", "--trials", "2", "--output", str(tmp_path / "search"),
+        "--model", str(tiny_model_dir), "--max-steps", "2", "--batch-size", "2", "--eval-steps", "2",
+        "--eval-limit", "4", "--final-eval-limit", "4", "--train-limit", "16", "--dev-size", "6",
+        "--space", str(space), "--pruner", "none", "--report-to", "tensorboard,mlflow", "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    client, runs = _mlflow_runs(mlflow_store)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and set(children) == {"lora-trial0", "lora-trial1"}
+    for child in children.values():
+        assert 2 <= int(child.data.params["r"]) <= 8  # the trial's drawn settings
+        assert 0 <= child.data.metrics["compare_accuracy"] <= 1
+    assert "report.html" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    trial_dirs = sorted((tmp_path / "search" / "trials").glob("*/trial-*"))
+    assert len(trial_dirs) == 2 and all(_scalars(d / TENSORBOARD_DIR)["train/loss"] for d in trial_dirs)

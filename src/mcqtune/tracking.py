@@ -285,15 +285,17 @@ def track_compare(
     rows: list[dict[str, Any]],
     files: Iterable[Path] = (),
 ) -> None:
-    """compare's runs: one parent run (its settings, the report as artifacts) and one child run per
-    method and seed with its accuracy, CI, trainable parameters, time and memory and its training curve.
-    Children already logged (a resumed compare) are not logged again."""
+    """compare's (or search's) runs: one parent run (its settings, the report as artifacts) and one child
+    run per row (a method and seed, or a search trial: ``row["name"]``) with its accuracy, CI, trainable
+    parameters, time and memory and its training curve. Children already logged (a resumed compare, a
+    continued search) are not logged again."""
     if not names:
         return
-    parent = Trackers.open(names, output, params, run_name=f"compare {output.name}", resume=True)
+    kind = "search" if rows and "name" in rows[0] else "compare"
+    parent = Trackers.open(names, output, params, run_name=f"{kind} {output.name}", resume=True)
     children = parent.state.setdefault("children", {})
     for row in rows:
-        key = f"{row['method']}-seed{row.get('seed')}"
+        key = row.get("name") or f"{row['method']}-seed{row.get('seed')}"
         if key in children or row.get("status") != "ok":
             continue
         children[key] = _log_child(parent, key, row)
@@ -346,11 +348,8 @@ def _mlflow_child(
         parent_run.experiment_id, tags={"mlflow.parentRunId": parent_run.run_id}, run_name=key
     )
     now = int(time.time() * 1000)
-    params = [
-        Param(name, str(row.get(name)))
-        for name in ("method", "seed", "lr", "scoring", "run_dir")
-        if name in row
-    ]
+    fields = {name: row[name] for name in ("method", "seed", "lr", "scoring", "run_dir") if name in row}
+    params = [Param(k, str(v)[:6000]) for k, v in flatten({**fields, **(row.get("params") or {})}).items()]
     points = [Metric(k.replace("/", "_"), v, now, 0) for k, v in metrics.items()]
     for entry in curve:
         points += [

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mcqtune import tracking
 from mcqtune.compare.plan import DEFAULT_BUDGET, QUICK_BUDGET, CompareSettings, make_job, parse_methods
 from mcqtune.config import ConfigError, apply_overrides, build_config
 from mcqtune.search.settings import BEST_DIR, SearchSettings
@@ -57,6 +58,7 @@ class SearchPlan:
     dev_info: dict[str, Any]
     dev_train: Path
     dev: Path
+    trackers: tuple[str, ...] = ()  # --report-to: the search's parent run and a child per trial
 
     def best_config(self, method: str, params: dict[str, Any]):
         """What best/<method>.yaml holds: the method's config on the user's data with a trial's values."""
@@ -79,6 +81,8 @@ def plan_search(settings: SearchSettings) -> SearchPlan:
         flags["output"] = str(settings.output / BEST_DIR / f"{method}-run")
         configs[method] = build_config(flags, settings.config, defaults=budget)
     zero = configs[methods[0]]
+    trackers = tracking.parse_report_to(zero.report_to)
+    tracking.check_installed(trackers)
     if zero.validation is None:
         raise ConfigError(
             f"--data {zero.train}: a data file has no implicit validation split; pass --validation"
@@ -89,7 +93,7 @@ def plan_search(settings: SearchSettings) -> SearchPlan:
     folder = settings.output / DEV_DIR
     folder.mkdir(parents=True, exist_ok=True)
     info, dev_train, dev = carve_dev_files(zero, [], size, folder)
-    return SearchPlan(methods, spaces, configs, info, dev_train, dev)
+    return SearchPlan(methods, spaces, configs, info, dev_train, dev, trackers)
 
 
 def open_studies(settings: SearchSettings, plan: SearchPlan) -> dict[str, Any]:
@@ -134,7 +138,9 @@ def _trial_config(plan: SearchPlan, method: str, values: dict[str, Any], run_dir
     except ConfigError as exc:
         raise TrialFailed(f"bad combination: {exc}") from None
     config = trial_config(config, plan.dev_train, plan.dev, base.max_steps, base.eval_steps)
-    return dataclasses.replace(config, output=str(run_dir))
+    # each trial keeps its own TensorBoard curves; MLflow and W&B get the search's parent and children
+    own = tracking.per_run_trackers(plan.trackers)
+    return dataclasses.replace(config, output=str(run_dir), report_to=own)
 
 
 def _describe(values: dict[str, Any]) -> str:
@@ -230,6 +236,30 @@ def _next_method(studies: dict[str, Any], targets: dict[str, int]) -> str | None
     return method if missing[method] > 0 else None
 
 
+def _track(settings: SearchSettings, plan: SearchPlan, results: dict[str, Any]) -> None:
+    """--report-to: one parent run for the search, a child run per finished trial (dev accuracy as its
+    accuracy, its settings, parameters, time, memory and training curve)."""
+    from mcqtune.search.report import REPORT_HTML, REPORT_MD, RESULTS_FILE
+
+    rows = [
+        {
+            "name": f"{t['method']}-trial{t['number']}",
+            "method": t["method"],
+            "status": "ok" if t["state"] == "complete" else t["state"],
+            "accuracy": t["dev_accuracy"],
+            "trainable_params": t["trainable_params"],
+            "train_seconds": t["train_seconds"],
+            "peak_memory_bytes": t["peak_memory_bytes"],
+            "run_dir": t["run_dir"],
+            "params": t["params"],
+        }
+        for t in results["trials"]
+    ]
+    params = {"command": settings.command, "methods": plan.methods, **results["budget"]}
+    files = [settings.output / name for name in (REPORT_HTML, REPORT_MD, RESULTS_FILE)]
+    tracking.track_compare(plan.trackers, settings.output, params, rows, [f for f in files if f.is_file()])
+
+
 def run_search(settings: SearchSettings) -> dict[str, Any]:
     """Run trials until the studies hold --trials (or --timeout passes), then write the report; returns
     the results written to ``search.json``."""
@@ -261,6 +291,7 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
         )
         ran += 1
     results = write_report(settings, plan, studies)
+    _track(settings, plan, results)
     print(
         f"search: {ran} trial(s) run here in {(time.perf_counter() - start) / 60:.1f} min; "
         f"report: {settings.output / 'report.html'}",
