@@ -150,20 +150,27 @@ def test_two_processes_train_like_one_at_the_same_global_batch(one_and_two):
     assert validations[0] == validations[1] and len(validations[0]) == 3
 
 
+def assert_same_manifest(one: Path, two: Path) -> None:
+    """The two runs' manifests are equal, but for the calibration temperature: it is fitted on the final
+    scores, which two processes reproduce to the weight tolerance, not bit for bit (the same fit, to its
+    third digit). A run without validation has no fit at all, in both."""
+    manifests = [json.loads((run / "mcqtune.json").read_text()) for run in (one, two)]
+    fits = [manifest.pop("calibration") for manifest in manifests]
+    assert manifests[0] == manifests[1]
+    assert (fits[0] is None) == (fits[1] is None), fits
+    if fits[0] is not None:
+        assert fits[0]["temperature"] == pytest.approx(fits[1]["temperature"], rel=1e-3)
+        assert {k: v for k, v in fits[0].items() if k != "temperature"} == {
+            k: v for k, v in fits[1].items() if k != "temperature"
+        }
+
+
 def test_two_processes_write_one_artifact_in_the_same_format(one_and_two):
     one, two = one_and_two
     assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == sorted(
         p.relative_to(two).as_posix() for p in two.rglob("*")
     )
-    manifests = [json.loads((run / "mcqtune.json").read_text()) for run in (one, two)]
-    # the calibration temperature is fitted on the final scores, which two processes reproduce to the
-    # weight tolerance, not bit for bit: the same fit, to its third digit
-    fits = [manifest.pop("calibration") for manifest in manifests]
-    assert manifests[0] == manifests[1]
-    assert fits[0]["temperature"] == pytest.approx(fits[1]["temperature"], rel=1e-3)
-    assert {k: v for k, v in fits[0].items() if k != "temperature"} == {
-        k: v for k, v in fits[1].items() if k != "temperature"
-    }
+    assert_same_manifest(one, two)
     a = load_file(str(one / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(two / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
@@ -295,12 +302,4 @@ def test_bundled_model_trains_with_two_processes_like_one(tmp_path):
     )
     for a, b in zip(m1["history"], m2["history"], strict=True):
         assert a["lr"] == b["lr"] and abs(a["loss"] - b["loss"]) <= BF16_LOSS_TOLERANCE, (a, b)
-    manifests = [json.loads((run / "mcqtune.json").read_text()) for run in (one, two)]
-    # the calibration temperature is fitted on the final scores, which two processes reproduce to the
-    # weight tolerance, not bit for bit: the same fit, to its third digit
-    fits = [manifest.pop("calibration") for manifest in manifests]
-    assert manifests[0] == manifests[1]
-    assert fits[0]["temperature"] == pytest.approx(fits[1]["temperature"], rel=1e-3)
-    assert {k: v for k, v in fits[0].items() if k != "temperature"} == {
-        k: v for k, v in fits[1].items() if k != "temperature"
-    }
+    assert_same_manifest(one, two)
