@@ -301,6 +301,11 @@ class Method(ABC):
         A method that overrides :meth:`load_base` returns a key of its own (QLoRA: the 4-bit layout)."""
         return PLAIN_BASE
 
+    def run_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
+        """The options a run uses, given its resolved precision: where an option's value is ``auto``
+        because the right answer depends on the precision (QLoRA's ``compute_dtype``). Default: as given."""
+        return options
+
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
     ) -> PreTrainedModel:

@@ -4,8 +4,9 @@ Options, besides LoRA's ``r``, ``alpha``, ``dropout``, ``target_modules``, ``use
 
 - ``quant_type``: ``nf4`` (default) or ``fp4``;
 - ``double_quant`` (default true): also quantize the per-block scales;
-- ``compute_dtype``: ``bf16`` (default), ``fp16`` or ``fp32``: the dtype 4-bit weights are dequantized to
-  for each matmul;
+- ``compute_dtype``: ``auto`` (default: the run's precision, bf16 or fp32), ``bf16``, ``fp16`` or
+  ``fp32``: the dtype 4-bit weights are dequantized to for each matmul. A fixed bf16 was the slow path on
+  a CPU without native bf16 (AVX2), where every bf16 matmul is emulated;
 - ``optimizer``: ``paged_adamw_32bit`` (default), ``paged_adamw_8bit`` or ``adamw``. Paged optimizers need
   CUDA; on CPU plain torch AdamW is used whatever is asked;
 - ``quant_storage``: ``uint8`` (default), ``bf16``, ``fp16`` or ``fp32``: the dtype the packed 4-bit
@@ -42,7 +43,7 @@ from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from mcqtune.methods.base import PeftMethod, register, release_mapped_weights
 from mcqtune.methods.lora import LoraMethod, lora_config
-from mcqtune.models import ResolvedModel, load_model
+from mcqtune.models import ResolvedModel, load_model, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ COMPUTE_DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
 }
+# Measured (bench/qlora_cpu.py, docs/METHODS.md): bitsandbytes' CPU 4-bit path is what QLoRA costs here.
+CPU_SLOWNESS = (
+    "qlora on a CPU: bitsandbytes dequantizes every 4-bit weight for each matmul, so a training step takes "
+    "about {factor} times LoRA's here (measured: docs/METHODS.md); the 4-bit base saves memory that "
+    "matters on a GPU, rarely on a CPU: --method lora trains the same adapter faster"
+)
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
 QUANT_STORAGE_DTYPES = {"uint8": torch.uint8, **COMPUTE_DTYPES}
 # bitsandbytes' 4-bit layout: one absmax scale per block of 64 weights (fp32, or with double quantization
@@ -68,8 +75,10 @@ def quantization_config(options: dict[str, Any]) -> BitsAndBytesConfig:
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"qlora: quant_type must be nf4 or fp4, got '{quant_type}'")
     compute = str(options["compute_dtype"]).lower()
+    if compute == "auto":  # outside a training run (serving, eval): the host's own precision
+        compute = resolve_precision("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if compute not in COMPUTE_DTYPES:
-        raise ValueError(f"qlora: compute_dtype must be bf16, fp16 or fp32, got '{compute}'")
+        raise ValueError(f"qlora: compute_dtype must be auto, bf16, fp16 or fp32, got '{compute}'")
     storage = str(options["quant_storage"]).lower()
     if storage not in QUANT_STORAGE_DTYPES:
         raise ValueError(f"qlora: quant_storage must be uint8, bf16, fp16 or fp32, got '{storage}'")
@@ -107,9 +116,17 @@ class QLoraMethod(PeftMethod):
     export_tolerance = 0.1
     mixes_in_batch = LoraMethod.mixes_in_batch  # the same LoRA layers, on 4-bit weights
 
+    def run_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
+        """``compute_dtype: auto`` becomes the run's precision (bf16 or fp32)."""
+        if str(options.get("compute_dtype", "auto")).lower() != "auto":
+            return options
+        return {**options, "compute_dtype": precision}
+
     def load_base(
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
     ) -> PreTrainedModel:
+        if device.type == "cpu":
+            log.warning(CPU_SLOWNESS)
         # fp32 for everything bitsandbytes does not quantize; 4-bit weights are created on `device`.
         device_map = None if device.type == "cpu" else {"": device}
         model = load_model(

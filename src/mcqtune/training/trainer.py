@@ -119,7 +119,9 @@ class Trainer:
         if summary and type(self.method).load_base is Method.load_base:  # the default loads fp32 weights
             check_weights_fit(summary["n_params"], 4, self.device, f"model '{config.model}' (fp32 weights)")
 
-        options = config.method_options
+        # Options that follow the precision (QLoRA's compute_dtype: auto) are fixed here, and the run's
+        # manifest records what was used.
+        options = config.method_options = self.method.run_options(config.method_options, self.precision)
         with option_errors(self.method.name, options):
             base = self.method.load_base(resolved, options, self.device)
             if prepare_base is None:  # bf16: frozen linear weights stored in bf16 (PERFORMANCE.md)
