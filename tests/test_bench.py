@@ -355,6 +355,32 @@ def test_trl_defaults_row_reuses_the_equal_run_only_when_the_precisions_match():
     }
 
 
+def test_trl_defaults_row_runs_few_steps_only_where_it_cannot_reuse(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from bench.context import FULL
+    from bench.sections import trl as section
+
+    calls = []
+
+    def fake_run_trl(name, tmp, steps, batch, precision):
+        calls.append((name, steps, batch, precision))
+        return {"steps": steps, "wall_seconds": 330.0, "step_seconds": [150.0, 170.0], "precision": "bf16"}
+
+    monkeypatch.setattr(section, "run_trl", fake_run_trl)
+    ctx = SimpleNamespace(settings=FULL)
+    equal = {"wall_seconds": 586.0}
+    ours = {"wall_seconds": 371.0}
+    reused = section._defaults_row("reuse", "bf16", equal, ours, tmp_path, ctx)
+    assert calls == [] and reused["wall_seconds"] == 586.0 and reused["wall_ratio"] == 1.58
+    row = section._defaults_row("extrapolate", "bf16", equal, ours, tmp_path, ctx)
+    assert calls == [("trl_defaults", FULL.trl_default_steps, FULL.trl_batch_size, "defaults")]
+    assert row["extrapolated_wall_seconds"] == 330.0 + (FULL.trl_steps - 2) * 160.0
+    assert row["wall_ratio"] == round(row["extrapolated_wall_seconds"] / 371.0, 2)
+    with pytest.raises(RuntimeError, match="trained in bf16, not the fp32"):
+        section._defaults_row("extrapolate", "fp32", equal, ours, tmp_path, ctx)
+
+
 def test_real_token_share_and_mfu_arithmetic():
     from bench.sections.trl import throughput
 
