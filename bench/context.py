@@ -49,6 +49,9 @@ class Settings:
     trl_steps: int  # section trl: LoRA steps of both whole-process recipes
     trl_batch_size: int
     trl_val_rows: int  # ... letter-scored validation rows of both artifacts afterwards
+    # ... steps of the "TRL at its defaults" run where its precision differs from the equal-precision one
+    # (emulated bf16 on an AVX2 CPU: minutes a step), its wall time extrapolated to trl_steps
+    trl_default_steps: int
     lm_eval_rows: int  # section lm_eval: MedMCQA validation rows scored by both tools
     startup_limit: int  # section 6: rows evaluated
     startup_cached_runs: int  # the cached case is run this many times, best kept
@@ -82,6 +85,7 @@ FULL = Settings(
     trl_steps=60,
     trl_batch_size=8,
     trl_val_rows=500,
+    trl_default_steps=2,
     lm_eval_rows=100,
     startup_limit=16,
     startup_cached_runs=2,
@@ -109,6 +113,7 @@ QUICK = Settings(
     trl_steps=3,
     trl_batch_size=2,
     trl_val_rows=16,
+    trl_default_steps=1,
     lm_eval_rows=8,
     startup_limit=4,
     startup_cached_runs=1,
@@ -130,6 +135,7 @@ class Context:
         self.cpu = __import__("torch").device("cpu")
         self._rows: dict[tuple[str, str, int], list] = {}
         self.compile_lever = False
+        self.peak_gflops: dict[str, float] | None = None  # the matmul peak, once a section measured it
         from bench.naive import GENERATE_MAX_NEW_TOKENS
 
         self.generate_tokens = GENERATE_MAX_NEW_TOKENS

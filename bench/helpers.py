@@ -90,14 +90,16 @@ def matmul_peaks(n: int = 2048, seconds: float = 0.5, rounds: int = 3) -> dict[s
 
 
 # ----------------------------------------------------------------------------------------- FLOPs
-def non_embedding_params(model: torch.nn.Module) -> int:
+def non_embedding_params(model: Any) -> int:
     """Parameters of the base transformer outside its (tied) embedding: what every token multiplies by.
 
-    Counts frozen *and* trainable base weights but not method-added modules (LoRA A/B, adapters,
-    prefixes); the input embedding is a lookup, and the LM head, tied to it here, runs only at the kept
-    answer positions in mcqtune (it is counted nowhere, see :func:`train_flops_per_token`).
+    ``model`` is a model or its ``config`` (the count reads only the config, so a section that runs the
+    model in another process need not load it). Counts frozen *and* trainable base weights but not
+    method-added modules (LoRA A/B, adapters, prefixes); the input embedding is a lookup, and the LM head,
+    tied to it here, runs only at the kept answer positions in mcqtune (it is counted nowhere, see
+    :func:`train_flops_per_token`).
     """
-    config = model.config
+    config = getattr(model, "config", model)
     hidden = config.hidden_size
     inter = config.intermediate_size
     heads = config.num_attention_heads
@@ -114,6 +116,21 @@ def train_flops_per_token(n_non_embedding: int, trains_base: bool) -> int:
     base weights themselves are trained). Attention scores (QK^T, AV) are not counted: at the ~80-token
     MedMCQA prompts they add ~1% (see :func:`attention_flops_per_token`)."""
     return (6 if trains_base else 4) * n_non_embedding
+
+
+def mfu(real_tokens_per_second: float, flops_per_token: float, peak_gflops: float) -> float:
+    """Model FLOPs utilisation: useful FLOP/s (real tokens only: padding is not useful work) over the
+    matmul peak of the precision the run computed in."""
+    return real_tokens_per_second * flops_per_token / (peak_gflops * 1e9)
+
+
+def real_token_share(real_tokens: int, computed_tokens: int | None) -> float | None:
+    """Real (non-pad) tokens over the positions computed; None when the computed count is unknown."""
+    if not computed_tokens:
+        return None
+    if real_tokens > computed_tokens:
+        raise ValueError(f"real tokens {real_tokens} > computed tokens {computed_tokens}")
+    return real_tokens / computed_tokens
 
 
 def attention_flops_per_token(config: Any, mean_length: float, trains_base: bool = False) -> float:

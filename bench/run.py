@@ -10,6 +10,10 @@ of every throughput comparison run in one process, interleaved step by step (or 
 A-B-B-A order), so machine noise hits both; peak RSS and start-up need their own processes
 (``bench/worker.py``). Sections:
 
+0. ``trl``: the headline: the seed notebook's TRL ``SFTTrainer`` recipe (bench/trl_recipe.py) vs
+   ``mcqtune train``, whole processes, in the precision mcqtune resolves on the host (named in every
+   row); TRL left at its defaults beside it (the same run, or a few steps extrapolated where TRL's
+   default bf16 is emulated); real-token share and MFU of both; both artifacts' accuracy;
 1. ``train``: mcqtune's LoRA step (letter objective) vs the naive HF ``Trainer`` recipe (bench/naive.py),
    real (non-pad) tokens/s, then letter-scored validation accuracy of both after the same examples;
 2. ``peak`` + MFU: fp32/bf16 matmul peak; training FLOP/s (4 x non-embedding params per real token

@@ -49,55 +49,122 @@ def summarize(results: dict[str, Any]) -> list[Row]:
 
 
 def _trl_rows(trl: dict[str, Any] | None) -> list[Row]:
-    """The headline: the recipe users actually run (TRL's SFTTrainer) against ``mcqtune train``."""
+    """The headline: the recipe users actually run (TRL's SFTTrainer) against ``mcqtune train``, both in
+    the precision mcqtune resolves on this host (named in every row); then TRL left at its defaults,
+    real-token share and MFU of both, the accuracy of both artifacts."""
     rows: list[Row] = []
-    if trl and "error" not in trl:  # the headline: the recipe users actually run
-        work = f"{trl['steps']} LoRA steps b{trl['batch_size']}"
-        rows.append(
-            (
-                f"0 {work}, whole process wall s",
-                _fmt(trl["mcqtune"]["wall_seconds"], ".0f"),
-                _fmt(trl["trl"]["wall_seconds"], ".0f") + " (TRL SFTTrainer)",
-                _fmt(trl["wall_ratio"], ".2f", "x"),
-                ">= 3x",
-                _status(trl["wall_ratio"] >= TARGETS["train_ratio"]),
-            )
+    if not trl or "error" in trl:
+        return rows
+    precision = trl["precision"]
+    work = f"{trl['steps']} LoRA steps b{trl['batch_size']}, {precision} both"
+    baseline = f" (TRL SFTTrainer, {precision})"
+    rows.append(
+        (
+            f"0 {work}, whole process wall s",
+            _fmt(trl["mcqtune"]["wall_seconds"], ".0f"),
+            _fmt(trl["trl"]["wall_seconds"], ".0f") + baseline,
+            _fmt(trl["wall_ratio"], ".2f", "x"),
+            ">= 3x",
+            _status(trl["wall_ratio"] >= TARGETS["train_ratio"]),
         )
-        rows.append(
-            (
-                f"0 {work}, peak RSS MiB",
-                _fmt(trl["mcqtune"]["peak_rss_mib"], ".0f"),
-                _fmt(trl["trl"]["peak_rss_mib"], ".0f") + " (TRL SFTTrainer)",
-                _fmt(trl["peak_rss_ratio"], ".2f", "x"),
-                "< 1x",
-                _status(trl["peak_rss_ratio"] < 1.0),
-            )
+    )
+    rows.append(
+        (
+            f"0 {work}, peak RSS MiB",
+            _fmt(trl["mcqtune"]["peak_rss_mib"], ".0f"),
+            _fmt(trl["trl"]["peak_rss_mib"], ".0f") + baseline,
+            _fmt(trl["peak_rss_ratio"], ".2f", "x"),
+            "< 1x",
+            _status(trl["peak_rss_ratio"] < 1.0),
         )
-        if "mcqtune_checkpointed" in trl:  # TRL's own memory strategy (gradient checkpointing) on both sides
-            for label, key, ratio, target in (
-                ("wall s", "wall_seconds", "checkpointed_wall_ratio", ">= 3x"),
-                ("peak RSS MiB", "peak_rss_mib", "checkpointed_peak_rss_ratio", "< 1x"),
-            ):
-                ok = trl[ratio] >= TARGETS["train_ratio"] if target == ">= 3x" else trl[ratio] < 1.0
-                rows.append(
-                    (
-                        f"0 {work}, --gradient-checkpointing, {label}",
-                        _fmt(trl["mcqtune_checkpointed"][key], ".0f"),
-                        _fmt(trl["trl"][key], ".0f") + " (TRL SFTTrainer)",
-                        _fmt(trl[ratio], ".2f", "x"),
-                        target,
-                        _status(ok),
-                    )
+    )
+    if "mcqtune_checkpointed" in trl:  # TRL's own memory strategy (gradient checkpointing) on both sides
+        for label, key, ratio, target in (
+            ("wall s", "wall_seconds", "checkpointed_wall_ratio", ">= 3x"),
+            ("peak RSS MiB", "peak_rss_mib", "checkpointed_peak_rss_ratio", "< 1x"),
+        ):
+            ok = trl[ratio] >= TARGETS["train_ratio"] if target == ">= 3x" else trl[ratio] < 1.0
+            rows.append(
+                (
+                    f"0 {work}, --gradient-checkpointing, {label}",
+                    _fmt(trl["mcqtune_checkpointed"][key], ".0f"),
+                    _fmt(trl["trl"][key], ".0f") + baseline,
+                    _fmt(trl[ratio], ".2f", "x"),
+                    target,
+                    _status(ok),
                 )
-        acc = trl["accuracy"]
+            )
+    rows.extend(_trl_defaults_rows(trl))
+    rows.extend(_trl_efficiency_rows(trl))
+    acc = trl["accuracy"]
+    rows.append(
+        (
+            f"0 val accuracy after it (n={acc['mcqtune']['n']}, letter, {precision})",
+            _fmt(acc["mcqtune"]["accuracy"] * 100, ".1f", "%"),
+            _fmt(acc["trl"]["accuracy"] * 100, ".1f", "%") + baseline,
+            _fmt(trl["accuracy_difference_points"], "+.1f", " pt"),
+            ">= TRL's CI low",
+            _status(acc["mcqtune"]["accuracy"] >= acc["trl"]["ci95"][0]),  # not below TRL's 95% CI
+        )
+    )
+    return rows
+
+
+def _trl_defaults_rows(trl: dict[str, Any]) -> list[Row]:
+    """TRL left at its defaults (its precision named) against mcqtune's run: measured, or the same run
+    as the equal-precision one, or extrapolated from a few steps (said so)."""
+    d = trl.get("trl_defaults")
+    if not d:
+        return []
+    label = (
+        f"0 {trl['steps']} LoRA steps b{trl['batch_size']}, TRL at its defaults ({d['precision']}), wall s"
+    )
+    if "extrapolated_wall_seconds" in d:
+        baseline = (
+            f"{d['extrapolated_wall_seconds']:.0f} EXTRAPOLATED from {d['measured_steps']} step(s) "
+            f"at {d['seconds_per_step']:.1f} s/step"
+        )
+    else:
+        baseline = f"{d['wall_seconds']:.0f} (the run above: TRL's default here is {d['precision']})"
+    return [
+        (
+            label,
+            _fmt(trl["mcqtune"]["wall_seconds"], ".0f") + f" ({trl['precision']})",
+            baseline,
+            _fmt(d["wall_ratio"], ".2f", "x"),
+            "",
+            "-",
+        )
+    ]
+
+
+def _trl_efficiency_rows(trl: dict[str, Any]) -> list[Row]:
+    """Real-token share (real / computed tokens) and MFU (4N per real token over the matmul peak of the
+    precision used) of both recipes' equal-precision runs."""
+    t = trl.get("throughput")
+    if not t:
+        return []
+    ours, theirs, precision = t["mcqtune"], t["trl"], trl["precision"]
+    rows: list[Row] = [
+        (
+            "0 real-token share (real / computed tokens)",
+            _fmt(ours["real_token_share"] and ours["real_token_share"] * 100, ".0f", "%"),
+            _fmt(theirs["real_token_share"] and theirs["real_token_share"] * 100, ".0f", "%") + " (TRL)",
+            "",
+            "",
+            "-",
+        )
+    ]
+    if ours["mfu"] is not None and theirs["mfu"] is not None:
         rows.append(
             (
-                f"0 val accuracy after it (n={acc['mcqtune']['n']}, letter)",
-                _fmt(acc["mcqtune"]["accuracy"] * 100, ".1f", "%"),
-                _fmt(acc["trl"]["accuracy"] * 100, ".1f", "%") + " (TRL SFTTrainer)",
-                _fmt(trl["accuracy_difference_points"], "+.1f", " pt"),
-                ">= TRL's CI low",
-                _status(acc["mcqtune"]["accuracy"] >= acc["trl"]["ci95"][0]),  # not below TRL's 95% CI
+                f"0 MFU (4N/real token) vs {precision} matmul peak",
+                _fmt(ours["mfu"] * 100, ".1f", "%") + f" ({ours['real_tokens_per_second']:.0f} tok/s)",
+                _fmt(theirs["mfu"] * 100, ".1f", "%")
+                + f" (TRL, {theirs['real_tokens_per_second']:.0f} tok/s)",
+                _fmt(ours["mfu"] / theirs["mfu"], ".2f", "x") if theirs["mfu"] else "",
+                "",
+                "-",
             )
         )
     return rows
@@ -105,7 +172,7 @@ def _trl_rows(trl: dict[str, Any] | None) -> list[Row]:
 
 def _train_rows(train: dict[str, Any] | None, peak: dict[str, float] | None) -> list[Row]:
     """Section 1 and the MFU against section 2's peak (recorded into ``train['mfu']``)."""
-    from bench.helpers import train_flops_per_token
+    from bench import helpers
 
     rows: list[Row] = []
     if train and "error" not in train:
@@ -134,9 +201,9 @@ def _train_rows(train: dict[str, Any] | None, peak: dict[str, float] | None) -> 
             )
         )
         if peak:
-            flops = train_flops_per_token(train["non_embedding_params"], trains_base=False)
-            mfu = train["mcqtune"]["tokens_per_second"] * flops / (peak["bf16"] * 1e9)
-            naive_mfu = train["naive"]["tokens_per_second"] * flops / (peak["fp32"] * 1e9)
+            flops = helpers.train_flops_per_token(train["non_embedding_params"], trains_base=False)
+            mfu = helpers.mfu(train["mcqtune"]["tokens_per_second"], flops, peak["bf16"])
+            naive_mfu = helpers.mfu(train["naive"]["tokens_per_second"], flops, peak["fp32"])
             rows.append(
                 (
                     "2 MFU (4N/token) vs matmul peak",

@@ -257,31 +257,181 @@ def test_summary_rows_for_the_memory_curve_and_lm_eval():
     assert rows["7 same answers as lm-eval, letter (fp32 | bf16)"][5] == "met"
 
 
-def test_summary_rows_for_the_trl_baseline_with_and_without_gradient_checkpointing():
-    run = {"wall_seconds": 100.0, "peak_rss_mib": 3000.0}
+def _trl_result(**overrides):
+    """A trl section result as bench/sections/trl.py writes it (numbers made up, shapes real)."""
     accuracy = {"accuracy": 0.35, "ci95": [0.31, 0.39], "n": 500}
-    trl = {
+    return {
         "steps": 300,
         "batch_size": 8,
+        "precision": "fp32",
         "trl": {"wall_seconds": 700.0, "peak_rss_mib": 2900.0},
-        "mcqtune": run,
+        "mcqtune": {"wall_seconds": 100.0, "peak_rss_mib": 3000.0},
         "mcqtune_checkpointed": {"wall_seconds": 140.0, "peak_rss_mib": 1400.0},
+        "trl_defaults": {
+            "precision": "bf16",
+            "measured_steps": 2,
+            "seconds_per_step": 160.0,
+            "extrapolated_wall_seconds": 48_000.0,
+            "wall_ratio": 480.0,
+        },
+        "throughput": {
+            "trl": {"real_token_share": 0.5, "mfu": 0.02, "real_tokens_per_second": 67.0},
+            "mcqtune": {"real_token_share": 0.8, "mfu": 0.05, "real_tokens_per_second": 104.0},
+        },
         "wall_ratio": 7.0,
         "peak_rss_ratio": 1.03,
         "checkpointed_wall_ratio": 5.0,
         "checkpointed_peak_rss_ratio": 0.48,
         "accuracy": {"mcqtune": accuracy, "trl": accuracy},
         "accuracy_difference_points": 0.0,
-    }
-    rows = {r[0]: r for r in summarize({"sections": {"trl": trl}})}
-    assert rows["0 300 LoRA steps b8, peak RSS MiB"][5] == "NOT MET"
-    assert rows["0 300 LoRA steps b8, --gradient-checkpointing, peak RSS MiB"][1:4] == (
+    } | overrides
+
+
+def test_summary_rows_for_the_trl_baseline_with_and_without_gradient_checkpointing():
+    rows = {r[0]: r for r in summarize({"sections": {"trl": _trl_result()}})}
+    work = "0 300 LoRA steps b8, fp32 both"
+    assert rows[f"{work}, whole process wall s"][1:] == (
+        "100",
+        "700 (TRL SFTTrainer, fp32)",
+        "7.00x",
+        ">= 3x",
+        "met",
+    )
+    assert rows[f"{work}, peak RSS MiB"][5] == "NOT MET"
+    assert rows[f"{work}, --gradient-checkpointing, peak RSS MiB"][1:4] == (
         "1400",
-        "2900 (TRL SFTTrainer)",
+        "2900 (TRL SFTTrainer, fp32)",
         "0.48x",
     )
-    assert rows["0 300 LoRA steps b8, --gradient-checkpointing, peak RSS MiB"][5] == "met"
-    assert rows["0 300 LoRA steps b8, --gradient-checkpointing, wall s"][3:] == ("5.00x", ">= 3x", "met")
+    assert rows[f"{work}, --gradient-checkpointing, peak RSS MiB"][5] == "met"
+    assert rows[f"{work}, --gradient-checkpointing, wall s"][3:] == ("5.00x", ">= 3x", "met")
+    # the headline's target is the equal-precision ratio's
+    slow = {r[0]: r for r in summarize({"sections": {"trl": _trl_result(wall_ratio=1.58)}})}
+    assert slow[f"{work}, whole process wall s"][3:] == ("1.58x", ">= 3x", "NOT MET")
+
+
+def test_summary_rows_for_trl_at_its_defaults_share_and_mfu():
+    rows = {r[0]: r for r in summarize({"sections": {"trl": _trl_result()}})}
+    extrapolated = rows["0 300 LoRA steps b8, TRL at its defaults (bf16), wall s"]
+    assert extrapolated[1:4] == (
+        "100 (fp32)",
+        "48000 EXTRAPOLATED from 2 step(s) at 160.0 s/step",
+        "480.00x",
+    )
+    assert rows["0 real-token share (real / computed tokens)"][1:3] == ("80%", "50% (TRL)")
+    assert rows["0 MFU (4N/real token) vs fp32 matmul peak"][1:4] == (
+        "5.0% (104 tok/s)",
+        "2.0% (TRL, 67 tok/s)",
+        "2.50x",
+    )
+    reused = _trl_result(
+        precision="bf16",
+        trl_defaults={
+            "precision": "bf16",
+            "reused": "the run above",
+            "wall_seconds": 700.0,
+            "wall_ratio": 7.0,
+        },
+    )
+    rows = {r[0]: r for r in summarize({"sections": {"trl": reused}})}
+    assert rows["0 300 LoRA steps b8, TRL at its defaults (bf16), wall s"][1:4] == (
+        "100 (bf16)",
+        "700 (the run above: TRL's default here is bf16)",
+        "7.00x",
+    )
+    assert "0 MFU (4N/real token) vs bf16 matmul peak" in rows
+
+
+def test_trl_defaults_row_reuses_the_equal_run_only_when_the_precisions_match():
+    from bench.sections.trl import default_row_plan, extrapolated
+
+    assert default_row_plan("bf16", "bf16") == "reuse"  # an AVX-512-bf16 host or a bf16 GPU
+    assert default_row_plan("bf16", "fp32") == "extrapolate"  # an AVX2 host: TRL's bf16 is emulated there
+    run = {"steps": 2, "wall_seconds": 350.0, "step_seconds": [150.0, 170.0]}
+    assert extrapolated(run, 60) == {
+        "measured_steps": 2,
+        "seconds_per_step": 160.0,
+        "extrapolated_wall_seconds": 350.0 + 58 * 160.0,  # the measured process + the steps not run
+    }
+
+
+def test_trl_defaults_row_runs_few_steps_only_where_it_cannot_reuse(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from bench.context import FULL
+    from bench.sections import trl as section
+
+    calls = []
+
+    def fake_run_trl(name, tmp, steps, batch, precision):
+        calls.append((name, steps, batch, precision))
+        return {"steps": steps, "wall_seconds": 330.0, "step_seconds": [150.0, 170.0], "precision": "bf16"}
+
+    monkeypatch.setattr(section, "run_trl", fake_run_trl)
+    ctx = SimpleNamespace(settings=FULL)
+    equal = {"wall_seconds": 586.0}
+    ours = {"wall_seconds": 371.0}
+    reused = section._defaults_row("reuse", "bf16", equal, ours, tmp_path, ctx)
+    assert calls == [] and reused["wall_seconds"] == 586.0 and reused["wall_ratio"] == 1.58
+    row = section._defaults_row("extrapolate", "bf16", equal, ours, tmp_path, ctx)
+    assert calls == [("trl_defaults", FULL.trl_default_steps, FULL.trl_batch_size, "defaults")]
+    assert row["extrapolated_wall_seconds"] == 330.0 + (FULL.trl_steps - 2) * 160.0
+    assert row["wall_ratio"] == round(row["extrapolated_wall_seconds"] / 371.0, 2)
+    with pytest.raises(RuntimeError, match="trained in bf16, not the fp32"):
+        section._defaults_row("extrapolate", "fp32", equal, ours, tmp_path, ctx)
+
+
+def test_real_token_share_and_mfu_arithmetic():
+    from bench.sections.trl import throughput
+
+    # 4N per real token, N = 100M: 400 MFLOP a token; 50 real tokens/s = 20 GFLOP/s of a 100 GFLOP/s peak
+    t = throughput(
+        real_tokens=500, computed_tokens=800, train_seconds=10.0, flops_per_token=4 * 10**8, peak_gflops=100.0
+    )
+    assert t == {
+        "real_tokens": 500,
+        "computed_tokens": 800,
+        "real_token_share": 0.625,
+        "real_tokens_per_second": 50.0,
+        "mfu": 0.2,
+    }
+    assert throughput(500, 800, 10.0, 4 * 10**8, None)["mfu"] is None  # no peak (a GPU run): no MFU
+    assert helpers.real_token_share(5, None) is None
+    with pytest.raises(ValueError, match="real tokens 9 > computed tokens 8"):
+        helpers.real_token_share(9, 8)
+
+
+def test_non_embedding_params_reads_a_config_as_well_as_a_model(tiny_model):
+    assert helpers.non_embedding_params(tiny_model.config) == helpers.non_embedding_params(tiny_model)
+
+
+def test_trl_recipe_counts_real_and_padded_tokens_and_maps_its_precision():
+    from types import SimpleNamespace
+
+    from bench import trl_recipe
+
+    batches = iter(
+        [
+            {
+                "input_ids": torch.ones(2, 5),
+                "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
+            },
+            {"input_ids": torch.ones(2, 3), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 1]])},
+            {"input_ids": torch.ones(1, 7)},  # padding-free: no mask, every position real
+        ]
+    )
+    counter = trl_recipe.TokenCounter(lambda features: next(batches))
+    for _ in range(3):
+        counter([])
+    assert counter.totals(2) == (7 + 6, 10 + 6)  # only the batches trained on
+    assert counter.totals(3) == (7 + 6 + 7, 10 + 6 + 7)
+    assert trl_recipe.sft_precision_kwargs("bf16") == {"bf16": True, "fp16": False}
+    assert trl_recipe.sft_precision_kwargs("fp32") == {"bf16": False, "fp16": False}
+    assert trl_recipe.sft_precision_kwargs("defaults") == {}  # TRL decides
+    with pytest.raises(ValueError, match="one of bf16, fp32, defaults"):
+        trl_recipe.sft_precision_kwargs("auto")
+    assert trl_recipe.resolved_precision(SimpleNamespace(bf16=True, fp16=False)) == "bf16"
+    assert trl_recipe.resolved_precision(SimpleNamespace(bf16=False, fp16=False)) == "fp32"
 
 
 def test_rss_growth_sees_growth_not_swings():

@@ -139,6 +139,8 @@ def test_two_processes_train_like_one_at_the_same_global_batch(one_and_two):
     assert m1["train"]["global_batch_size"] == m2["train"]["global_batch_size"] == 8
     assert m1["train"]["examples_seen"] == m2["train"]["examples_seen"] == 48
     assert m1["train"]["real_tokens"] == m2["train"]["real_tokens"]  # each question trained on once
+    for m in (m1, m2):  # the positions computed (padding included) are summed over processes too
+        assert m["train"]["computed_tokens"] >= m["train"]["real_tokens"]
     steps1 = [h for h in m1["history"] if "loss" in h]
     steps2 = [h for h in m2["history"] if "loss" in h]
     assert [h["step"] for h in steps1] == [h["step"] for h in steps2] == [1, 2, 3, 4, 5, 6]

@@ -196,11 +196,28 @@ def test_one_step_is_one_optimizer_step_over_grad_accum_micro_batches(
     result = trainer.step()
     assert result.questions == 6
     assert result.real_tokens == sum(probe.objective.collate(g).real_tokens for g in groups)
+    # every position the model ran, padding included: what the real-token share divides by
+    assert result.computed_tokens == sum(probe.objective.collate(g).input_ids.numel() for g in groups)
+    assert result.computed_tokens > result.real_tokens  # these rows differ in length: some padding
     expected = sum(probe.objective.loss(probe.model, probe.objective.collate(g)).item() for g in groups) / 3
     assert result.loss == pytest.approx(expected, rel=1e-5)
     assert trainer.scheduler.scheduler.last_epoch == 1  # the scheduler moved once, not three times
     changed = [n for n, p in trainer.named_trainable.items() if not torch.equal(p, before[n])]
     assert changed
+
+
+def test_metrics_count_the_computed_tokens_beside_the_real_ones(tiny_model_dir, tmp_path):
+    import json
+
+    from mcqtune.training.recipe import train
+
+    config = _trainer_config(tiny_model_dir, max_steps=3, batch_size=4, train_limit=12, shuffle_options=False)
+    config.output = str(tmp_path / "run")
+    train(config, show_progress=False)
+    done = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
+    assert done["computed_tokens"] > done["real_tokens"] > 0  # batches of 4 rows of different lengths
+    assert done["real_token_share"] == pytest.approx(done["real_tokens"] / done["computed_tokens"], abs=1e-4)
+    assert done["precision"] == "fp32"
 
 
 def test_a_method_without_trainable_rows_is_a_data_error_naming_the_file(

@@ -128,6 +128,8 @@ class RunProgress:
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     real_tokens: int = 0
+    # every position computed, padding included; None when resumed from a checkpoint that predates it
+    computed_tokens: int | None = 0
     train_seconds: float = 0.0
     last_step: int = 0  # the last step trained: total_steps unless max_train_seconds stopped it early
     best_accuracy: float | None = None
@@ -153,6 +155,7 @@ class RunProgress:
             "history": self.history,
             "losses": self.losses,
             "real_tokens": self.real_tokens,
+            "computed_tokens": self.computed_tokens,
             "train_seconds": self.train_seconds,
             "best_accuracy": self.best_accuracy,
             "best_step": self.best_step,
@@ -166,6 +169,7 @@ class RunProgress:
             history=list(state["history"]),
             losses=list(state["losses"]),
             real_tokens=state["real_tokens"],
+            computed_tokens=state.get("computed_tokens"),
             train_seconds=state["train_seconds"],
             last_step=checkpoint.step,
             best_accuracy=state["best_accuracy"] if best_state is not None else None,
@@ -176,6 +180,8 @@ class RunProgress:
     def record_step(self, step: int, result: StepResult, learning_rate: float) -> None:
         self.losses.append(result.loss)
         self.real_tokens += result.real_tokens
+        if self.computed_tokens is not None:
+            self.computed_tokens += result.computed_tokens
         self.train_seconds += result.seconds
         self.last_step = step
         self.record({"step": step, "loss": round(result.loss, 5), "lr": learning_rate})
@@ -183,6 +189,13 @@ class RunProgress:
     @property
     def tokens_per_second(self) -> float:
         return self.real_tokens / max(self.train_seconds, 1e-9)
+
+    @property
+    def real_token_share(self) -> float | None:
+        """Real tokens over the tokens computed: the share of the compute that was not padding."""
+        if not self.computed_tokens:
+            return None
+        return self.real_tokens / self.computed_tokens
 
 
 def validation_name(config: TrainConfig) -> str:
@@ -428,6 +441,7 @@ def _results(
     config: TrainConfig, trainer: Trainer, data: TrainData, run: RunProgress, final: dict[str, Any] | None
 ) -> dict[str, Any]:
     """What metrics.json says about the run (every process computes it; the main process writes it)."""
+    share = run.real_token_share
     metrics: dict[str, Any] = {
         "method": trainer.method.name,
         "objective": trainer.objective_name,
@@ -442,7 +456,10 @@ def _results(
             "examples_seen": run.last_step * trainer.global_batch_size,
             "seconds": round(run.train_seconds, 2),
             "real_tokens": run.real_tokens,
+            "computed_tokens": run.computed_tokens,
+            "real_token_share": None if share is None else round(share, 4),
             "tokens_per_second": round(run.tokens_per_second, 1),
+            "precision": trainer.precision,
             "final_loss": round(run.losses[-1], 5),
             "mean_loss_last_10": round(float(np.mean(run.losses[-10:])), 5),
         },

@@ -38,12 +38,17 @@ from mcqtune.training.stream import BatchStream, Shard
 
 @dataclass(frozen=True)
 class StepResult:
-    """One optimizer step: its mean micro-batch loss and the work it did."""
+    """One optimizer step: its mean micro-batch loss and the work it did.
+
+    ``real_tokens`` are the batches' non-pad tokens, ``computed_tokens`` every position the model ran
+    (``input_ids.numel()``, padding included): their ratio is how much of the compute was useful.
+    """
 
     loss: float
     real_tokens: int
     questions: int
     seconds: float
+    computed_tokens: int
 
 
 def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
@@ -216,7 +221,7 @@ class Trainer:
         start = time.perf_counter()
         accumulate = self.config.grad_accum
         loss_sum = 0.0
-        real_tokens = questions = 0
+        real_tokens = computed_tokens = questions = 0
         for micro in range(accumulate):
             shard = self.next_shard() if features is None else Shard(features, 1.0, len(features))
             batch = self.objective.collate(shard.features).to(self.device)
@@ -229,18 +234,24 @@ class Trainer:
             loss_sum += loss.item() * shard.weight / accumulate
             if shard.weight:  # a stand-in question (weight 0) is not work done
                 real_tokens += batch.real_tokens
+                computed_tokens += batch.input_ids.numel()
                 questions += len(shard.features)
         if self.processes > 1:
-            totals = torch.tensor([loss_sum, real_tokens, questions], dtype=torch.float64, device=self.device)
-            loss_total, tokens_total, questions_total = self.accelerator.reduce(totals, "sum").tolist()
+            totals = torch.tensor(
+                [loss_sum, real_tokens, computed_tokens, questions], dtype=torch.float64, device=self.device
+            )
+            loss_total, real_total, computed_total, questions_total = self.accelerator.reduce(
+                totals, "sum"
+            ).tolist()
             loss_sum = loss_total / self.processes
-            real_tokens, questions = int(tokens_total), int(questions_total)
+            real_tokens, computed_tokens = int(real_total), int(computed_total)
+            questions = int(questions_total)
         if self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_sum, real_tokens, questions, time.perf_counter() - start)
+        return StepResult(loss_sum, real_tokens, questions, time.perf_counter() - start, computed_tokens)
 
     @property
     def learning_rate(self) -> float:
