@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mcqtune-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench compare clean
+.PHONY: setup demo test test-fast test-avx2 lint bench compare clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: setup
 # Two workers, one thread each, a test file per worker (docs/DECISIONS.md): ~12 min instead of ~18 here.
 test: setup
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The suite as an AVX2-only host runs it, on a host with AVX-512(-bf16): oneDNN, ATen and MKL capped at
+# AVX2, so `precision: auto` picks fp32 and bf16 matmuls are emulated (docs/PERFORMANCE.md, AVX2 emulation).
+AVX2_ONLY := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-avx2: setup
+	$(AVX2_ONLY) $(PY) -m pytest -n 2 --dist loadfile --durations=40 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

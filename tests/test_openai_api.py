@@ -27,7 +27,8 @@ from mcqtune.serving.registry import ArtifactRegistry
 
 openai = pytest.importorskip("openai", reason="the OpenAI SDK is a test extra (pip install -e .[test])")
 
-LM_EVAL_QUESTIONS = 50  # ARC-Easy validation rows in the lm-eval task
+LM_EVAL_QUESTIONS = 50  # ARC-Easy validation rows in the lm-eval parity task
+APPLIED_QUESTIONS = 12  # ... in the tasks that only check an artifact is applied (CI time)
 CLIENT_TIMEOUT_S = 600  # one lm-eval run against the tiny model takes seconds; this bounds a hang
 METHODS = ("lora", "adapter", "prefix", "ia3", "full", "subset")
 
@@ -69,8 +70,8 @@ def client(server):
 # ------------------------------------------------------------------------------------ lm-eval
 
 
-def _task_dir(tmp_path: Path, arc_examples) -> Path:
-    return write_lm_eval_task(tmp_path, arc_examples[:LM_EVAL_QUESTIONS])
+def _task_dir(tmp_path: Path, arc_examples, questions: int = LM_EVAL_QUESTIONS) -> Path:
+    return write_lm_eval_task(tmp_path, arc_examples[:questions])
 
 
 def _lm_eval(task_dir: Path, model: str, model_args: dict) -> tuple[float, list[float]]:
@@ -104,12 +105,14 @@ def test_lm_eval_local_completions_scores_a_served_lora_like_hf_with_peft(
 def test_lm_eval_local_completions_runs_against_non_lora_artifacts(
     server, tiny_model_dir, tmp_path, arc_examples, name
 ):
-    task_dir = _task_dir(tmp_path, arc_examples)
+    task_dir = _task_dir(tmp_path, arc_examples, APPLIED_QUESTIONS)
     accuracy, artifact_ll = _lm_eval(
-        task_dir, "local-completions", _local_completions(server, name, tiny_model_dir)
+        task_dir, "local-completions", _local_completions(server, name, tiny_model_dir, 4)
     )
     base_id = str(tiny_model_dir)
-    _, base_ll = _lm_eval(task_dir, "local-completions", _local_completions(server, base_id, tiny_model_dir))
+    _, base_ll = _lm_eval(
+        task_dir, "local-completions", _local_completions(server, base_id, tiny_model_dir, 4)
+    )
     assert 0.0 <= accuracy <= 1.0
     assert len(artifact_ll) == len(base_ll) > 0
     assert artifact_ll != pytest.approx(base_ll, abs=1e-4)  # the artifact was applied, not the base

@@ -55,12 +55,29 @@ COMPUTE_DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
 }
-# Measured (bench/qlora_cpu.py, docs/METHODS.md): bitsandbytes' CPU 4-bit path is what QLoRA costs here.
-CPU_SLOWNESS = (
-    "qlora on a CPU: bitsandbytes dequantizes every 4-bit weight for each matmul, so a training step takes "
-    "about {factor} times LoRA's here (measured: docs/METHODS.md); the 4-bit base saves memory that "
-    "matters on a GPU, rarely on a CPU: --method lora trains the same adapter faster"
-)
+# Measured with bench/qlora_cpu.py (docs/METHODS.md, 2026-12-07, batch 4, LoRA's step = 1): with the
+# compute dtype the CPU computes natively a QLoRA step costs ~1.2x LoRA's (the 4-bit weights are
+# dequantized for each matmul); bf16 compute on a CPU without native bf16 emulates every matmul: 12x.
+NATIVE_CPU_FACTOR = 1.2
+EMULATED_CPU_FACTOR = 12
+
+
+def cpu_compute_note(compute: torch.dtype) -> tuple[int, str]:
+    """(log level, what to tell a user) for QLoRA training on this CPU with ``compute`` matmuls."""
+    native_bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    if compute == torch.float32 or (compute == torch.bfloat16 and native_bf16):
+        return logging.INFO, (
+            f"qlora on a CPU: a training step takes about {NATIVE_CPU_FACTOR}x LoRA's (each 4-bit weight "
+            "is dequantized for every matmul); the 4-bit base saves memory that matters on a GPU, "
+            "rarely on a CPU"
+        )
+    return logging.WARNING, (
+        f"qlora: compute_dtype {str(compute).removeprefix('torch.')} on a CPU without native support for "
+        f"it: every matmul is emulated, about {EMULATED_CPU_FACTOR}x LoRA's step time (measured, "
+        "docs/METHODS.md); compute_dtype auto (the run's precision) or fp32 is the fast path here"
+    )
+
+
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
 QUANT_STORAGE_DTYPES = {"uint8": torch.uint8, **COMPUTE_DTYPES}
 # bitsandbytes' 4-bit layout: one absmax scale per block of 64 weights (fp32, or with double quantization
@@ -126,7 +143,7 @@ class QLoraMethod(PeftMethod):
         self, resolved: ResolvedModel, options: dict[str, Any], device: torch.device
     ) -> PreTrainedModel:
         if device.type == "cpu":
-            log.warning(CPU_SLOWNESS)
+            log.log(*cpu_compute_note(quantization_config(options).bnb_4bit_compute_dtype))
         # fp32 for everything bitsandbytes does not quantize; 4-bit weights are created on `device`.
         device_map = None if device.type == "cpu" else {"": device}
         model = load_model(
