@@ -57,10 +57,16 @@ def test_a_qlora_run_computes_in_its_precision_and_records_it(
     with caplog.at_level(logging.INFO, logger="mcqtune.methods.qlora"):
         resolved = resolve_model(str(tiny_model_dir))
         trainer = Trainer(config, resolved, PromptEncoder(tokenizer), arc_examples[:4])
+    from mcqtune.methods.qlora import cpu_compute_note
+
+    compute = torch.float32 if precision == "fp32" else torch.bfloat16
     dtypes = {m.compute_dtype for m in trainer.unwrapped.modules() if isinstance(m, bnb.nn.Linear4bit)}
-    assert dtypes == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    assert dtypes == {compute}
     assert config.method_options["compute_dtype"] == precision  # what the run's manifest records
-    assert "qlora on a CPU: a training step takes about 1.2x LoRA's" in caplog.text
+    # the note for this host: 1.2x LoRA's step, or the 12x warning where bf16 is emulated (AVX2)
+    assert cpu_compute_note(compute)[1] in caplog.text
+    if precision == "fp32":
+        assert "qlora on a CPU: a training step takes about 1.2x LoRA's" in caplog.text
     assert trainer.step().loss > 0
 
 
@@ -91,3 +97,29 @@ def test_auto_precision_is_fp32_on_a_cpu_capped_at_avx2():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["fp32", "fp32", "AVX2"]
+
+
+def test_a_finished_qlora_run_is_reused_by_compare_not_trained_again(tiny_model_dir, tmp_path):
+    """The saved config holds ``compute_dtype`` as the run used it; a compare row asking for ``auto`` on
+    the same host is the same run, so the worker reuses it instead of training it again."""
+    from mcqtune.compare.worker import _reuse_finished_run
+    from mcqtune.training.recipe import train
+
+    settings = {
+        "method": "qlora",
+        "model": str(tiny_model_dir),
+        "train": "arc_easy",
+        "validation": "arc_easy",
+        "eval_limit": 2,
+        "final_eval_limit": 2,
+        "max_steps": 1,
+        "batch_size": 2,
+        "precision": "fp32",
+        "method_options": {"r": 4},
+        "output": str(tmp_path / "run"),
+    }
+    train(build_config(settings), show_progress=False)
+    again = build_config(settings)
+    assert again.method_options.get("compute_dtype", "auto") == "auto"
+    reused = _reuse_finished_run(again)
+    assert reused is not None and reused.output == tmp_path / "run" and reused.model is not None

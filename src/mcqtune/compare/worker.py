@@ -191,7 +191,9 @@ def _reuse_finished_run(config):
     from mcqtune.inference import Predictor
     from mcqtune.training.api import TrainResult
     from mcqtune.training.checkpoint import config_differences
+    from mcqtune.training.trainer import run_precision
 
+    run_precision(config)  # the saved config holds QLoRA's compute_dtype as it ran, not "auto"
     output = Path(config.output)
     try:
         metrics = json.loads((output / METRICS).read_text(encoding="utf-8"))

@@ -70,7 +70,7 @@ from mcqtune.training.run_dir import (
     save_results,
     tidy_run_dir,
 )
-from mcqtune.training.trainer import StepResult, Trainer
+from mcqtune.training.trainer import StepResult, Trainer, run_precision
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ def _train(
         raise ConfigError("--resume continues the run in --output and --overwrite replaces it: pick one")
     output = Path(config.output)
     tracking.check_installed(tracking.parse_report_to(config.report_to))
+    run_precision(config)  # QLoRA's compute_dtype: auto is compared with a checkpoint as it will run
     checkpoint = prepare_run_dir(output, config, resume=resume, overwrite=overwrite)
     set_seed(config.seed)
     resolved = resolve_model(config.model)

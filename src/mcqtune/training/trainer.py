@@ -76,6 +76,18 @@ def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
     )
 
 
+def run_precision(config: TrainConfig) -> str:
+    """The precision this process trains in, and ``config.method_options`` fixed to follow it.
+
+    Options such as QLoRA's ``compute_dtype: auto`` become concrete here, before the run directory is
+    checked, so a resumed run compares what it will use with what its checkpoint recorded.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(config.precision, device)
+    config.method_options = get_method(config.method).run_options(config.method_options, precision)
+    return precision
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module, method: Method, model_name: str) -> None:
     """transformers' gradient checkpointing on the (possibly peft-wrapped) model: each decoder layer keeps
     only its input and recomputes its activations in the backward pass. Non-reentrant, so no input needs
@@ -116,7 +128,7 @@ class Trainer:
         self.config = config
         self.examples = examples
         cpu = not torch.cuda.is_available()
-        self.precision = resolve_precision(config.precision, torch.device("cpu" if cpu else "cuda"))
+        self.precision = run_precision(config)  # also fixes the options that follow the precision
         self.accelerator = fresh_accelerator(cpu, self.precision)
         self.device = self.accelerator.device
         self.method = get_method(config.method)
@@ -124,9 +136,7 @@ class Trainer:
         if summary and type(self.method).load_base is Method.load_base:  # the default loads fp32 weights
             check_weights_fit(summary["n_params"], 4, self.device, f"model '{config.model}' (fp32 weights)")
 
-        # Options that follow the precision (QLoRA's compute_dtype: auto) are fixed here, and the run's
-        # manifest records what was used.
-        options = config.method_options = self.method.run_options(config.method_options, self.precision)
+        options = config.method_options  # the run's manifest records these, as used
         with option_errors(self.method.name, options):
             base = self.method.load_base(resolved, options, self.device)
             if prepare_base is None:  # bf16: frozen linear weights stored in bf16 (PERFORMANCE.md)
