@@ -65,7 +65,13 @@ def rss_growth(curve: list[float], early_step: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------- matmul peak
 def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
-    """Sustained GFLOP/s of one n x n @ n x n matmul, repeated for about ``seconds``."""
+    """Sustained GFLOP/s of one n x n @ n x n matmul, repeated for about ``seconds``.
+
+    A dtype this CPU only emulates (bf16 on an AVX2 host: ~0.6 GFLOP/s, four minutes for one 4096
+    matmul) is measured at the largest halved size whose single matmul fits in ``seconds``: emulated
+    throughput hardly depends on the size, and the benchmark should not spend a quarter-hour on it.
+    """
+    n = _size_that_fits(dtype, n, seconds)
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
@@ -78,6 +84,17 @@ def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return 2 * n**3 * reps / elapsed / 1e9
+
+
+def _size_that_fits(dtype: torch.dtype, n: int, seconds: float, probe: int = 256) -> int:
+    a = torch.randn(probe, probe).to(dtype)
+    torch.mm(a, a)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    per_flop = (time.perf_counter() - start) / (2 * probe**3)
+    while n > probe and 2 * n**3 * per_flop > seconds:
+        n //= 2
+    return n
 
 
 def matmul_peaks(n: int = 2048, seconds: float = 0.5, rounds: int = 3) -> dict[str, float]:

@@ -372,7 +372,7 @@ def test_eval_cli_rejects_a_bad_permutation_mode(tiny_model_dir, capsys):
 @pytest.mark.slow
 def test_real_model_permutations_and_debias_on_medmcqa(bundled_resolved, tokenizer):
     """The bundled SmolLM2 answers A by position: cyclic orders expose it, the prior removes it."""
-    from mcqtune.models import load_model
+    from mcqtune.models import load_model, resolve_precision
 
     rows = load_examples(bundled_path("medmcqa", "validation"), limit=24).examples
     model = load_model(bundled_resolved).to(torch.device("cpu"))
@@ -384,7 +384,7 @@ def test_real_model_permutations_and_debias_on_medmcqa(bundled_resolved, tokeniz
         permutations="cyclic",
         debias_prior=True,
         calibration_size=12,
-        precision="bf16",
+        precision=resolve_precision("auto", torch.device("cpu")),  # fp32 where bf16 is emulated
     )
     perm = result.sections["permutations"]
     assert perm["scored_prompts"] == 96

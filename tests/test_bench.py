@@ -218,6 +218,33 @@ def test_summary_table_from_a_partial_result():
     assert all(len(r) == 6 for r in rows)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_mfu_is_against_the_peak_of_the_precision_it_trained_in(precision):
+    from bench import helpers
+
+    accuracy = {
+        "mcqtune": {"accuracy": 0.3, "n": 8},
+        "naive": {"accuracy": 0.3},
+        "zero_shot": {"accuracy": 0.2},
+    }
+    train = {
+        "ratio_tokens_per_second": 2.0,
+        "mcqtune": {"tokens_per_second": 100.0},
+        "naive": {"tokens_per_second": 50.0},
+        "accuracy": accuracy,
+        "accuracy_difference_points": 0.0,
+        "examples": 8,
+        "non_embedding_params": 10**8,
+        "precision": precision,
+    }
+    peak = {"fp32": 100.0, "bf16": 250.0}
+    rows = {r[0]: r for r in summarize({"sections": {"peak": {"gflops": peak}, "train": train}})}
+    flops = helpers.train_flops_per_token(10**8, trains_base=False)
+    expected = 100.0 * flops / (peak[precision] * 1e9)
+    assert rows["2 MFU (4N/token) vs matmul peak"][1] == f"{expected * 100:.1f}% of {precision}"
+    assert train["mfu"][f"mcqtune_vs_{precision}_peak"] == round(expected, 4)
+
+
 def test_summary_rows_for_the_memory_curve_and_lm_eval():
     scored = {"identical_predictions": 100, "agreement": 1.0, "questions_per_second": 9.0}
     results = {

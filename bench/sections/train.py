@@ -94,7 +94,9 @@ def section_train(ctx: Context) -> dict[str, Any]:
         trainer.train()
 
     def evaluate(model) -> dict[str, Any]:
-        scored = score_examples(model, ctx.encoder, val_rows, "letter", batch_size=16, precision="bf16")
+        scored = score_examples(
+            model, ctx.encoder, val_rows, "letter", batch_size=16, precision=stepper.precision
+        )
         m = compute_metrics(scored)
         return {k: m[k] for k in ("accuracy", "ci95", "n", "predicted_letter_distribution")} | {
             "majority_baseline": m["majority_baseline"]
