@@ -133,6 +133,11 @@ class Context:
         self.tokenizer = load_tokenizer(self.resolved)
         self.encoder = PromptEncoder(self.tokenizer)
         self.cpu = __import__("torch").device("cpu")
+        from mcqtune.models import resolve_precision
+
+        # What mcqtune's `auto` uses here: bf16 where the CPU has it natively, fp32 where bf16 would be
+        # emulated (AVX2 hosts: ~100x slower). The timed mcqtune sides run in it.
+        self.precision = resolve_precision("auto", self.cpu)
         self._rows: dict[tuple[str, str, int], list] = {}
         self.compile_lever = False
         self.peak_gflops: dict[str, float] | None = None  # the matmul peak, once a section measured it

@@ -223,7 +223,7 @@ def lever_eval_mode(ctx, n_rows: int) -> dict[str, Any]:
     from mcqtune.evaluation.evaluate import score_examples
     from mcqtune.inference import Predictor
 
-    model = Predictor(None, device=ctx.cpu, precision="bf16").module()
+    model = Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
     rows = ctx.rows("medmcqa", "validation", n_rows)
     chunks = [rows[i : i + 16] for i in range(0, len(rows), 16)]
     modes = {"no_grad (mcqtune)": nullcontext, "inference_mode": torch.inference_mode}
@@ -231,7 +231,9 @@ def lever_eval_mode(ctx, n_rows: int) -> dict[str, Any]:
     for i, chunk in enumerate(chunks):
         for name in _rotate(list(modes), i):
             with modes[name]():
-                seconds[name] += score_examples(model, ctx.encoder, chunk, "letter", precision="bf16").seconds
+                seconds[name] += score_examples(
+                    model, ctx.encoder, chunk, "letter", precision=ctx.precision
+                ).seconds
     return {name: {"questions_per_second": round(len(rows) / s, 2)} for name, s in seconds.items()}
 
 

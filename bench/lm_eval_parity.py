@@ -47,6 +47,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LM_EVAL_VERSION = "0.4.13"
+
+
+def mcqtune_precisions() -> tuple[str, ...]:
+    """fp32 (lm-eval's CPU default), and bf16 autocast where the CPU has it natively (what mcqtune's
+    ``auto`` picks there); where bf16 is only emulated (AVX2 hosts) nobody would score in it."""
+    import torch
+
+    from mcqtune.models import resolve_precision
+
+    return ("fp32",) + (("bf16",) if resolve_precision("auto", torch.device("cpu")) == "bf16" else ())
+
+
 TASKS = {"letter": "mcqtune_medmcqa_parity", "cloze": "mcqtune_medmcqa_cloze_parity"}
 # Same versions as requirements.txt so both sides use the same kernels.
 BENCH_PACKAGES = [
@@ -275,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(resolved).to(torch.device("cpu")).eval()
     ours: dict[str, dict] = {"letter": {}, "cloze": {}}
     for scoring in ours:
-        for precision in ("fp32", "bf16"):
+        for precision in mcqtune_precisions():
             start = time.perf_counter()
             scored = score_examples(
                 model, encoder, examples, scoring, precision=precision, batch_size=args.batch_size
@@ -334,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- {scoring}: lm-eval accuracy {r['lm_eval_accuracy'] * 100:.1f}%, "
             f"{r['lm_eval_questions_per_second']:.2f} q/s, predicted letters {r['lm_eval_predicted_letters']}"
         )
-        for precision in ("fp32", "bf16"):
+        for precision in mcqtune_precisions():
             p = r[precision]
             lines.append(
                 f"  - mcqtune {precision}: identical predictions "

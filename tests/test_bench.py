@@ -282,6 +282,12 @@ def test_summary_rows_for_the_memory_curve_and_lm_eval():
     assert rows["5 max RSS steps 21-200 / 1-20, full/letter/b4"][5] == "NOT MET"
     assert rows["7 eval q/s vs lm-eval, letter (n=100)"][3] == "4.50x"
     assert rows["7 same answers as lm-eval, letter (fp32 | bf16)"][5] == "met"
+    # an AVX2 host scores fp32 only (bf16 would be emulated): its rows say so
+    del results["sections"]["lm_eval"]["letter"]["bf16"]
+    results["sections"]["lm_eval"]["letter"]["fp32"] = scored | {"speedup_vs_lm_eval": 1.5}
+    rows = {r[0]: r for r in summarize(results)}
+    assert rows["7 eval q/s vs lm-eval, letter (n=100)"][3] == "1.50x"
+    assert rows["7 same answers as lm-eval, letter (fp32 | fp32)"][5] == "met"
 
 
 def _trl_result(**overrides):

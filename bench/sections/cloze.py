@@ -20,7 +20,7 @@ def section_cloze(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     pad = ctx.tokenizer.pad_token_id
     fp32 = Predictor(None, device=ctx.cpu, precision="fp32").module()
-    bf16 = Predictor(None, device=ctx.cpu, precision="bf16").module()
+    timed = Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
     out: dict[str, Any] = {}
     for dataset in ("arc_easy", "medmcqa"):
         log(f"cloze: {dataset}")
@@ -41,8 +41,8 @@ def section_cloze(ctx: Context) -> dict[str, Any]:
         chunks = [eval_rows[i : i + chunk] for i in range(0, len(eval_rows), chunk)]
         for i, chunk_rows in enumerate(chunks):
             for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
-                kwargs = {"batch_size": 16, "packed": side == "a", "precision": "bf16"}
-                scored = score_examples(bf16, ctx.encoder, chunk_rows, "cloze", **kwargs)
+                kwargs = {"batch_size": 16, "packed": side == "a", "precision": ctx.precision}
+                scored = score_examples(timed, ctx.encoder, chunk_rows, "cloze", **kwargs)
                 timings[side].add(scored.seconds, 0, len(chunk_rows))
         eval_ratio = timings["a"].questions_per_second() / max(timings["b"].questions_per_second(), 1e-9)
 

@@ -23,7 +23,7 @@ def section_eval(ctx: Context) -> dict[str, Any]:
 
     s = ctx.settings
     rows = ctx.rows("medmcqa", "validation", s.eval_rows)
-    ours_model = Predictor(None, device=ctx.cpu, precision="bf16").module()
+    ours_model = Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
     fp32_model = Predictor(None, device=ctx.cpu, precision="fp32").module()
     gen_model = AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32)
     gen_tokenizer = naive_tokenizer(ctx.resolved.path)
@@ -38,7 +38,12 @@ def section_eval(ctx: Context) -> dict[str, Any]:
         for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
             if side == "a":
                 scored = score_examples(
-                    ours_model, ctx.encoder, chunk_rows, "letter", batch_size=s.eval_chunk, precision="bf16"
+                    ours_model,
+                    ctx.encoder,
+                    chunk_rows,
+                    "letter",
+                    batch_size=s.eval_chunk,
+                    precision=ctx.precision,
                 )
                 timings["a"].add(scored.seconds, 0, len(chunk_rows))
                 scores[idx, : scored.scores.shape[1]] = scored.scores
@@ -64,12 +69,12 @@ def section_eval(ctx: Context) -> dict[str, Any]:
     return {
         "rows": len(rows),
         "max_new_tokens": ctx.generate_tokens,
-        "letter_scoring": timings["a"].to_dict() | {"precision": "bf16", "batch_size": s.eval_chunk},
+        "letter_scoring": timings["a"].to_dict() | {"precision": ctx.precision, "batch_size": s.eval_chunk},
         "letter_scoring_fp32_questions_per_second": round(len(rows) / fp32_scored.seconds, 2),
         "generate_and_parse": timings["b"].to_dict() | {"precision": "fp32", "batch_size": 1},
         "ratio_questions_per_second": round(ratio, 2),
         "accuracy": {
-            "letter_scoring_bf16": round(float((letter_pred == gold).mean()), 4),
+            f"letter_scoring_{ctx.precision}": round(float((letter_pred == gold).mean()), 4),
             "letter_scoring_fp32": round(float((fp32_pred == gold).mean()), 4),
             "generate_and_parse": round(float((generated_pred == gold).mean()), 4),
             "generate_unparsed": int((generated_pred < 0).sum()),
@@ -77,7 +82,7 @@ def section_eval(ctx: Context) -> dict[str, Any]:
         "first_token_is_letter": {
             "rows": int(subset.sum()),
             "agreement_fp32": int((fp32_pred[subset] == generated_pred[subset]).sum()),
-            "agreement_bf16": int((letter_pred[subset] == generated_pred[subset]).sum()),
+            f"agreement_{ctx.precision}": int((letter_pred[subset] == generated_pred[subset]).sum()),
             "accuracy_letter_fp32": _mean(fp32_pred[subset] == gold[subset]),
             "accuracy_generate": _mean(generated_pred[subset] == gold[subset]),
         },
