@@ -86,13 +86,18 @@ def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
             return 2 * n**3 * reps / elapsed / 1e9
 
 
-def _size_that_fits(dtype: torch.dtype, n: int, seconds: float, probe: int = 256) -> int:
+def _size_that_fits(dtype: torch.dtype, n: int, seconds: float, probe: int = 512, slack: float = 4.0) -> int:
+    """``n``, halved while one matmul would take over ``slack`` x ``seconds`` (best of five timed probes:
+    a native dtype is never shrunk by one slow probe, an emulated one is 100x over)."""
     a = torch.randn(probe, probe).to(dtype)
     torch.mm(a, a)
-    start = time.perf_counter()
-    torch.mm(a, a)
-    per_flop = (time.perf_counter() - start) / (2 * probe**3)
-    while n > probe and 2 * n**3 * per_flop > seconds:
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        timings.append(time.perf_counter() - start)
+    per_flop = min(timings) / (2 * probe**3)
+    while n > probe and 2 * n**3 * per_flop > slack * seconds:
         n //= 2
     return n
 

@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = load_model(resolved).to(torch.device("cpu")).eval()
     ours: dict[str, dict] = {"letter": {}, "cloze": {}}
+    precisions = mcqtune_precisions()
     for scoring in ours:
-        for precision in mcqtune_precisions():
+        for precision in precisions:
             start = time.perf_counter()
             scored = score_examples(
                 model, encoder, examples, scoring, precision=precision, batch_size=args.batch_size
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- {scoring}: lm-eval accuracy {r['lm_eval_accuracy'] * 100:.1f}%, "
             f"{r['lm_eval_questions_per_second']:.2f} q/s, predicted letters {r['lm_eval_predicted_letters']}"
         )
-        for precision in mcqtune_precisions():
+        for precision in precisions:
             p = r[precision]
             lines.append(
                 f"  - mcqtune {precision}: identical predictions "

@@ -20,7 +20,9 @@ def section_cloze(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     pad = ctx.tokenizer.pad_token_id
     fp32 = Predictor(None, device=ctx.cpu, precision="fp32").module()
-    timed = Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
+    timed = (
+        fp32 if ctx.precision == "fp32" else Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
+    )
     out: dict[str, Any] = {}
     for dataset in ("arc_easy", "medmcqa"):
         log(f"cloze: {dataset}")

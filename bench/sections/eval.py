@@ -23,8 +23,12 @@ def section_eval(ctx: Context) -> dict[str, Any]:
 
     s = ctx.settings
     rows = ctx.rows("medmcqa", "validation", s.eval_rows)
-    ours_model = Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
     fp32_model = Predictor(None, device=ctx.cpu, precision="fp32").module()
+    ours_model = (
+        fp32_model
+        if ctx.precision == "fp32"
+        else Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
+    )
     gen_model = AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32)
     gen_tokenizer = naive_tokenizer(ctx.resolved.path)
     timings = {"a": Timings(), "b": Timings()}
