@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,6 +33,7 @@ from typing import Any
 
 from mcqtune.artifacts import MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_text
+from mcqtune.compare.warm import WorkerProcess
 from mcqtune.errors import BackendError, ConfigError
 
 BACKENDS = ("local", "ray")
@@ -67,7 +67,7 @@ class Job:
     trial_link: dict[str, Any] | None = None
 
 
-Started = Callable[[subprocess.Popen], None]
+Started = Callable[[WorkerProcess], None]
 RunOne = Callable[[Job, Mapping[str, str], Started | None], dict[str, Any]]
 OnDone = Callable[[Job, dict[str, Any]], None]
 
@@ -194,11 +194,11 @@ class LocalParallel(Backend):
 
     def __init__(self, parallel: int):
         self.slots = local_slots(parallel)
-        self._live: set[subprocess.Popen] = set()
+        self._live: set[WorkerProcess] = set()
         self._stopping = False
         self._lock = threading.Lock()
 
-    def _started(self, proc: subprocess.Popen) -> None:
+    def _started(self, proc: WorkerProcess) -> None:
         with self._lock:
             self._live.add(proc)
             if self._stopping:  # started while the interrupt was being handled

@@ -26,9 +26,11 @@ from mcqtune.atomic import atomic_write_json
 from mcqtune.compare.backends import CHECKPOINT_GRACE_SECONDS, RUN_RECORD, Job
 from mcqtune.compare.evidence import ZERO_SHOT
 from mcqtune.compare.plan import CompareSettings
+from mcqtune.compare.warm import WorkerProcess, start_worker
 
 RUN_LOG = "compare.log"
 RUN_SPEC = "compare_spec.json"
+ECHO_POLL_SECONDS = 0.2  # how often the worker's log is read for --echo
 
 
 def _signal_name(code: int) -> str:
@@ -65,11 +67,29 @@ class _MemoryPoller(threading.Thread):
             self.stop.wait(0.5)
 
 
+def _echo_log(path: Path, offset: int, method: str, finished: threading.Event) -> None:
+    """Print the worker's log lines as they arrive (prefixed with the method), until it has exited."""
+    with open(path, encoding="utf-8", errors="replace") as log:
+        log.seek(offset)
+        pending = ""
+        while True:
+            done = finished.is_set()  # read once more after the worker exits: its last lines
+            pending += log.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                print(f"  [{method}] {line.rstrip()}", flush=True)
+            if done:
+                if pending.strip():
+                    print(f"  [{method}] {pending.rstrip()}", flush=True)
+                return
+            finished.wait(ECHO_POLL_SECONDS)
+
+
 def run_job(
     settings: CompareSettings,
     job: Job,
     env: Mapping[str, str],
-    started: Callable[[subprocess.Popen], None] | None = None,
+    started: Callable[[WorkerProcess], None] | None = None,
 ) -> dict[str, Any]:
     """What a backend runs: one unit's worker, with ``env`` added (threads, GPU); returns its record."""
     steps = job.config["max_steps"]
@@ -83,7 +103,7 @@ def _run_worker(
     job: Job,
     *,
     env: Mapping[str, str] | None = None,
-    started: Callable[[subprocess.Popen], None] | None = None,
+    started: Callable[[WorkerProcess], None] | None = None,
 ) -> dict[str, Any]:
     method, kind, fp = job.name, job.kind, job.fingerprint
     run_dir = job.run_dir
@@ -103,54 +123,51 @@ def _run_worker(
     spec_path = run_dir / RUN_SPEC
     atomic_write_json(spec_path, spec)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    command = [sys.executable, *settings.worker_args, str(spec_path)]
+    log_path = run_dir / RUN_LOG
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        command = shlex.join([sys.executable, *settings.worker_args, str(spec_path)])
+        log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
+        echo_from = log_file.tell()
     start = time.perf_counter()
-    with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log_file:
-        log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+    proc = start_worker(settings.worker_args, spec_path, env, log_path)
+    if started is not None:
+        started(proc)
+    poller = _MemoryPoller(proc.pid)
+    poller.start()
+    finished = threading.Event()
+    echo = threading.Thread(target=_echo_log, args=(log_path, echo_from, method, finished), daemon=True)
+    if settings.echo:
+        echo.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=settings.method_timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        proc.wait()
+    except BaseException:
+        # Ctrl-C reaches the worker too (same process group): give it time to save a checkpoint
+        # that `compare --resume` continues from, then make sure no orphan keeps training.
+        print(
+            f"  [{method}] interrupted: waiting up to {CHECKPOINT_GRACE_SECONDS:g} s for it to save "
+            "a checkpoint",
+            flush=True,
         )
-        if started is not None:
-            started(proc)
-        poller = _MemoryPoller(proc.pid)
-        poller.start()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log_file.write(line)
-                log_file.flush()
-                if settings.echo:
-                    print(f"  [{method}] {line.rstrip()}", flush=True)
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        timed_out = False
         try:
-            proc.wait(timeout=settings.method_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            if proc.poll() is None:  # the signal may have reached only this process
+                proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=CHECKPOINT_GRACE_SECONDS)
+        except BaseException:
             proc.kill()
             proc.wait()
-        except BaseException:
-            # Ctrl-C reaches the worker too (same process group): give it time to save a checkpoint
-            # that `compare --resume` continues from, then make sure no orphan keeps training.
-            print(
-                f"  [{method}] interrupted: waiting up to {CHECKPOINT_GRACE_SECONDS:g} s for it to save "
-                "a checkpoint",
-                flush=True,
-            )
-            try:
-                if proc.poll() is None:  # the signal may have reached only this process
-                    proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=CHECKPOINT_GRACE_SECONDS)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-            raise
-        finally:
-            poller.stop.set()
-            reader.join(timeout=10)
+        raise
+    finally:
+        poller.stop.set()
+        finished.set()
+        if echo.is_alive():
+            echo.join(timeout=10)
+    returncode = proc.poll()
+    assert returncode is not None
     wall = round(time.perf_counter() - start, 2)
     record_path = run_dir / RUN_RECORD
     record: dict[str, Any] = {}
@@ -160,12 +177,12 @@ def _run_worker(
     if not record:
         if timed_out:
             error = f"timed out after {settings.method_timeout:g} s (--method-timeout)"
-        elif proc.returncode < 0:
-            name = _signal_name(proc.returncode)
+        elif returncode < 0:
+            name = _signal_name(returncode)
             likely = " (likely out of memory: killed by the kernel)" if name == "SIGKILL" else ""
             error = f"killed by {name}{likely}"
         else:
-            error = f"worker exited with code {proc.returncode} before writing a record"
+            error = f"worker exited with code {returncode} before writing a record"
         record = {
             "kind": kind,
             "method": method,

@@ -38,6 +38,7 @@ from typing import Any
 from mcqtune import tracking
 from mcqtune.compare.backends import Execution, Job
 from mcqtune.compare.evidence import ZERO_SHOT
+from mcqtune.compare.warm import DEFAULT_WORKER_ARGS
 from mcqtune.config import TAG_SHARED, TAG_ZERO_SHOT, keys_tagged
 
 RUNS_DIR = "runs"  # OUTPUT/runs/<method>: one ordinary `train` run directory per row
@@ -64,7 +65,10 @@ QUICK_BUDGET: dict[str, Any] = {
 
 TUNE_CHOICES = ("lr",)
 BUDGET_KINDS = ("steps", "time")  # --budget: equal optimizer steps (default) or equal training seconds
-WORKER_START_SECONDS = 6.0  # a worker's start-up before it trains or scores (estimate_seconds)
+# estimate_seconds: the imports, paid once by the fork server workers start from (mcqtune.compare.warm),
+# and each worker's own start-up (the fork, loading the model) before it trains or scores.
+WORKER_IMPORT_SECONDS = 6.0
+WORKER_START_SECONDS = 2.0
 
 # Keys that must be identical across methods for the comparison to be fair (checked after resolving).
 SHARED_KEYS = keys_tagged(TAG_SHARED)
@@ -96,7 +100,7 @@ class CompareSettings:
     echo: bool = True
     command: str | None = None
     # How a worker is started: [python, *worker_args, SPEC]. Tests inject a plug-in-registering script.
-    worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.worker"])
+    worker_args: list[str] = field(default_factory=lambda: list(DEFAULT_WORKER_ARGS))
     # Where and how many jobs run at once (mcqtune.compare.backends): sequential unless asked.
     execution: Execution = field(default_factory=Execution)
 
@@ -345,7 +349,7 @@ def estimate_seconds(plan: dict[str, Any], settings: CompareSettings) -> float |
     limit = zero.final_eval_limit
     scored_final += sum(min(len(rows), limit or len(rows)) for rows in plan["eval_sets"].values())
     # zero-shot: the base model alone scores at the rate of a method that adds nothing to it
-    total = WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
+    total = WORKER_IMPORT_SECONDS + WORKER_START_SECONDS + Method.eval_seconds_per_question * scored_final
     for name, config in plan["configs"].items():
         method = get_method(name)
         questions = curve_points(config.max_steps, config.eval_steps) * min(config.eval_limit or n_val, n_val)

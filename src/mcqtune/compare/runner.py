@@ -6,8 +6,9 @@ only each method's own defaults (learning rate, rank, bottleneck size...) from
 ``configs/methods/<name>.yaml`` differ. A zero-shot row (the base model, no training, same scoring on
 the same evaluation set) is the bar every method must clear.
 
-Each method trains in a fresh subprocess (:mod:`mcqtune.compare.worker`, started by
-:mod:`mcqtune.compare.launch`) that calls
+Each method trains in its own process (:mod:`mcqtune.compare.worker`, started by
+:mod:`mcqtune.compare.launch`, forked from a process that has imported the libraries once:
+:mod:`mcqtune.compare.warm`) that calls
 :func:`mcqtune.training.recipe.train` and writes ``compare_run.json`` into its run directory: status,
 wall time and its own peak memory (``ru_maxrss`` of that process on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU). So peaks are per method, and a method that crashes or is

@@ -209,8 +209,9 @@ def _reuse_finished_run(config):
     return TrainResult(output=output, metrics=metrics, history=metrics.get("history", []), model=model)
 
 
-def worker_main(argv: list[str]) -> int:
-    """Child-process entry: train (or evaluate zero-shot) one row and write its record."""
+def worker_main(argv: list[str], start: str = "fresh") -> int:
+    """Child-process entry: train (or evaluate zero-shot) one row and write its record; ``start`` says how
+    the process began ("fresh" interpreter or "forked" warm, :mod:`mcqtune.compare.warm`)."""
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     run_dir = Path(spec["run_dir"])
@@ -221,7 +222,12 @@ def worker_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from mcqtune.config import TrainConfig
 
-    record: dict[str, Any] = {"kind": kind, "method": spec["method"], "fingerprint": spec["fingerprint"]}
+    record: dict[str, Any] = {
+        "kind": kind,
+        "method": spec["method"],
+        "fingerprint": spec["fingerprint"],
+        "start": start,
+    }
     start = time.perf_counter()
     link = spec.get("trial_link")
     pruned: type[BaseException] = _NeverRaised

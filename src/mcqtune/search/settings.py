@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mcqtune.compare.warm import DEFAULT_WORKER_ARGS
 from mcqtune.errors import ConfigError
 from mcqtune.search.study import DEFAULT_PRUNER, PRUNERS
 from mcqtune.settings import check_fields, flag_name, setting
@@ -83,7 +84,7 @@ class SearchSettings:
     overrides: dict[str, Any] = setting(factory=dict, flag=False)
     data_fields: dict[str, Any] = setting(factory=dict, flag=False)
     command: str | None = setting(None, flag=False)
-    worker_args: list[str] = field(default_factory=lambda: ["-m", "mcqtune.compare.worker"])
+    worker_args: list[str] = field(default_factory=lambda: list(DEFAULT_WORKER_ARGS))
 
     def __post_init__(self) -> None:
         if self.output is None:
