@@ -55,6 +55,9 @@ class Settings:
     lm_eval_rows: int  # section lm_eval: MedMCQA validation rows scored by both tools
     startup_limit: int  # section 6: rows evaluated
     startup_cached_runs: int  # the cached case is run this many times, best kept
+    # section trl: the precision both recipes train in; None: the one mcqtune resolves on this host. fp32
+    # on an AVX-512-bf16 host measures the recipes at the precision AVX2 hosts train in (issue 29).
+    trl_precision: str | None = None
 
 
 FULL = Settings(

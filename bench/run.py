@@ -123,11 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trl-steps", type=int, help="trl: LoRA steps of both recipes (default 60; issue 12's long run: 300)"
     )
+    parser.add_argument(
+        "--trl-precision",
+        choices=("bf16", "fp32"),
+        help="trl: the precision both recipes train in (default: the one mcqtune resolves on this host)",
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the JSON and table go")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.trl_steps:
         settings = dataclasses.replace(settings, trl_steps=args.trl_steps)
+    if args.trl_precision:
+        settings = dataclasses.replace(settings, trl_precision=args.trl_precision)
     sections = args.only.split(",") if args.only else list(SECTIONS) + (["levers"] if args.levers else [])
     unknown = [s for s in sections if s not in SECTION_FUNCS]
     if unknown:

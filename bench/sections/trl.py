@@ -144,7 +144,8 @@ def section_trl(ctx: Context) -> dict[str, Any]:
 
     s = ctx.settings
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision("auto", device)  # mcqtune's choice on this host: both recipes use it
+    # mcqtune's choice on this host unless the run names one: both recipes use it
+    precision = s.trl_precision or resolve_precision("auto", device)
     default_precision = trl_default_precision(use_cpu=device.type == "cpu")
     plan = default_row_plan(default_precision, precision)
     steps, batch = str(s.trl_steps), str(s.trl_batch_size)
