@@ -4,9 +4,7 @@ unreachable Ray cluster are clear errors before anything is written."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import socket
 import sys
 import threading
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import deadline
 from mcqtune.cli.main import main
 from mcqtune.compare import backends
 from mcqtune.compare.backends import RUN_RECORD, Execution, Job, LocalParallel, local_slots, open_backend
@@ -50,22 +49,6 @@ SAME_KEYS = (
 # A hang guard (a Ray worker that never answers), not a speed bound: far above what the test takes
 # even on a loaded machine.
 RAY_HANG_SECONDS = 1200
-
-
-@contextlib.contextmanager
-def _deadline(seconds: int):
-    """Fail the test (instead of hanging CI) if the block runs longer than ``seconds`` (hangs only)."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +123,7 @@ def test_parallel_two_equals_sequential(tmp_path, tiny_model_dir, sequential):
 def test_ray_local_instance_equals_sequential(tmp_path, tiny_model_dir, sequential):
     import ray
 
-    with _deadline(RAY_HANG_SECONDS):
+    with deadline(RAY_HANG_SECONDS):
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
         try:
             results = _compare(tmp_path, tiny_model_dir, Execution(backend="ray", cpus_per_job=1))

@@ -1,10 +1,10 @@
 """Compare and search workers forked warm from multiprocessing's fork server (mcqtune.compare.warm): they
 train exactly like fresh interpreters, take the job's thread count, answer Ctrl-C by saving a checkpoint,
-and a job whose import-time environment differs from the fork server's starts fresh."""
+and a job whose import-time environment differs from the fork server's restarts it (or, while a forked
+worker runs, starts fresh)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import signal
@@ -16,31 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mcqtune.compare.backends import RUN_RECORD, THREAD_VARIABLES
+from conftest import deadline
+from mcqtune.compare.backends import RUN_RECORD
 from mcqtune.compare.launch import RUN_LOG, RUN_SPEC, run_job
 from mcqtune.compare.plan import TRAIN, CompareSettings, make_job
 from mcqtune.compare.runner import run_compare
-from mcqtune.compare.warm import FRESH_ENV, _same_process
+from mcqtune.compare.warm import FRESH_ENV, THREAD_VARIABLES, _same_process
 
 # Hang guards, not speed bounds: a forked worker that ignored Ctrl-C would train its 10^5 steps.
 STOP_SECONDS = 120
 HANG_SECONDS = 300
-
-
-@contextlib.contextmanager
-def _deadline(seconds: int):
-    """Fail the test instead of hanging CI when the block runs longer than ``seconds``."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _compare(output: Path, model_dir: Path) -> dict:
@@ -167,10 +152,10 @@ def test_ctrl_c_reaches_a_forked_worker_which_saves_a_checkpoint(forked_and_fres
     handle: list = []
     result: list[dict] = []
     thread = threading.Thread(target=lambda: result.append(run_job(settings, job, {}, handle.append)))
-    with _deadline(HANG_SECONDS):
+    with deadline(HANG_SECONDS):
         thread.start()
-        deadline = time.monotonic() + STOP_SECONDS
-        while "step " not in _log(out) and time.monotonic() < deadline and thread.is_alive():
+        give_up = time.monotonic() + STOP_SECONDS
+        while "step " not in _log(out) and time.monotonic() < give_up and thread.is_alive():
             time.sleep(0.2)
         other_settings, other = _rerun(run_dir, tmp_path / "other", max_steps=2)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -33,7 +33,7 @@ from typing import Any
 
 from mcqtune.artifacts import MANIFEST, METRICS
 from mcqtune.atomic import atomic_write_text
-from mcqtune.compare.warm import WorkerProcess
+from mcqtune.compare.warm import THREAD_VARIABLES, WorkerProcess
 from mcqtune.errors import BackendError, ConfigError
 
 BACKENDS = ("local", "ray")
@@ -41,7 +41,6 @@ DEFAULT_BACKEND = "local"
 DEFAULT_PARALLEL = 1
 # A Ray task's CPUs unless --cpus-per-method says otherwise: compare's budget and timings are for 2 threads.
 DEFAULT_CPUS_PER_JOB = 2.0
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CONNECT_TIMEOUT_SECONDS = 10.0
 # How long an interrupted worker gets to save the checkpoint `compare --resume` continues from.
 CHECKPOINT_GRACE_SECONDS = 120.0

@@ -11,9 +11,10 @@ once per parent process. A forked worker is the same process a fresh one would b
 
 Where a fork could not be that process, the worker starts fresh (``python -m mcqtune.compare.worker``):
 with CUDA (a CUDA runtime initialised before the fork is unusable in the child; GPU runs are long enough
-that the imports do not matter), when a variable libraries read at import differs from the one the fork
-server started with (say ``HF_HOME``), when a test swaps the worker script, or when
-``MCQTUNE_FRESH_WORKERS=1`` asks for it.
+that the imports do not matter), when a test swaps the worker script, or when ``MCQTUNE_FRESH_WORKERS=1``
+asks for it. When a variable libraries read at import differs from the one the fork server started with
+(say ``HF_HOME``), the server is restarted with it, or, while a forked worker still runs, that job starts
+fresh.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from typing import Protocol
 WORKER_MODULE = "mcqtune.compare.worker"
 DEFAULT_WORKER_ARGS = ("-m", WORKER_MODULE)
 FRESH_ENV = "MCQTUNE_FRESH_WORKERS"  # "1": every worker a fresh interpreter
-THREADS_ENV = "OMP_NUM_THREADS"
+# A worker's torch/BLAS thread count (torch reads them when it starts; a fork gets set_num_threads).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Variables that change while a process runs and that no library reads at import: never a reason to start
 # a worker fresh. The thread counts and stream settings are applied after the fork.
 _IGNORED = frozenset({"PYTEST_CURRENT_TEST", "COLUMNS", "LINES", "_", "OLDPWD", "PWD", FRESH_ENV})
-_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-_APPLIED_AFTER_FORK = frozenset({*_THREADS, "PYTHONUNBUFFERED", "TOKENIZERS_PARALLELISM"})
+_APPLIED_AFTER_FORK = frozenset({*THREAD_VARIABLES, "PYTHONUNBUFFERED", "TOKENIZERS_PARALLELISM"})
 
 
 class WorkerProcess(Protocol):
@@ -60,10 +61,6 @@ class _ForkedWorker:
     def __init__(self, process) -> None:
         self._process = process
         self.pid: int = process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
 
     def poll(self) -> int | None:
         return self._process.exitcode
@@ -97,7 +94,7 @@ def _signature(env: Mapping[str, str]) -> dict[str, str]:
 def _same_process(job: Mapping[str, str], server: Mapping[str, str]) -> bool:
     """Whether a fork of the server, given the job's environment, is the process a fresh start would be. A
     thread count the server had and the job has not would stick (torch read it at import): not the same."""
-    lost_limit = any(key in server and key not in job for key in _THREADS)
+    lost_limit = any(key in server and key not in job for key in THREAD_VARIABLES)
     return not lost_limit and _signature(job) == _signature(server)
 
 
@@ -126,7 +123,7 @@ def _fork_server_for(env: Mapping[str, str]):
     context = multiprocessing.get_context("forkserver")
     _forked.difference_update([worker for worker in _forked if worker.poll() is not None])
     if _server_env is not None and not _same_process(env, _server_env):
-        if _forked or not _same_process(env, os.environ):
+        if _forked:
             return None
         forkserver._forkserver._stop()  # the stdlib's own way to stop it (its tests use it)
         _server_env = None
@@ -176,7 +173,7 @@ def _forked_main(spec_path: str, env: dict[str, str], cwd: str, log_path: str) -
         os.dup2(log_fd, fd)
         stream.reconfigure(line_buffering=True)
     os.close(log_fd)
-    threads = env.get(THREADS_ENV, "")
+    threads = env.get(THREAD_VARIABLES[0], "")
     if threads.isdigit() and int(threads) > 0:
         import torch
 
