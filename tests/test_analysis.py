@@ -374,7 +374,7 @@ def test_real_model_permutations_and_debias_on_medmcqa(bundled_resolved, tokeniz
     """The bundled SmolLM2 answers A by position: cyclic orders expose it, the prior removes it."""
     from mcqtune.models import load_model, resolve_precision
 
-    rows = load_examples(bundled_path("medmcqa", "validation"), limit=24).examples
+    rows = load_examples(bundled_path("medmcqa", "validation"), limit=16).examples
     model = load_model(bundled_resolved).to(torch.device("cpu"))
     result = run_analyses(
         model,
@@ -383,11 +383,11 @@ def test_real_model_permutations_and_debias_on_medmcqa(bundled_resolved, tokeniz
         "letter",
         permutations="cyclic",
         debias_prior=True,
-        calibration_size=12,
+        calibration_size=8,
         precision=resolve_precision("auto", torch.device("cpu")),  # fp32 where bf16 is emulated
     )
     perm = result.sections["permutations"]
-    assert perm["scored_prompts"] == 96
+    assert perm["scored_prompts"] == 64
     assert perm["position_bias"]["predicted_distribution"]["A"] >= 0.7  # gold is balanced (25% each)
     assert perm["accuracy_circular"] <= perm["accuracy_mean"]
     debiased = result.sections["debias"]

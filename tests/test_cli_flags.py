@@ -13,14 +13,15 @@ from pathlib import Path
 from mcqtune.cli.main import build_parser
 
 BEFORE = json.loads((Path(__file__).parent / "fixtures" / "cli_flags_before_redesign.json").read_text())
-# Flags added since: the clearer name of a run directory (--adapter stays as its alias), trackers.
+# Flags added since: the clearer name of a run directory (--adapter stays as its alias), trackers, skipping
+# the step-0 validation.
 ADDED = {
     "eval": {"--run", "--subset"},
     "predict": {"--run", "--subset"},
     "data check": {"--subset"},
     "export": {"--run"},
     "serve": {"--run", "--run-dir"},
-    "train": {"--report-to", "--subset"},
+    "train": {"--report-to", "--subset", "--validate-at-start", "--no-validate-at-start"},
     "compare": {"--report-to", "--subset", "--from-search"},
 }
 

@@ -28,7 +28,7 @@ from mcqtune.compare.plan import (
 from mcqtune.compare.runner import run_compare
 from mcqtune.compare.stats import sign_flip_p
 from mcqtune.compare.tuning import question_key
-from mcqtune.config import ConfigError, build_config, method_lr_grid
+from mcqtune.config import ConfigError, TrainConfig, build_config, method_lr_grid
 from mcqtune.data import bundled_path, load_examples
 from mcqtune.evaluation.metrics import PER_QUESTION, correct_vector
 from mcqtune.methods import METHODS, get_method
@@ -235,9 +235,9 @@ def test_time_budget_stops_a_run(tiny_model_dir, tmp_path):
             "eval_limit": 2,
             "final_eval_limit": 2,
             "eval_steps": 100_000,
-            "save_steps": None,
             "precision": "fp32",
-        }
+        },
+        base=TrainConfig(save_steps=None),  # no checkpoints (a flag of None reads as not given)
     )
     result = train(config, show_progress=False)
     done = result.metrics["train"]

@@ -425,26 +425,29 @@ def test_train_and_eval_from_a_saved_data_set_record_their_source(tmp_path: Path
 def test_the_bundled_model_trains_from_a_saved_copy_of_arc_easy(tmp_path: Path):
     """The real model: a few LoRA steps from a save_to_disk copy of bundled ARC-Easy rows; the training
     rows are exactly the file's, so the run equals the same run on the bundled file."""
-    from mcqtune.config import build_config
+    from mcqtune.config import TrainConfig, build_config
     from mcqtune.training.recipe import train
 
-    saved = saved_arc(tmp_path, validation_rows=16)
-    common = {"max_steps": 4, "batch_size": 2, "train_limit": 8, "eval_steps": 4, "eval_limit": 8}
-    common |= {"final_eval_limit": 16, "precision": "fp32", "save_steps": None}
+    saved = saved_arc(tmp_path, validation_rows=8)
+    common = {"max_steps": 4, "batch_size": 2, "train_limit": 8, "eval_steps": 4, "eval_limit": 2}
+    common |= {"final_eval_limit": 8, "precision": "fp32"}
+    no_checkpoints = TrainConfig(save_steps=None)  # (a flag of None reads as not given)
     from_saved = build_config(
         {
             **common,
             "train": f"{saved}:train",
             "validation": f"{saved}:validation",
             "output": str(tmp_path / "a"),
-        }
+        },
+        base=no_checkpoints,
     )
     result = train(from_saved, show_progress=False)
-    assert result.metrics["train"]["steps"] == 4 and result.metrics["validation"]["n"] == 16
+    assert result.metrics["train"]["steps"] == 4 and result.metrics["validation"]["n"] == 8
     assert result.metrics["sources"]["train"]["kind"] == "saved"
-    val_file = write_jsonl(tmp_path / "val.jsonl", bundled_rows("arc_easy", "validation")[:16])
+    val_file = write_jsonl(tmp_path / "val.jsonl", bundled_rows("arc_easy", "validation")[:8])
     from_file = build_config(
-        {**common, "train": "arc_easy", "validation": str(val_file), "output": str(tmp_path / "b")}
+        {**common, "train": "arc_easy", "validation": str(val_file), "output": str(tmp_path / "b")},
+        base=no_checkpoints,
     )
     same = train(from_file, show_progress=False)
     assert result.metrics["train"]["final_loss"] == pytest.approx(

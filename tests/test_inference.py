@@ -320,9 +320,9 @@ def test_real_model_eval_through_the_predictor_equals_the_direct_load(tmp_path):
     from mcqtune.models import resolve_precision
     from mcqtune.training.recipe import train
 
-    output, rows_n = tmp_path / "lora", 40
+    output, rows_n = tmp_path / "lora", 16
     flags = {"method": "lora", "train": "arc_easy", "validation": "arc_easy", "output": str(output)}
-    flags |= {"max_steps": 4, "eval_steps": 4, "train_limit": 16, "eval_limit": 8, "final_eval_limit": rows_n}
+    flags |= {"max_steps": 2, "eval_steps": 2, "train_limit": 8, "eval_limit": 2, "final_eval_limit": rows_n}
     train(build_config(flags), show_progress=False)
     metrics_file = tmp_path / "eval.json"
     argv = ["eval", "--adapter", str(output), "--data", "arc_easy", "--limit", str(rows_n)]

@@ -17,13 +17,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_OPTIONS
 from mcqtune.artifacts import ADAPTER_DIR, MANIFEST, METRICS
 from mcqtune.config import build_config, method_option_defaults
-from mcqtune.data import MCQExample
+from mcqtune.data import MCQExample, bundled_path, load_examples
+from mcqtune.evaluation.setup import EvalSetup
 from mcqtune.methods import METHODS, get_method
 from mcqtune.models import load_model, load_tokenizer, resolve_model
 from mcqtune.prompt import PromptEncoder
@@ -209,26 +211,35 @@ def test_bottleneck_adapter_placement(method_name, places, tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------------- the best state
-def test_the_artifact_is_the_best_validated_state(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("final_eval_limit", [3, 2], ids=["final-rows-differ", "final-rows-validated"])
+def test_the_artifact_is_the_best_validated_state(tiny_model_dir, tmp_path, monkeypatch, final_eval_limit):
     """Validation scripted so that step 2 of 5 is the best: the saved adapter equals the weights at step 2
     (not the last step's), the manifest and the log name step 2, and metrics.json's history holds the
-    scripted accuracies; the final evaluation scores the restored state."""
+    scripted accuracies. The final evaluation scores the restored state; on the rows validation scored
+    (final_eval_limit == eval_limit) it takes step 2's scores, which a fresh scoring of the kept model
+    reproduces bit for bit, instead of scoring them again."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
     scripted = {0: 0.25, 1: 0.4, 2: 0.9, 3: 0.5, 4: 0.6, 5: 0.7}
-    seen: dict[int, dict[str, torch.Tensor]] = {}
-    real_evaluate = recipe._evaluate
+    states: list[dict[str, torch.Tensor]] = []  # the trainable state at each scoring, in order
+    scorings: list[Any] = []
+    finals: list[Any] = []
+    real_score, real_evaluate = recipe._score, recipe._evaluate
 
-    def scripted_evaluate(trainer, rows, config, keep_answers=False):
-        metrics = real_evaluate(trainer, rows, config, keep_answers)
-        if keep_answers:  # the final evaluation: scored for real, on the state that will be saved
-            seen["final"] = {k: v.clone() for k, v in get_peft_model_state_dict(trainer.unwrapped).items()}
+    def recording_score(trainer, rows, setup):
+        states.append({k: v.clone() for k, v in get_peft_model_state_dict(trainer.unwrapped).items()})
+        scorings.append(real_score(trainer, rows, setup))
+        return scorings[-1]
+
+    def scripted_evaluate(scored, keep_answers=False):
+        metrics = real_evaluate(scored, keep_answers)
+        if keep_answers:  # the final evaluation
+            finals.append(scored)
             return metrics
-        step = len(seen)
-        seen[step] = {k: v.clone() for k, v in get_peft_model_state_dict(trainer.unwrapped).items()}
-        return {**metrics, "accuracy": scripted[step]}
+        return {**metrics, "accuracy": scripted[len(scorings) - 1]}
 
+    monkeypatch.setattr(recipe, "_score", recording_score)
     monkeypatch.setattr(recipe, "_evaluate", scripted_evaluate)
     output = tmp_path / "run"
     config = build_config(
@@ -244,23 +255,33 @@ def test_the_artifact_is_the_best_validated_state(tiny_model_dir, tmp_path, monk
             "batch_size": 2,
             "train_limit": 8,
             "eval_limit": 2,
-            "final_eval_limit": 2,
+            "final_eval_limit": final_eval_limit,
             "lr": 1e-2,
             "method_options": {"r": 4},
         }
     )
-    result = train(config, show_progress=False)
-    assert sorted(k for k in seen if k != "final") == [0, 1, 2, 3, 4, 5]
+    result = train(config, show_progress=False, keep_model=True)
+    assert len(finals) == 1
+    if final_eval_limit == 2:  # steps 0-5 validated, nothing scored again: step 2's own scores
+        assert len(scorings) == 6 and finals[0] is scorings[2]
+        setup = EvalSetup.of_run(config, get_method("lora"), torch.device("cpu"))
+        rows = setup.rows(load_examples(bundled_path("arc_easy", "validation"), limit=2).examples)
+        encoder = PromptEncoder(load_tokenizer(resolve_model(str(tiny_model_dir))))
+        again = setup.score(result.model, encoder, rows, "cloze")
+        np.testing.assert_array_equal(again.scores, finals[0].scores)
+    else:  # the final rows scored for real, on the state that will be saved
+        assert len(scorings) == 7 and finals[0] is scorings[6]
     saved = load_file(str(output / ADAPTER_DIR / "adapter_model.safetensors"))
-    assert saved.keys() == seen[2].keys()
+    assert saved.keys() == states[2].keys()
     for name, tensor in saved.items():
-        assert torch.equal(tensor, seen[2][name]), name
-        assert torch.equal(seen["final"][name], seen[2][name]), name
-    assert any(not torch.equal(seen[5][n], seen[2][n]) for n in saved)  # the last state differs
+        assert torch.equal(tensor, states[2][name]), name
+        assert torch.equal(states[-1][name] if final_eval_limit == 3 else tensor, states[2][name]), name
+    assert any(not torch.equal(states[5][n], states[2][n]) for n in saved)  # the last state differs
     assert json.loads((output / MANIFEST).read_text())["best_step"] == 2
     assert json.loads((output / METRICS).read_text())["train"]["best_step"] == 2
     metrics = json.loads((output / "metrics.json").read_text())
     validated = {h["step"]: h["val_accuracy"] for h in metrics["history"] if "val_accuracy" in h}
     assert validated == scripted
     assert max(validated.items(), key=lambda item: item[1])[0] == 2
+    assert metrics["validation"]["n"] == final_eval_limit
     assert metrics == result.metrics

@@ -45,12 +45,12 @@ def test_short_lora_run_lowers_the_loss_and_reloads_identically(tmp_path):
             "validation": "arc_easy",
             "output": str(tmp_path / "lora"),
             "max_steps": 12,
-            "batch_size": 4,
-            "train_limit": 8,  # a fixed small set: the loss must fall as it is fitted
-            # the same option order every epoch, so 12 steps can memorise the 8 answers
+            "batch_size": 2,
+            "train_limit": 4,  # a fixed small set: the loss must fall as it is fitted (measured: to 0.12x)
+            # the same option order every epoch, so 12 steps can memorise the 4 answers
             "shuffle_options": False,
-            "eval_limit": 8,
-            "final_eval_limit": 16,
+            "eval_limit": 2,  # the last step is always validated: the smallest set (CI time, issue 28)
+            "final_eval_limit": 8,
             "eval_steps": 12,
             "lr": 1e-3,
             "warmup_ratio": 0.0,
@@ -59,7 +59,7 @@ def test_short_lora_run_lowers_the_loss_and_reloads_identically(tmp_path):
     result = train(config, show_progress=False, keep_model=True)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
-    rows = load_examples(bundled_path("arc_easy", "validation"), limit=16).examples
+    rows = load_examples(bundled_path("arc_easy", "validation"), limit=8).examples
     reloaded = Predictor.open(None, {"lora": tmp_path / "lora"}, device=CPU, precision="fp32")
     encoder = PromptEncoder(reloaded.tokenizer, reloaded.prompt("lora"))
     in_memory = score_examples(result.model, encoder, rows, "letter", precision=HOST)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcqtune.config import build_config
+from mcqtune.config import TrainConfig, build_config
 from mcqtune.data import MCQExample
 from mcqtune.models import resolve_model
 from mcqtune.prompt import PromptEncoder
@@ -130,8 +130,9 @@ _RECORDED_FLAGS = {
     "eval_limit": 4,
     "final_eval_limit": 4,
     "precision": "fp32",
-    "save_steps": None,
 }
+# save_steps: none (a flag of None reads as not given, so it goes in the base config)
+_NO_CHECKPOINTS = TrainConfig(save_steps=None)
 _RECORDED_LOSSES = {
     "lora letter, grad_accum 2, options shuffled": (
         {"method": "lora", "objective": "letter", "grad_accum": 2, "method_options": {"dropout": 0.05}},
@@ -154,7 +155,8 @@ def test_train_reproduces_the_losses_recorded_before_the_trainer_refactor(case, 
 
     flags, recorded = _RECORDED_LOSSES[case]
     config = build_config(
-        {**_RECORDED_FLAGS, **flags, "model": str(tiny_model_dir), "output": str(tmp_path / "run")}
+        {**_RECORDED_FLAGS, **flags, "model": str(tiny_model_dir), "output": str(tmp_path / "run")},
+        base=_NO_CHECKPOINTS,
     )
     result = train(config, show_progress=False)
     losses = [h["loss"] for h in result.history if "loss" in h]

@@ -138,6 +138,11 @@ class TrainConfig:
     eval_steps: int = setting(
         50, "validate every N steps and keep the best", check="positive", tags=_SHARED_FLAG
     )
+    validate_at_start: bool = setting(
+        True,
+        "validate the untrained model before step 1: the learning curve's start (search and --tune trials "
+        "skip it: their pruners compare checks after step 0)",
+    )
     eval_limit: int | None = setting(
         200, "validation rows used during training", **_ROW_LIMIT, tags=_SHARED_FLAG
     )

@@ -72,9 +72,10 @@ def trial_steps(config, candidates: int) -> list[int]:
 
 
 def trial_checks(config) -> int:
-    """Dev evaluations of one full trial: step 0, every check, and the final evaluation."""
+    """Dev evaluations of one full trial: every check (not step 0: trial_config) and the final evaluation,
+    counted although the last check's scores serve it when that check is the best."""
     low, high = halving_budgets(config)
-    return 1 + len(set(range(low, high + 1, low)) | {high}) + 1
+    return len(set(range(low, high + 1, low)) | {high}) + 1
 
 
 def carve_dev_files(zero, held_out_sets: list[list[Any]], size: int, folder: Path) -> tuple[dict, Path, Path]:
@@ -108,7 +109,8 @@ def carve_dev_files(zero, held_out_sets: list[list[Any]], size: int, folder: Pat
 
 def trial_config(config, dev_train: Path, dev: Path, steps: int, every: int, **changes: Any):
     """``config`` as a trial: trained on the trial rows for ``steps`` steps, checked on the whole dev split
-    every ``every`` steps (what the pruner sees) and finally scored there; ``changes``: the tried values."""
+    every ``every`` steps (what the pruner sees; not at step 0) and finally scored there; ``changes``: the
+    tried values."""
     return dataclasses.replace(
         config,
         train=str(dev_train),
@@ -123,6 +125,7 @@ def trial_config(config, dev_train: Path, dev: Path, steps: int, every: int, **c
         epochs=None,
         max_train_seconds=None,
         eval_steps=every,
+        validate_at_start=False,  # the untrained model's dev score: the same in every trial, never pruned on
         eval_limit=None,
         final_eval_limit=None,
         save_steps=None,

@@ -50,7 +50,8 @@ CHECKPOINT_MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
 # Config keys that may change between a run and its resume: they do not change what is computed.
-RESUME_IGNORED_KEYS = frozenset({"output", "save_steps", "keep_checkpoints"})
+# a resume never validates step 0 again, so validate_at_start cannot change what it continues
+RESUME_IGNORED_KEYS = frozenset({"output", "save_steps", "keep_checkpoints", "validate_at_start"})
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> int:

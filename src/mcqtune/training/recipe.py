@@ -46,7 +46,7 @@ from mcqtune.distributed import (
 )
 from mcqtune.evaluation import temperature
 from mcqtune.evaluation.format import format_metrics
-from mcqtune.evaluation.metrics import PER_QUESTION, compute_metrics, per_question
+from mcqtune.evaluation.metrics import PER_QUESTION, ScoredExamples, compute_metrics, per_question
 from mcqtune.evaluation.setup import EvalSetup
 from mcqtune.methods.base import load_trainable_state, trainable_state
 from mcqtune.models import load_policy, load_tokenizer, resolve_model
@@ -135,6 +135,8 @@ class RunProgress:
     best_accuracy: float | None = None
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None  # the best trainable tensors, what gets saved
+    # The best state's validation scores, for a final evaluation of the same rows; not checkpointed.
+    best_scored: ScoredExamples | None = field(default=None, repr=False, compare=False)
     # Called with each history entry as it is recorded (the experiment trackers); not checkpointed.
     on_record: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
     # Told every validation check's (step, metrics); may raise to stop the run (a pruned search trial).
@@ -203,12 +205,13 @@ def validation_name(config: TrainConfig) -> str:
     return DataRef.parse(config.validation, "validation").name if config.validation else "none"
 
 
-def _evaluate(
-    trainer: Trainer, rows: list[MCQExample], setup: EvalSetup, keep_answers: bool = False
-) -> dict[str, Any]:
-    """Metrics on ``rows``; ``keep_answers`` adds each question's correctness (the final evaluation keeps
-    it, so runs scored on the same questions can be compared question by question)."""
-    scored = setup.score(trainer.unwrapped, trainer.objective.encoder, rows, trainer.objective.scoring)
+def _score(trainer: Trainer, rows: list[MCQExample], setup: EvalSetup) -> ScoredExamples:
+    return setup.score(trainer.unwrapped, trainer.objective.encoder, rows, trainer.objective.scoring)
+
+
+def _evaluate(scored: ScoredExamples, keep_answers: bool = False) -> dict[str, Any]:
+    """Metrics of ``scored``; ``keep_answers`` adds each question's correctness (the final evaluation
+    keeps it, so runs scored on the same questions can be compared question by question)."""
     metrics = compute_metrics(scored)
     if keep_answers:
         metrics[PER_QUESTION] = per_question(scored)
@@ -232,7 +235,8 @@ def _validate(trainer: Trainer, validation: Validation, step: int, run: RunProgr
         return
     name = validation.name
     with task(f"step {step}: validation ({name})" if trainer.accelerator.is_main_process else None):
-        m = _evaluate(trainer, validation.rows, validation.setup)
+        scored = _score(trainer, validation.rows, validation.setup)
+    m = _evaluate(scored)
     run.record({"step": step, "val_accuracy": m["accuracy"], "val_n": m["n"]})
     trainer.accelerator.print(
         f"step {step}: validation ({name}): {m['accuracy'] * 100:.1f}% on {m['n']} rows"
@@ -241,6 +245,7 @@ def _validate(trainer: Trainer, validation: Validation, step: int, run: RunProgr
         run.best_accuracy, run.best_step = m["accuracy"], step
         run.best_state = None  # drop the old snapshot before taking the new one: one copy at a time
         run.best_state = trainable_state(trainer.unwrapped)
+        run.best_scored = scored
     if run.on_validation is not None:
         run.on_validation(step, m)
 
@@ -327,7 +332,8 @@ def _train(
         run.on_record, run.on_validation = trackers.log_history, on_validation
     else:
         run = RunProgress(on_record=trackers.log_history, on_validation=on_validation)
-        _validate(trainer, validation, 0, run)
+        if config.validate_at_start:
+            _validate(trainer, validation, 0, run)
     _run_steps(trainer, config, output, fingerprint, run, start_step, validation, show_progress)
 
     if run.best_state is not None:
@@ -335,7 +341,9 @@ def _train(
         best = f"step {run.best_step} ({run.best_accuracy * 100:.1f}% on validation)"
         say(f"keeping the best checkpoint: {best}")
     trainer.unwrapped.eval()
-    final = _final_evaluation(trainer, config, data.validation, validation.name, show_progress)
+    # the kept state's validation scores, when it was validated on the very rows the final evaluation takes
+    validated = (validation.rows, run.best_scored) if run.best_state is not None else None
+    final = _final_evaluation(trainer, config, data.validation, validation.name, show_progress, validated)
     metrics = _results(config, trainer, data, run, final)
     if is_main_process():
         best_step = run.best_step if run.best_step is not None else run.last_step
@@ -348,15 +356,27 @@ def _train(
 
 
 def _final_evaluation(
-    trainer: Trainer, config: TrainConfig, examples: list[MCQExample], name: str, show_progress: bool
+    trainer: Trainer,
+    config: TrainConfig,
+    examples: list[MCQExample],
+    name: str,
+    show_progress: bool,
+    validated: tuple[list[MCQExample], ScoredExamples | None] | None = None,
 ) -> dict[str, Any] | None:
     """The kept model's metrics on the first ``final_eval_limit`` validation rows, with each question's
-    correctness (None without validation data)."""
+    correctness (None without validation data). ``validated``: the rows periodic validation scored and
+    the kept state's scores on them; when those are the final rows (a search trial's dev split, a small
+    set) they are the final scores, bit for bit: the setups differ only in their row limit."""
     if not examples:
         return None
     setup = EvalSetup.of_run(config, trainer.method, trainer.device)
-    with task(f"final validation ({name})" if show_progress and is_main_process() else None):
-        final = _evaluate(trainer, setup.rows(examples), setup, keep_answers=True)
+    rows = setup.rows(examples)
+    if validated is not None and validated[1] is not None and validated[0] == rows:
+        scored = validated[1]
+    else:
+        with task(f"final validation ({name})" if show_progress and is_main_process() else None):
+            scored = _score(trainer, rows, setup)
+    final = _evaluate(scored, keep_answers=True)
     scoring = trainer.objective.scoring
     trainer.accelerator.print(
         format_metrics(final, f"validation ({name}, {trainer.method.name}, {scoring} scoring):")
