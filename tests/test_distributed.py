@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from mcqtune.cli.main import EXIT_USER_ERROR, main
 from mcqtune.training.checkpoint import list_checkpoints
 from mcqtune.training.stream import BatchStream
-from test_reliability import DETERMINISTIC_ENV, _tree, assert_same_run, without_wall_clock
+from test_reliability import DETERMINISTIC_ENV, _tree, assert_same_run, run_here, without_wall_clock
 from test_reliability import train_args as reliability_train_args
 
 TIMEOUT = 300  # seconds per launch; a 2-process run of these sizes takes ~30 s on 2 cores
@@ -47,17 +47,6 @@ def run_mcqtune(args: list[str], processes: int = 1) -> subprocess.CompletedProc
     launch = ["--num-processes", str(processes)] if processes > 1 else []
     command = [sys.executable, "-m", "mcqtune", *args, *launch]
     return subprocess.run(command, capture_output=True, text=True, env=env(), timeout=TIMEOUT)
-
-
-def run_here(args: list[str]) -> None:
-    """The one-process run in this process (its imports paid once, CI time), on one intra-op thread as
-    every launched process here is."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(args) == 0
-    finally:
-        torch.set_num_threads(threads)
 
 
 def accelerate_launch(args: list[str], processes: int) -> list[str]:

@@ -88,6 +88,17 @@ def cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "mcqtune", *args]
 
 
+def run_here(args: list[str]) -> None:
+    """A run every process-level test compares with, in this process (its imports paid once: CI time),
+    on one intra-op thread as the processes under test (DETERMINISTIC_ENV), so its floats are theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, **DETERMINISTIC_ENV}
     return subprocess.run(cli(args), capture_output=True, text=True, env=env, timeout=timeout)
@@ -143,8 +154,7 @@ def assert_same_run(expected: Path, actual: Path) -> None:
 def reference(tmp_path_factory, tiny_model_dir) -> Path:
     """The uninterrupted run every interrupted one must reproduce."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    result = run_cli(train_args(tiny_model_dir, out))
-    assert result.returncode == 0, result.stderr
+    run_here(train_args(tiny_model_dir, out))
     return out
 
 
@@ -564,8 +574,7 @@ def test_bundled_model_sigkill_and_resume_matches_uninterrupted(tmp_path, bundle
         ]
 
     reference_run = tmp_path / "reference"
-    result = run_cli(args(reference_run))
-    assert result.returncode == 0, result.stderr
+    run_here(args(reference_run))
     out = tmp_path / "killed"
     proc = start_cli(args(out))
     wait_for(out / "checkpoints" / "step-2", proc)
