@@ -27,7 +27,7 @@ from mcqtune.serving.registry import ArtifactRegistry
 
 openai = pytest.importorskip("openai", reason="the OpenAI SDK is a test extra (pip install -e .[test])")
 
-LM_EVAL_QUESTIONS = 50  # ARC-Easy validation rows in the lm-eval parity task
+LM_EVAL_QUESTIONS = 24  # ARC-Easy validation rows in the lm-eval parity task (CI time)
 APPLIED_QUESTIONS = 12  # ... in the tasks that only check an artifact is applied (CI time)
 CLIENT_TIMEOUT_S = 600  # one lm-eval run against the tiny model takes seconds; this bounds a hang
 METHODS = ("lora", "adapter", "prefix", "ia3", "full", "subset")

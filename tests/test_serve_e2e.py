@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 # The README's screenshot; the test writes it only when asked, so a test run leaves the checkout clean.
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "serve-page.png"
 UPDATE_SCREENSHOT = "MCQTUNE_UPDATE_SCREENSHOT"  # set to 1 to rewrite it
-LOAD_REQUESTS = 120  # 15 per client; throughput and latency bounds: bench/serve_bench.py
+LOAD_REQUESTS = 80  # 10 per client; throughput and latency bounds: bench/serve_bench.py
 LOAD_CLIENTS = 8
 
 

@@ -135,6 +135,9 @@ def test_which_environments_a_fork_can_stand_in_for():
     assert _same_process({**server, "PYTEST_CURRENT_TEST": "y"}, server)  # volatile: ignored
     assert _same_process({**server, "OMP_NUM_THREADS": "2"}, server)  # applied after the fork
     assert _same_process({**server, "TOKENIZERS_PARALLELISM": "false"}, server)
+    # the trackers' variables: read when a run opens its tracker, after the fork (the tracking tests'
+    # runs log where their own MLFLOW_TRACKING_URI says)
+    assert _same_process({**server, "MLFLOW_TRACKING_URI": "sqlite:///b.db", "WANDB_MODE": "offline"}, server)
     assert not _same_process({**server, "HF_HOME": "/b"}, server)
     assert not _same_process({**server, "HF_HUB_OFFLINE": "1"}, server)  # one more variable
     assert not _same_process({k: v for k, v in server.items() if k != "PATH"}, server)  # one fewer

@@ -39,6 +39,9 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # a worker fresh. The thread counts and stream settings are applied after the fork.
 _IGNORED = frozenset({"PYTEST_CURRENT_TEST", "COLUMNS", "LINES", "_", "OLDPWD", "PWD", FRESH_ENV})
 _APPLIED_AFTER_FORK = frozenset({*THREAD_VARIABLES, "PYTHONUNBUFFERED", "TOKENIZERS_PARALLELISM"})
+# The trackers' variables are read when a run opens its tracker, after the fork has the job's environment
+# (the server never imports mlflow or wandb): a job's own tracking URI needs no new server.
+_READ_WHEN_USED = ("MLFLOW_", "WANDB_")
 
 
 class WorkerProcess(Protocol):
@@ -87,8 +90,12 @@ _forked: set[_ForkedWorker] = set()  # workers forked from the current server, u
 
 def _signature(env: Mapping[str, str]) -> dict[str, str]:
     """What must match between the fork server's environment and a job's for a fork to stand in for a fresh
-    start: every variable except the volatile ones and those applied after the fork."""
-    return {key: value for key, value in env.items() if key not in _IGNORED | _APPLIED_AFTER_FORK}
+    start: every variable except the volatile ones, those applied after the fork and the trackers'."""
+    return {
+        key: value
+        for key, value in env.items()
+        if key not in _IGNORED | _APPLIED_AFTER_FORK and not key.startswith(_READ_WHEN_USED)
+    }
 
 
 def _same_process(job: Mapping[str, str], server: Mapping[str, str]) -> bool:

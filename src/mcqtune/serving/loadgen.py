@@ -207,7 +207,8 @@ def lm_eval_scores(task_dir: Path, model: str, model_args: dict[str, Any]) -> tu
         model=model,
         model_args=model_args,
         tasks=[LM_EVAL_TASK],
-        task_manager=TaskManager(include_path=str(task_dir)),
+        # only the local task: indexing lm-eval's thousands of built-in tasks takes ~9 s a call
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         log_samples=True,
     )
     samples = sorted(results["samples"][LM_EVAL_TASK], key=lambda s: s["doc_id"])
