@@ -90,6 +90,7 @@ def run_demo(output: Path, quick: bool = False) -> int:
                 "eval_limit": limit if quick else 200,
                 "final_eval_limit": limit,
                 "train_limit": 32 if quick else None,
+                "batch_size": 4 if quick else None,  # --quick: a smoke run (None: the default)
             }
         )
         result = train(config, show_progress=True, overwrite=True)  # the demo re-runs from scratch
