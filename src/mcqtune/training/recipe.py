@@ -341,9 +341,9 @@ def _train(
         best = f"step {run.best_step} ({run.best_accuracy * 100:.1f}% on validation)"
         say(f"keeping the best checkpoint: {best}")
     trainer.unwrapped.eval()
-    # the kept state's validation scores, when it was validated on the very rows the final evaluation takes
-    validated = (validation.rows, run.best_scored) if run.best_state is not None else None
-    final = _final_evaluation(trainer, config, data.validation, validation.name, show_progress, validated)
+    final = _final_evaluation(
+        trainer, config, data.validation, validation.name, show_progress, validation.rows, run.best_scored
+    )
     metrics = _results(config, trainer, data, run, final)
     if is_main_process():
         best_step = run.best_step if run.best_step is not None else run.last_step
@@ -361,18 +361,19 @@ def _final_evaluation(
     examples: list[MCQExample],
     name: str,
     show_progress: bool,
-    validated: tuple[list[MCQExample], ScoredExamples | None] | None = None,
+    validated_rows: list[MCQExample],
+    kept_scores: ScoredExamples | None,
 ) -> dict[str, Any] | None:
     """The kept model's metrics on the first ``final_eval_limit`` validation rows, with each question's
-    correctness (None without validation data). ``validated``: the rows periodic validation scored and
-    the kept state's scores on them; when those are the final rows (a search trial's dev split, a small
-    set) they are the final scores, bit for bit: the setups differ only in their row limit."""
+    correctness (None without validation data). ``kept_scores``: the kept state's scores on the rows
+    periodic validation scored (None after a resume); when those are the final rows (a search trial's dev
+    split, a small set) they are the final scores, bit for bit: the setups differ only in their row limit."""
     if not examples:
         return None
     setup = EvalSetup.of_run(config, trainer.method, trainer.device)
     rows = setup.rows(examples)
-    if validated is not None and validated[1] is not None and validated[0] == rows:
-        scored = validated[1]
+    if kept_scores is not None and validated_rows == rows:
+        scored = kept_scores
     else:
         with task(f"final validation ({name})" if show_progress and is_main_process() else None):
             scored = _score(trainer, rows, setup)
