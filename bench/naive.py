@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench.trl_recipe import hf_tokenizer
 
 from mcqtune.data import LETTERS, MCQExample
 from mcqtune.prompt import PromptConfig, PromptEncoder, render_letter_prompt
 
 NAIVE_MAX_LENGTH = 512  # the seed notebook's max_length
+naive_tokenizer = hf_tokenizer  # the notebook's tokenizer set-up (TRL's recipe uses the same)
 GENERATE_MAX_NEW_TOKENS = 8  # enough for "A. <option text>"; only the first letter is parsed
 
 
@@ -35,15 +37,6 @@ def naive_texts(examples: list[MCQExample], prompt: PromptConfig | None = None) 
     prompt = prompt or PromptConfig()
     answer = prompt.answer_format
     return [render_letter_prompt(e, prompt) + answer.format(letter=e.answer_letter) for e in examples]
-
-
-def naive_tokenizer(model_path: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def naive_dataset(tokenizer, texts: list[str], max_length: int = NAIVE_MAX_LENGTH):

@@ -15,7 +15,12 @@ emulated and about 100x slower. The equal-precision comparison (``bench/sections
 precision mcqtune resolves on the host; ``trl.json`` records what TRL actually ran with.
 
 Run as its own process by ``bench/run.py`` (section ``trl``) under ``bench/peak.py``, which measures the
-whole process (imports and model load included) as a user's ``python notebook.py`` would be.
+whole process (imports and model load included) as a user's ``python notebook.py`` would be. That
+process never imports mcqtune: ``import mcqtune`` sets glibc's heap threshold (mcqtune/training/memory.py),
+and a notebook runs with glibc's defaults. What it takes from mcqtune (the training texts, the LoRA
+hyperparameters, the model's path) comes from ``--inputs``, a JSON file :func:`write_recipe_inputs` made
+in another process (the benchmark's own, or a helper process this script starts when not given one);
+``trl.json`` records that mcqtune was not imported.
 Writes ``OUT_DIR/adapter`` (peft format) and ``OUT_DIR/trl.json`` (steps, train seconds and each step's
 seconds, loss, precision, real (``attention_mask == 1``) and computed (padded) tokens).
 TRL is a benchmark extra (``pip install -e .[bench]``), never a runtime dependency of mcqtune.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +68,54 @@ def trl_default_precision(use_cpu: bool) -> str:
 
     with tempfile.TemporaryDirectory(prefix="mcqtune-bench-trl-config-") as tmp:
         return resolved_precision(SFTConfig(output_dir=tmp, use_cpu=use_cpu, report_to=[]))
+
+
+def write_recipe_inputs(path: Path, data: str, steps: int, batch_size: int) -> None:
+    """What the TRL process takes from mcqtune, as JSON: the letter-recipe texts of the first
+    ``steps x batch_size`` training rows, mcqtune's LoRA defaults and the bundled model's path."""
+    from bench.naive import naive_texts
+
+    from mcqtune.config import build_config
+    from mcqtune.data import bundled_path, load_examples
+    from mcqtune.models import resolve_model
+
+    config = build_config({"method": "lora", "objective": "letter"})  # mcqtune's LoRA defaults
+    rows = load_examples(bundled_path(data, "train"), limit=steps * batch_size).examples
+    inputs = {
+        "texts": naive_texts(rows),
+        "model_path": str(resolve_model(None).path),
+        "lora": {k: config.method_options[k] for k in ("r", "alpha", "dropout", "target_modules")},
+        "training": {
+            "learning_rate": config.lr,
+            "lr_scheduler_type": config.scheduler,
+            "warmup_ratio": config.warmup_ratio,
+            "weight_decay": config.weight_decay or 0.0,
+            "max_grad_norm": config.max_grad_norm,
+            "seed": config.seed,
+        },
+    }
+    path.write_text(json.dumps(inputs))
+
+
+def _inputs_from_helper_process(out: Path, data: str, steps: int, batch_size: int) -> Path:
+    """The inputs, made by a separate process (so this one never imports mcqtune)."""
+    path = out / "recipe_inputs.json"
+    script = "import sys; from bench.trl_recipe import write_recipe_inputs as w; from pathlib import Path; "
+    script += "w(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    command = [sys.executable, "-c", script, str(path), data, str(steps), str(batch_size)]
+    subprocess.run(command, check=True, env=env)
+    return path
+
+
+def hf_tokenizer(model_path: str):
+    """The model's tokenizer with a pad token (its EOS where it has none), as the notebook sets it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 class TokenCounter:
@@ -111,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data", default="medmcqa", help="bundled data set whose train split is used")
     parser.add_argument(
+        "--inputs", type=Path, help="write_recipe_inputs' JSON (default: made by a helper process)"
+    )
+    parser.add_argument(
         "--precision",
         required=True,
         choices=PRECISIONS,
@@ -118,28 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    inputs_path = args.inputs or _inputs_from_helper_process(args.out, args.data, args.steps, args.batch_size)
+    inputs = json.loads(inputs_path.read_text())
+    options, hyper = inputs["lora"], inputs["training"]
+    if len(inputs["texts"]) < args.steps * args.batch_size:
+        needed = args.steps * args.batch_size
+        raise SystemExit(f"{inputs_path}: {len(inputs['texts'])} texts, {needed} needed")
+
     import torch
-    from bench.naive import naive_texts, naive_tokenizer
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from mcqtune.config import build_config
-    from mcqtune.data import bundled_path, load_examples
-    from mcqtune.models import resolve_model
-
-    config = build_config({"method": "lora", "objective": "letter"})  # mcqtune's LoRA defaults
-    options = config.method_options
-    rows = load_examples(bundled_path(args.data, "train"), limit=args.steps * args.batch_size).examples
-    resolved = resolve_model(None)
-    tokenizer = naive_tokenizer(resolved.path)
+    tokenizer = hf_tokenizer(inputs["model_path"])
     gpu = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(inputs["model_path"], dtype=torch.float32)
     trainer = SFTTrainer(
         model=model,
         processing_class=tokenizer,
-        train_dataset=Dataset.from_dict({"text": naive_texts(rows)}),
+        train_dataset=Dataset.from_dict({"text": inputs["texts"][: args.steps * args.batch_size]}),
         peft_config=LoraConfig(
             r=int(options["r"]),
             lora_alpha=float(options["alpha"]),
@@ -152,12 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=str(args.out / "trainer"),
             per_device_train_batch_size=args.batch_size,
             max_steps=args.steps,
-            learning_rate=config.lr,
-            lr_scheduler_type=config.scheduler,
-            warmup_ratio=config.warmup_ratio,
-            weight_decay=config.weight_decay or 0.0,
-            max_grad_norm=config.max_grad_norm,
-            seed=config.seed,
+            **hyper,
             **sft_precision_kwargs(args.precision),
             use_cpu=not gpu,
             save_strategy="no",
@@ -187,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "real_tokens": real,  # their share and rate: bench/sections/trl.py (one formula for both recipes)
         "computed_tokens": computed,
+        # a notebook's allocator: glibc's defaults, which `import mcqtune` would have changed
+        "mcqtune_imported": any(name == "mcqtune" or name.startswith("mcqtune.") for name in sys.modules),
     }
     (args.out / "trl.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record))

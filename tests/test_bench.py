@@ -474,3 +474,27 @@ def test_rss_growth_sees_growth_not_swings():
     growing = [1000, 1050, 1100, 1150, 1200, 1250, 1300]
     assert rss_growth(swinging, 3)["peak_late_over_early"] < 1.0 < rss_growth(swinging, 3)["last_over_early"]
     assert rss_growth(growing, 3)["peak_late_over_early"] > 1.1
+
+
+def test_the_trl_process_runs_under_glibcs_defaults_not_mcqtunes(tmp_path):
+    """The recipe a notebook runs never imports mcqtune (whose import sets glibc's heap threshold): its
+    module imports none, and what it needs from mcqtune arrives as JSON made in another process."""
+    import json
+    import subprocess
+
+    from bench import trl_recipe
+
+    probe = (
+        "import sys, bench.trl_recipe; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mcqtune'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    inputs = tmp_path / "inputs.json"
+    trl_recipe.write_recipe_inputs(inputs, "medmcqa", steps=2, batch_size=3)
+    written = json.loads(inputs.read_text())
+    assert len(written["texts"]) == 6 and written["texts"][0].startswith("Choose the correct option")
+    assert written["lora"]["r"] == build_config({"method": "lora"}).method_options["r"]
+    assert written["training"]["learning_rate"] == build_config({"method": "lora"}).lr

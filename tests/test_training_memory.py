@@ -4,7 +4,9 @@ The RSS measurements themselves (growth over 24 bf16 steps with and without the 
 RSS kept after freed activation buffers) are limits, so they live in the benchmark (bench/limits.py,
 ``bench/run.py --only limits``), reported as ratios to their limit; on a loaded machine an RSS bound in a
 test fails for reasons that are not mcqtune's. Here: importing mcqtune bounds both kernel caches before
-torch loads unless the user set them, and fixes glibc's mmap threshold unless the user chose one.
+torch loads unless the user set them and fixes glibc's mmap threshold unless the user chose one; freed
+activation-sized buffers stay on the heap for reuse (no fresh, page-faulted mapping each time) until
+the trainer hands them back after its step (RSS of the test's own process: no load dependence).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from mcqtune.training.memory import (
     PRIMITIVE_CACHE_ENTRIES,
     PRIMITIVE_CACHE_VARIABLES,
-    limit_heap_fragmentation,
+    keep_activations_on_the_heap,
 )
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -60,9 +62,65 @@ def test_a_cache_size_the_user_set_wins():
 def test_the_heap_threshold_is_set_unless_the_user_chose_one(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("GLIBC_TUNABLES", "")
-    assert limit_heap_fragmentation() is True
+    assert keep_activations_on_the_heap() is True
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert limit_heap_fragmentation() is False
+    assert keep_activations_on_the_heap() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
-    assert limit_heap_fragmentation() is False
+    assert keep_activations_on_the_heap() is False
+
+
+_FREED_SCRIPT = """
+import json, os
+import mcqtune  # as the CLI does: fixes the heap threshold
+import torch
+from mcqtune.training.memory import release_freed_memory
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+kept, start = [], rss_mib()
+for _ in range(5):
+    buffer = torch.ones(4 * 2**20 // 4)  # a 4 MiB activation, touched
+    kept.append(torch.ones(1000))  # a small block that outlives it, as grads and optimizer states do
+    del buffer
+held = rss_mib() - start
+release_freed_memory()
+print(json.dumps({"held": held, "after_release": rss_mib() - start}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+def test_freed_activation_buffers_stay_for_reuse_until_the_step_hands_them_back():
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", _FREED_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    # on the heap, not unmapped: the next buffer reuses these pages without faulting fresh ones in
+    assert rss["held"] >= 16, rss  # four of the five 4 MiB buffers' pages, at least
+    assert rss["after_release"] < 4, rss  # and the trainer's release gives them back
+
+
+def test_every_training_step_releases_the_freed_memory(monkeypatch, tiny_model_dir, tokenizer, arc_examples):
+    from mcqtune.config import build_config
+    from mcqtune.models import resolve_model
+    from mcqtune.prompt import PromptEncoder
+    from mcqtune.training import trainer as trainer_module
+
+    config = build_config({"method": "lora", "model": str(tiny_model_dir), "max_steps": 3, "batch_size": 2})
+    config.validation = None
+    trainer = trainer_module.Trainer(
+        config, resolve_model(str(tiny_model_dir)), PromptEncoder(tokenizer), arc_examples[:6]
+    )
+    releases = []
+    monkeypatch.setattr(
+        trainer_module, "release_freed_memory", lambda: releases.append(trainer.optimizer.state)
+    )
+    for expected in (1, 2):
+        trainer.step()
+        assert len(releases) == expected
+    assert releases[0], "released after the optimizer step (its state exists), not before the step"

@@ -37,9 +37,16 @@ def run_measured(name: str, command: list[str], tmp: Path) -> dict[str, Any]:
 def run_trl(name: str, tmp: Path, steps: int, batch: int, precision: str) -> dict[str, Any]:
     """bench/trl_recipe.py measured as its own process, its trl.json merged into the record; refuses a
     run whose resolved precision is not the one asked for (``defaults``: any)."""
+    from bench.trl_recipe import write_recipe_inputs
+
+    inputs = tmp / f"{name}_inputs.json"  # made here: the TRL process must not import mcqtune
+    write_recipe_inputs(inputs, "medmcqa", steps, batch)
     command = [sys.executable, str(ROOT / "bench" / "trl_recipe.py"), str(tmp / name)]
-    command += ["--steps", str(steps), "--batch-size", str(batch), "--precision", precision]
+    command += ["--inputs", str(inputs), "--steps", str(steps), "--batch-size", str(batch)]
+    command += ["--precision", precision]
     record = run_measured(name, command, tmp) | json.loads((tmp / name / "trl.json").read_text())
+    if record["mcqtune_imported"]:
+        raise RuntimeError(f"{name}: the TRL process imported mcqtune (its allocator settings)")
     if precision != "defaults" and record["precision"] != precision:
         raise RuntimeError(f"{name}: asked TRL for {precision}, it trained in {record['precision']}")
     return record

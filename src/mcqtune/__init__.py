@@ -4,13 +4,14 @@ __version__ = "0.1.0"
 
 import logging as _logging
 
-from mcqtune.training.memory import limit_heap_fragmentation as _limit_heap_fragmentation
+from mcqtune.training.memory import keep_activations_on_the_heap as _keep_activations_on_the_heap
 from mcqtune.training.memory import limit_primitive_caches as _limit_primitive_caches
 
-# Before anything imports torch: bounded shape-keyed oneDNN caches and a fixed mmap threshold keep
-# training RSS flat (mcqtune/training/memory.py).
+# Before anything imports torch: bounded shape-keyed oneDNN caches, and activation buffers reused from
+# glibc's heap at a fixed mmap threshold (the trainer gives freed pages back after each step): training
+# RSS stays flat without a page fault per buffer (mcqtune/training/memory.py).
 _limit_primitive_caches()
-_limit_heap_fragmentation()
+_keep_activations_on_the_heap()
 
 # bitsandbytes tries to fetch an optional CPU kernel from the hub at import and warns when offline;
 # its built-in CPU path works, so the warning is noise for every mcqtune user.

@@ -23,17 +23,21 @@ Both libraries read their variable once, when torch's CPU library first needs it
 environment before torch runs a bf16 matmul: :func:`limit_primitive_caches` runs when ``mcqtune`` is
 imported. A value the user set in the environment wins.
 
-**Heap fragmentation.** glibc's malloc serves large blocks with ``mmap`` (returned to the system on
-``free``) only above a threshold that it *raises* to the size of every mmapped block freed, up to 32 MiB.
-After the first step, activation buffers of 1-32 MiB are carved from the heap instead; freed between
-live blocks they cannot be returned, and each new batch length leaves holes of new sizes, so RSS crept up
-(full fine-tuning +24%, the bottleneck adapter +17% in median over 200 steps with the caches bounded).
-:func:`limit_heap_fragmentation` fixes the threshold at 1 MiB, which also stops the raising. Measured
-(adapter, 200 steps, batch 4, own process each): default glibc: window maxima 1490 -> 2370 MiB, 182 s;
-1 MiB: 1378 MiB in every 50-step window, 137 s; 512 KiB: ~1000 MiB flat but 207 s (every buffer a fresh
-zeroed mapping); 4 MiB: 147 s, still rising; jemalloc by ``LD_PRELOAD``: 934 -> 1015 MiB, 148 s;
-tcmalloc: 1240 -> 1855 MiB. A threshold the user set (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``)
-wins; other C libraries (musl, macOS) have no such setting and are left alone.
+**Heap: reuse, then give back.** glibc's malloc serves large blocks with ``mmap`` above a threshold that
+it *raises* to the size of every mmapped block freed, up to 32 MiB. Activation buffers of 1-32 MiB then
+came from the heap, freed between live blocks could not be returned, and each new batch length left
+holes of new sizes, so RSS crept up (full fine-tuning +24%, the bottleneck adapter +17% in median over
+200 steps with the caches bounded). The first fix served every block of 1 MiB and more by a fresh
+``mmap``: flat, but every activation buffer is then a new zero-filled mapping, faulted in page by page
+(10.6 million page faults in 8 fp32 LoRA steps at batch 8) and unmapped on free: at fp32 on an AVX2 CPU
+that was a third of the step. :func:`keep_activations_on_the_heap` instead fixes the threshold at
+64 MiB (no raising: every activation buffer of the models mcqtune trains on a CPU is reused from the heap,
+without page faults) and :func:`release_freed_memory`, called after every training step, hands the
+pages of freed heap blocks back to the system (``malloc_trim``), so freed activations do not stay
+resident between steps however the heap is carved. Measured (SmolLM2-135M, LoRA
+letter, batch 8; docs/PERFORMANCE.md, lever log): fp32 under AVX2, 4.45 -> 3.0 s a step; bf16 on an
+AVX-512-bf16 CPU, 2.52 -> 1.56 s. A threshold the user set (``MALLOC_MMAP_THRESHOLD_`` or
+``GLIBC_TUNABLES``) wins; other C libraries (musl, macOS) have no such setting and are left alone.
 """
 
 from __future__ import annotations
@@ -52,22 +56,41 @@ def limit_primitive_caches() -> None:
         os.environ.setdefault(variable, str(PRIMITIVE_CACHE_ENTRIES))
 
 
-MMAP_THRESHOLD_BYTES = 1 << 20
+MMAP_THRESHOLD_BYTES = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 
 
-def limit_heap_fragmentation() -> bool:
-    """Serve blocks of 1 MiB and more by ``mmap`` (freed back to the system) in this process; glibc only.
+def _glibc_function(name: str):
+    """The C library's ``name`` when this process runs on glibc (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)  # the C library this process already runs on
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _glibc_function("malloc_trim")
+
+
+def keep_activations_on_the_heap() -> bool:
+    """Serve blocks under 64 MiB from glibc's heap, at a threshold glibc no longer moves.
 
     Returns whether the setting was applied (False: not glibc, or the user chose a threshold)."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     user_set = "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in tunables
-    if user_set or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if user_set or mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     return applied and mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed heap blocks back to the system (glibc's ``malloc_trim``; a few ms).
+
+    The trainer calls it after every step: what a step freed is not resident while the
+    next one runs, so RSS between steps is what is alive, not the heap's high-water mark."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

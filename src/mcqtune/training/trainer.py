@@ -32,6 +32,7 @@ from mcqtune.models import ModelError, ResolvedModel, resolve_precision
 from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_summary
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import Checkpoint, tensor_bytes
+from mcqtune.training.memory import release_freed_memory
 from mcqtune.training.objectives import make_objective
 from mcqtune.training.stream import BatchStream, Shard
 
@@ -261,6 +262,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        release_freed_memory()  # the step's freed activations leave RSS before the next step
         return StepResult(loss_sum, real_tokens, questions, time.perf_counter() - start, computed_tokens)
 
     @property
