@@ -108,16 +108,6 @@ def _inputs_from_helper_process(out: Path, data: str, steps: int, batch_size: in
     return path
 
 
-def hf_tokenizer(model_path: str):
-    """The model's tokenizer with a pad token (its EOS where it has none), as the notebook sets it."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 class TokenCounter:
     """Wraps ``SFTTrainer``'s data collator: each batch's real (``attention_mask == 1``) and computed
     (``input_ids.numel()``: padding included) tokens, in the order the batches were made."""
@@ -184,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{inputs_path}: {len(inputs['texts'])} texts, {needed} needed")
 
     import torch
+    from bench.notebook_tokenizer import notebook_tokenizer
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = hf_tokenizer(inputs["model_path"])
+    tokenizer = notebook_tokenizer(inputs["model_path"])
     gpu = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(inputs["model_path"], dtype=torch.float32)
     trainer = SFTTrainer(
