@@ -88,9 +88,10 @@ def keep_activations_on_the_heap() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Give the pages of freed heap blocks back to the system (glibc's ``malloc_trim``; a few ms).
+    """Give the pages of freed heap blocks back to the system (glibc's ``malloc_trim``).
 
-    The trainer calls it after every step: what a step freed is not resident while the
-    next one runs, so RSS between steps is what is alive, not the heap's high-water mark."""
+    The trainer calls it after every step: what a step freed is not resident while the next one runs,
+    so RSS between steps is what is alive, not the heap's high-water mark. Free for LoRA; full
+    fine-tuning frees its gradients every step and faults them in again (docs/PERFORMANCE.md)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
