@@ -21,13 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.notebook_tokenizer import notebook_tokenizer
 
 from mcqtune.data import LETTERS, MCQExample
 from mcqtune.prompt import PromptConfig, PromptEncoder, render_letter_prompt
 
 NAIVE_MAX_LENGTH = 512  # the seed notebook's max_length
-naive_tokenizer = notebook_tokenizer  # the notebook's tokenizer set-up (TRL's recipe uses the same)
 GENERATE_MAX_NEW_TOKENS = 8  # enough for "A. <option text>"; only the first letter is parsed
 
 

@@ -102,7 +102,8 @@ def _inputs_from_helper_process(out: Path, data: str, steps: int, batch_size: in
     path = out / "recipe_inputs.json"
     script = "import sys; from bench.trl_recipe import write_recipe_inputs as w; from pathlib import Path; "
     script += "w(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    paths = [str(ROOT), str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     command = [sys.executable, "-c", script, str(path), data, str(steps), str(batch_size)]
     subprocess.run(command, check=True, env=env)
     return path
@@ -153,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--data", default="medmcqa", help="bundled data set whose train split is used")
+    parser.add_argument(
+        "--data", default="medmcqa", help="bundled data set whose train split is used (without --inputs)"
+    )
     parser.add_argument(
         "--inputs", type=Path, help="write_recipe_inputs' JSON (default: made by a helper process)"
     )

@@ -136,9 +136,9 @@ def task_naive(spec: dict) -> dict:
         naive_dataset,
         naive_lora_model,
         naive_texts,
-        naive_tokenizer,
         naive_trainer,
     )
+    from bench.notebook_tokenizer import notebook_tokenizer
 
     from mcqtune.data import bundled_path, load_examples
     from mcqtune.models import resolve_model
@@ -146,7 +146,7 @@ def task_naive(spec: dict) -> dict:
     rss_imports = current_rss_mib()
     resolved = resolve_model(None)
     examples = load_examples(bundled_path("medmcqa", "train"), limit=spec["steps"] * spec["batch_size"])
-    tokenizer = naive_tokenizer(resolved.path)
+    tokenizer = notebook_tokenizer(resolved.path)
     dataset = naive_dataset(tokenizer, naive_texts(examples.examples))
     model = naive_lora_model(resolved.path, spec["options"])
     phases = _Phases()

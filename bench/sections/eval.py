@@ -15,7 +15,8 @@ def section_eval(ctx: Context) -> dict[str, Any]:
     import numpy as np
     import torch
     from bench.helpers import Timings
-    from bench.naive import generate_and_parse, naive_tokenizer
+    from bench.naive import generate_and_parse
+    from bench.notebook_tokenizer import notebook_tokenizer
     from transformers import AutoModelForCausalLM
 
     from mcqtune.evaluation.evaluate import score_examples
@@ -30,7 +31,7 @@ def section_eval(ctx: Context) -> dict[str, Any]:
         else Predictor(None, device=ctx.cpu, precision=ctx.precision).module()
     )
     gen_model = AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32)
-    gen_tokenizer = naive_tokenizer(ctx.resolved.path)
+    gen_tokenizer = notebook_tokenizer(ctx.resolved.path)
     timings = {"a": Timings(), "b": Timings()}
     scores = np.full((len(rows), max(len(r.choices) for r in rows)), -np.inf)
     generated_pred, first_letter = [], []

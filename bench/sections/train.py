@@ -22,9 +22,9 @@ def section_train(ctx: Context) -> dict[str, Any]:
         naive_dataset,
         naive_lora_model,
         naive_texts,
-        naive_tokenizer,
         naive_trainer,
     )
+    from bench.notebook_tokenizer import notebook_tokenizer
     from transformers import TrainerCallback
 
     from mcqtune.evaluation.evaluate import score_examples
@@ -37,7 +37,7 @@ def section_train(ctx: Context) -> dict[str, Any]:
     config = ctx.lora_config("letter", s.train_steps)
     stepper = McqtuneStepper(config, ctx.resolved, ctx.encoder, train_rows)
 
-    tokenizer = naive_tokenizer(ctx.resolved.path)
+    tokenizer = notebook_tokenizer(ctx.resolved.path)
     dataset = naive_dataset(tokenizer, naive_texts(train_rows))
     naive_model = naive_lora_model(ctx.resolved.path, config.method_options)
     collator = CountingCollator(tokenizer)
