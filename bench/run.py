@@ -24,8 +24,8 @@ A-B-B-A order), so machine noise hits both; peak RSS and start-up need their own
 5. ``memory``: peak RSS of ``train()`` for every registered method at the same batch (own process
    each), frozen-base weight bytes;
 6. ``memory_curve``: RSS after every step of the Trainer over 200 steps (lora, full, adapter, ranking),
-   each in its own process; the highest RSS after step 20 over the highest up to it (target <= 1.1;
-   RSS swings with batch length, see ``bench/helpers.rss_growth``), and step 200 / step 20 beside it;
+   each in its own process, and the peak within each step; the target: the most RSS any later release of
+   freed memory kept over what the first (step 20) kept, <= 1.1 (``bench/helpers.retained_growth``);
 7. ``startup``: ``mcqtune eval`` start to first scored batch, cached model vs first GGUF load;
 8. ``lm_eval``: ``bench/lm_eval_parity.py``: questions/s of mcqtune's letter and cloze scoring against
    lm-evaluation-harness's loglikelihood scoring of the same questions, and per-question agreement.

@@ -213,11 +213,12 @@ def task_startup(spec: dict) -> dict:
 
 
 def task_rss_curve(spec: dict) -> dict:
-    """RSS after every step of mcqtune's Trainer (the one ``train()`` runs) for ``steps`` steps."""
+    """RSS after every step of mcqtune's Trainer (the one ``train()`` runs) for ``steps`` steps, the peak
+    within each step, and what stays after each of the trainer's releases of freed memory."""
     from mcqtune.quiet import quiet_libraries
 
     quiet_libraries()
-    from bench.helpers import current_rss_mib, rss_growth
+    from bench.helpers import current_rss_mib, retained_growth
 
     from mcqtune.config import build_config
     from mcqtune.data import bundled_path, load_examples
@@ -235,20 +236,31 @@ def task_rss_curve(spec: dict) -> dict:
         "batch_size": spec["batch_size"],
         "precision": spec.get("precision", "auto"),
     }
+    import mcqtune.training.trainer as trainer_module
+
+    if spec.get("release_every"):  # a lever A/B: another cadence of the trainer's release of freed memory
+        trainer_module.RELEASE_EVERY_STEPS = spec["release_every"]
     trainer = Trainer(build_config(flags), resolved, PromptEncoder(load_tokenizer(resolved)), rows)
-    curve = []
+    curve, step_peaks, after_release = [], [], {}
     start = time.perf_counter()
-    for _ in range(spec["steps"]):
+    for step in range(1, spec["steps"] + 1):
+        reset = _reset_peak()
         trainer.step()
         curve.append(round(current_rss_mib(), 1))
+        if reset:  # the highest RSS within the step: what the machine must hold for this batch
+            step_peaks.append(round(_peak_rss_mib(), 1))
+        if step % trainer_module.RELEASE_EVERY_STEPS == 0:
+            after_release[step] = curve[-1]
     return {
         **flags,
         "dataset": dataset,
         "precision": trainer.precision,
+        "release_every": trainer_module.RELEASE_EVERY_STEPS,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "rss_mib": curve,
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
-        **rss_growth(curve, spec["early_step"]),
+        "step_peak_rss_mib": step_peaks,
+        "peak_rss_mib": round(max(step_peaks, default=_peak_rss_mib()), 1),
+        **retained_growth(after_release),
     }
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,25 +46,32 @@ def tokenizer(bundled_resolved):
 
 
 def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 4):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    model = make_tiny_causal_lm(
+        "Llama",
+        tokenizer,
+        layers,
+        seed,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
     model.config.use_cache = False
-    return model.eval()
+    return model
+
+
+def make_tiny_causal_lm(architecture: str, tokenizer, layers: int = 2, seed: int = 0, **config: Any):
+    """A tiny random ``<architecture>ForCausalLM`` (Qwen2, Gemma, Mistral...) with the real tokenizer: the
+    other architectures a feature must work on besides the suite's Llama."""
+    import transformers
+
+    torch.manual_seed(seed)
+    settings = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128}
+    settings |= {"num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2}
+    settings |= {"head_dim": 16, "max_position_embeddings": 512, "pad_token_id": tokenizer.pad_token_id}
+    config_class = getattr(transformers, f"{architecture}Config")
+    model_class = getattr(transformers, f"{architecture}ForCausalLM")
+    return model_class(config_class(**(settings | config))).eval()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from mcqtune.evaluation.evaluate import score_examples
 from mcqtune.methods.base import cast_frozen_matmul_weights
 from mcqtune.models import resolve_model
 from mcqtune.prompt import PromptEncoder
+from mcqtune.scoring import shared_prefix_length
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -130,10 +131,14 @@ def test_mcqtune_stepper_counts_real_tokens(tiny_model_dir, tokenizer, arc_rows)
     )
     encoder = PromptEncoder(tokenizer)
     stepper = helpers.McqtuneStepper(config, resolve_model(str(tiny_model_dir)), encoder, arc_rows[:6])
-    stepper.step()
-    stepper.step()
+    batches = [stepper.features[:3], stepper.features[3:]]
+    for batch in batches:
+        stepper.step(batch)
     assert stepper.timings.questions == [3, 3]
-    assert sum(stepper.timings.tokens) == sum(len(f.input_ids) for f in stepper.features)
+    # the non-pad positions computed: the prompt start a batch's rows share runs, and counts, once
+    rows = sum(len(f.input_ids) for f in stepper.features)
+    shared = sum((len(batch) - 1) * shared_prefix_length(batch) for batch in batches)
+    assert shared > 0 and sum(stepper.timings.tokens) == rows - shared
     assert all(np.isfinite(stepper.losses))
     # bf16: the frozen base's linear weights are stored in bf16, the trained LoRA weights stay fp32
     dtypes = {p.dtype for n, p in stepper.model.named_parameters() if "lora_" in n}
@@ -254,14 +259,14 @@ def test_summary_rows_for_the_memory_curve_and_lm_eval():
                     "lora/letter/b8": {
                         "late_step": 200,
                         "early_step": 20,
-                        "peak_late_over_early": 1.02,
-                        "last_over_early": 1.3,
+                        "retained_late_over_early": 1.02,
+                        "last_over_early": 1.01,
                         "peak_rss_mib": 3000,
                     },
                     "full/letter/b4": {
                         "late_step": 200,
                         "early_step": 20,
-                        "peak_late_over_early": 1.25,
+                        "retained_late_over_early": 1.25,
                         "last_over_early": 1.0,
                         "peak_rss_mib": 4000,
                     },
@@ -278,8 +283,8 @@ def test_summary_rows_for_the_memory_curve_and_lm_eval():
         }
     }
     rows = {r[0]: r for r in summarize(results)}
-    assert rows["5 max RSS steps 21-200 / 1-20, lora/letter/b8"][5] == "met"
-    assert rows["5 max RSS steps 21-200 / 1-20, full/letter/b4"][5] == "NOT MET"
+    assert rows["5 RSS kept after releases, steps 20-200, max / first, lora/letter/b8"][5] == "met"
+    assert rows["5 RSS kept after releases, steps 20-200, max / first, full/letter/b4"][5] == "NOT MET"
     assert rows["7 eval q/s vs lm-eval, letter (n=100)"][3] == "4.50x"
     assert rows["7 same answers as lm-eval, letter (fp32 | bf16)"][5] == "met"
     # an AVX2 host scores fp32 only (bf16 would be emulated): its rows say so
@@ -467,13 +472,15 @@ def test_trl_recipe_counts_real_and_padded_tokens_and_maps_its_precision():
     assert trl_recipe.resolved_precision(SimpleNamespace(bf16=False, fp16=False)) == "fp32"
 
 
-def test_rss_growth_sees_growth_not_swings():
-    from bench.helpers import rss_growth
+def test_retained_growth_sees_what_later_releases_keep():
+    from bench.helpers import retained_growth
 
-    swinging = [4000, 2000, 2100, 1900, 3900, 2000, 2950]  # long batches come and go: no growth
-    growing = [1000, 1050, 1100, 1150, 1200, 1250, 1300]
-    assert rss_growth(swinging, 3)["peak_late_over_early"] < 1.0 < rss_growth(swinging, 3)["last_over_early"]
-    assert rss_growth(growing, 3)["peak_late_over_early"] > 1.1
+    flat = {20: 1000.0, 40: 1001.0, 60: 999.0, 80: 1000.5}
+    leaking = {20: 1000.0, 40: 1060.0, 60: 1120.0, 80: 1180.0}
+    assert retained_growth(flat)["retained_late_over_early"] <= 1.01
+    grown = retained_growth(leaking)
+    assert grown["retained_late_over_early"] > 1.1 and (grown["early_step"], grown["late_step"]) == (20, 80)
+    assert retained_growth({20: 1000.0}) == {}  # one release: nothing to compare
 
 
 def test_the_trl_process_runs_under_glibcs_defaults_not_mcqtunes(tmp_path):

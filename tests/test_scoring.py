@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from conftest import make_tiny_causal_lm, make_tiny_llama
 from mcqtune.data import MCQExample
 from mcqtune.prompt import PromptEncoder
-from mcqtune.scoring import cloze_forward, collate_cloze, collate_letter, letter_forward, ranking_loss
+from mcqtune.scoring import (
+    MIN_SHARED_PREFIX,
+    cloze_forward,
+    collate_cloze,
+    collate_letter,
+    letter_forward,
+    ranking_loss,
+    shared_prefix_length,
+)
 
 EXAMPLES = [
     MCQExample("a", "Which gas do plants absorb?", ("Oxygen", "Carbon dioxide", "Helium", "Argon"), 1),
@@ -106,3 +117,53 @@ def test_ranking_loss_trains_towards_the_gold_option(tiny_model, tokenizer):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.7
+
+
+def test_shared_prefix_is_the_rows_common_start_and_leaves_each_prompts_last_token(tokenizer):
+    features = PromptEncoder(tokenizer).encode_letter(EXAMPLES, with_answer=True).features
+    common = 0
+    while len({tuple(f.input_ids[: common + 1]) for f in features}) == 1:
+        common += 1
+    assert common >= MIN_SHARED_PREFIX  # the seed prompt's instruction line
+    assert shared_prefix_length(features) == common
+    batch = collate_letter(features, tokenizer.pad_token_id, share_prefix=True)
+    assert batch.prefix_ids[0].tolist() == features[0].input_ids[:common]
+    for row, f in enumerate(features):  # the rest of each row, left-padded, positions continuing
+        n = len(f.input_ids) - common
+        assert batch.input_ids[row, -n:].tolist() == f.input_ids[common:]
+        assert batch.position_ids[row, -n:].tolist() == list(range(common, len(f.input_ids)))
+        assert batch.attention_mask[row].sum() == len(f.input_ids)
+    assert batch.real_tokens == common + sum(len(f.input_ids) - common for f in features)
+    # Rows alike to the end still keep their prompt's last token (its logits are scored) and the answer.
+    twins = [features[0], dataclasses.replace(features[0], index=1)]
+    assert shared_prefix_length(twins) == features[0].prompt_length - 1
+    # Nothing to share: one row, or a loss over every prompt position.
+    assert collate_letter(features[:1], tokenizer.pad_token_id, share_prefix=True).prefix_ids is None
+    assert collate_letter(features, tokenizer.pad_token_id, True, share_prefix=True).prefix_ids is None
+
+
+@pytest.mark.parametrize("architecture", ["Llama", "Qwen2", "Gemma", "Mistral"])
+def test_shared_prefix_gives_the_scores_loss_and_gradients_of_whole_rows(architecture, tokenizer):
+    if architecture == "Llama":
+        model = make_tiny_llama(tokenizer)
+    else:
+        model = make_tiny_causal_lm(architecture, tokenizer)
+    model.train()  # training mode: the math attention kernel and the path the trainer takes
+    features = PromptEncoder(tokenizer).encode_letter(EXAMPLES, with_answer=True).features
+    results = []
+    for share in (False, True):
+        batch = collate_letter(features, tokenizer.pad_token_id, share_prefix=share)
+        assert (batch.prefix_ids is not None) == share
+        model.zero_grad()
+        loss, scores = letter_forward(model, batch, with_loss=True)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss, scores, grads, batch.computed_tokens))
+    (loss, scores, grads, computed), (shared_loss, shared_scores, shared_grads, shared_computed) = results
+    torch.testing.assert_close(shared_loss, loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared_scores, scores, atol=1e-4, rtol=0)
+    assert shared_grads.keys() == grads.keys()
+    for name, grad in grads.items():  # the embedding's rows of the prefix tokens included
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+    prefix = shared_prefix_length(features)
+    assert shared_computed == computed - (len(features) - 1) * prefix  # the prefix ran once

@@ -199,7 +199,7 @@ def test_one_step_is_one_optimizer_step_over_grad_accum_micro_batches(
     assert result.questions == 6
     assert result.real_tokens == sum(probe.objective.collate(g).real_tokens for g in groups)
     # every position the model ran, padding included: what the real-token share divides by
-    assert result.computed_tokens == sum(probe.objective.collate(g).input_ids.numel() for g in groups)
+    assert result.computed_tokens == sum(probe.objective.collate(g).computed_tokens for g in groups)
     assert result.computed_tokens > result.real_tokens  # these rows differ in length: some padding
     expected = sum(probe.objective.loss(probe.model, probe.objective.collate(g)).item() for g in groups) / 3
     assert result.loss == pytest.approx(expected, rel=1e-5)

@@ -1,5 +1,6 @@
 """``memory_curve``: RSS after every step of the Trainer (lora, full, adapter, ranking), each in its own
-process; the highest RSS after the early step over the highest up to it (see ``bench/helpers.rss_growth``).
+process, the peak within each step, and the RSS kept after each of the trainer's releases of freed memory:
+the most a later release kept over the first (see ``bench/helpers.retained_growth``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ def section_memory_curve(ctx: Context) -> dict[str, Any]:
             }
             record = run_worker("rss_curve", spec, Path(tmp) / "work")
             out["runs"][f"{method}/{objective}/b{batch_size}"] = record
-            if "peak_late_over_early" in record:
+            if "retained_late_over_early" in record:
                 log(
-                    f"memory_curve: highest RSS after step {record['early_step']} / up to it = "
-                    f"{record['peak_late_over_early']}; RSS step {record['late_step']} / step "
-                    f"{record['early_step']} = {record['last_over_early']} "
-                    f"(peak {record['peak_rss_mib']:.0f} MiB)"
+                    f"memory_curve: RSS kept after releases, steps {record['early_step']}-"
+                    f"{record['late_step']}: max / first = {record['retained_late_over_early']}; "
+                    f"last / first = {record['last_over_early']} (peak {record['peak_rss_mib']:.0f} MiB)"
                 )
     return out

@@ -6,7 +6,9 @@ bf16 autocast where the CPU or GPU computes bf16 natively, fp32 elsewhere), and 
 Beside it, TRL left at its defaults (bf16 autocast on every host): the same run where that is the
 equal precision, else a few steps extrapolated (on an AVX2 CPU TRL's default bf16 is emulated, minutes
 a step). Both recipes' real-token share (real / computed tokens) and MFU (real tokens/s x 4N over the
-host's matmul peak of the precision used) come with it.
+host's matmul peak of the precision used) come with it. Real tokens are the non-pad positions a recipe
+computed: mcqtune runs the prompt start its batch's rows share once (``scoring.collate_letter``) and
+counts it once, so its tokens/s ratio is below its wall-time ratio and its MFU counts only work done.
 """
 
 from __future__ import annotations

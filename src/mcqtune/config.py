@@ -158,7 +158,8 @@ class TrainConfig:
     )
     packing: bool = setting(
         True,
-        "cloze: score all options of a question in one packed row (methods that support it)",
+        "compute shared tokens once (methods that support it): cloze scores all options of a question in"
+        " one packed row; letter runs the prompt start a batch's rows share once, as a cache they continue",
         tags=(TAG_ZERO_SHOT,),
     )
     # Measured better than off on held-out letter bias and order-averaged accuracy: docs/EVALUATION.md.

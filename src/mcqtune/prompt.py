@@ -118,6 +118,12 @@ class PromptEncoder:
     def _tokens(self, text: str, special: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
+    def _batch_tokens(self, texts: list[str], special: bool) -> list[list[int]]:
+        """Many texts in one tokenizer call (a fast tokenizer's batch: ~10x quicker than one by one)."""
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=special)["input_ids"]
+
     def _find_letter_tokens(self) -> list[int]:
         """The token each answer letter becomes when appended to a prompt (context matters for BPE)."""
         probe = self.config.letter_template.format(question="Q", choices="A. x")
@@ -138,6 +144,16 @@ class PromptEncoder:
     @property
     def letter_token_ids(self) -> list[int]:
         return list(self._letter_token_ids)
+
+    def _fitted_prompt(
+        self, example: MCQExample, render, fixed_tokens: int, whole: list[int]
+    ) -> list[int] | None:
+        """The rendered prompt's tokens, ``whole`` when it fits with ``fixed_tokens`` more, else with the
+        question shortened (:meth:`_fit_question`); None if it never fits."""
+        if len(whole) + fixed_tokens <= self.config.max_length:
+            return whole
+        question = self._fit_question(example, render, fixed_tokens)
+        return None if question is None else self._tokens(render(example, self.config, question), True)
 
     def _fit_question(self, example: MCQExample, render, fixed_tokens: int) -> str | None:
         """Shorten the question (keeping its end) until the rendered prompt fits; None if it never can."""
@@ -162,17 +178,19 @@ class PromptEncoder:
     def encode_letter(self, examples: list[MCQExample], with_answer: bool) -> Encoded:
         """Prompt + answer letter; labels are -100 except the answer (or everything, if train_on_prompt)."""
         out = Encoded([])
-        for index, ex in enumerate(examples):
+        prompts = self._batch_tokens([render_letter_prompt(ex, self.config) for ex in examples], True)
+        answers: dict[str, list[int]] = {}  # an answer's tokens, by its text
+        for index, (ex, whole) in enumerate(zip(examples, prompts, strict=True)):
             answer_ids: list[int] = []
             if with_answer:
                 if ex.answer is None:
                     raise ValueError(f"{ex.source}: training needs an answer")
-                answer_ids = self._tokens(self.config.answer_format.format(letter=ex.answer_letter), False)
-            question = self._fit_question(ex, render_letter_prompt, len(answer_ids))
-            if question is None:
+                text = self.config.answer_format.format(letter=ex.answer_letter)
+                answer_ids = answers.setdefault(text, self._tokens(text, False))
+            prompt_ids = self._fitted_prompt(ex, render_letter_prompt, len(answer_ids), whole)
+            if prompt_ids is None:
                 out.skipped.append((index, "options alone exceed max_length"))
                 continue
-            prompt_ids = self._tokens(render_letter_prompt(ex, self.config, question), True)
             ids = prompt_ids + answer_ids
             labels = list(ids) if self.config.train_on_prompt else [-100] * len(prompt_ids) + answer_ids
             out.features.append(
@@ -191,16 +209,17 @@ class PromptEncoder:
         """Context ids and per-option continuation ids; every option must fit after the context."""
         out = Encoded([])
         prefix = self.config.cloze_option_prefix
-        for index, ex in enumerate(examples):
-            options = [self._tokens(prefix + c, False) for c in ex.choices]
+        contexts = self._batch_tokens([render_cloze_context(ex, self.config) for ex in examples], True)
+        every_option = iter(self._batch_tokens([prefix + c for ex in examples for c in ex.choices], False))
+        for index, (ex, whole) in enumerate(zip(examples, contexts, strict=True)):
+            options = [next(every_option) for _ in ex.choices]
             if any(len(o) == 0 for o in options):
                 out.skipped.append((index, "an option tokenizes to nothing"))
                 continue
-            question = self._fit_question(ex, render_cloze_context, max(len(o) for o in options))
-            if question is None:
+            context = self._fitted_prompt(ex, render_cloze_context, max(len(o) for o in options), whole)
+            if context is None:
                 out.skipped.append((index, "an option alone exceeds max_length"))
                 continue
-            context = self._tokens(render_cloze_context(ex, self.config, question), True)
             out.features.append(ClozeFeatures(index, context, options, ex.answer))
         return out
 

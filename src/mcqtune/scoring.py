@@ -5,7 +5,10 @@ Both formulations reduce a question to one score per option, so training (loss) 
 
 - letter: one forward pass over prompt (+ answer); logits are computed only at the answer position(s)
   via ``logits_to_keep`` (the 49k-vocabulary LM head over every position would dominate the cost);
-  option k's score is the log-probability of its letter token.
+  option k's score is the log-probability of its letter token. Every row of a batch starts with the
+  same instruction ("Choose the correct option...", 16 of ~79 tokens on MedMCQA): with ``share_prefix``
+  those tokens run once, as a one-row pass whose keys/values every row then continues from (same
+  positions, so the same numbers; gradients flow back through the shared pass).
 - cloze: option k's score is the mean log-probability of its tokens after the question. By default the
   options are *packed* after one copy of the question, with positions restarting at the end of the
   question and a 4D attention mask that keeps options from seeing each other, which gives the same
@@ -17,8 +20,9 @@ Both formulations reduce a question to one score per option, so training (loss) 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +35,8 @@ NEG_INF = float("-inf")
 
 @dataclass
 class LetterBatch:
-    input_ids: torch.Tensor  # (B, T), left-padded
-    attention_mask: torch.Tensor  # (B, T)
+    input_ids: torch.Tensor  # (B, T), left-padded: each row after the shared prefix
+    attention_mask: torch.Tensor  # (B, P + T): the shared prefix (all ones), then the rows
     labels: torch.Tensor  # (B, T), -100 on prompt and padding
     keep: int  # logits kept at the tail
     score_pos: torch.Tensor  # (B,), index into the kept tail predicting the answer's first token
@@ -40,10 +44,18 @@ class LetterBatch:
     option_mask: torch.Tensor  # (B, K), True where the option exists
     answers: torch.Tensor  # (B,), -1 when unknown
     indices: list[int]
-    real_tokens: int
+    real_tokens: int  # non-pad positions computed: the shared prefix counts once
+    prefix_ids: torch.Tensor | None = None  # (1, P): the tokens every row starts with, run once
+    position_ids: torch.Tensor | None = None  # (B, T) with a shared prefix: continuing from P
 
     def to(self, device: torch.device) -> LetterBatch:
         return _move(self, device)
+
+    @property
+    def computed_tokens(self) -> int:
+        """Every position the model runs, padding included."""
+        prefix = 0 if self.prefix_ids is None else self.prefix_ids.shape[1]
+        return prefix + self.input_ids.numel()
 
 
 @dataclass
@@ -64,6 +76,11 @@ class ClozeBatch:
 
     def to(self, device: torch.device) -> ClozeBatch:
         return _move(self, device)
+
+    @property
+    def computed_tokens(self) -> int:
+        """Every position the model runs, padding included."""
+        return self.input_ids.numel()
 
 
 def _move(batch, device):
@@ -107,9 +124,33 @@ def _answers(features) -> torch.Tensor:
     return torch.tensor([-1 if f.answer is None else f.answer for f in features], dtype=torch.long)
 
 
-def collate_letter(features: list[LetterFeatures], pad_id: int, full_logits: bool = False) -> LetterBatch:
-    """Left-pad so every prompt ends at the same column; keep logits only for the answer tail."""
-    width = max(len(f.input_ids) for f in features)
+# Fewer leading tokens in common than this and a batch runs as it is: the one-row pass for the prefix
+# is a second trip through every layer, which a handful of tokens does not pay for.
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix_length(features: Sequence[LetterFeatures]) -> int:
+    """How many leading tokens every row has in common, stopping before the shortest prompt's last token
+    (each row keeps the positions whose logits are scored); 0 below ``MIN_SHARED_PREFIX`` or one row."""
+    if len(features) < 2:
+        return 0
+    limit = min(f.prompt_length for f in features) - 1
+    first = features[0].input_ids
+    length = 0
+    while length < limit and all(f.input_ids[length] == first[length] for f in features):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def collate_letter(
+    features: list[LetterFeatures], pad_id: int, full_logits: bool = False, share_prefix: bool = False
+) -> LetterBatch:
+    """Left-pad so every prompt ends at the same column; keep logits only for the answer tail.
+
+    ``share_prefix``: the leading tokens all rows have in common become ``prefix_ids``, run once
+    (``letter_forward``); not with ``full_logits``, whose loss covers the prompt's every position."""
+    prefix = shared_prefix_length(features) if share_prefix and not full_logits else 0
+    width = max(len(f.input_ids) for f in features) - prefix
     n_options = max(len(f.letter_ids) for f in features)
     batch = len(features)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -119,14 +160,20 @@ def collate_letter(features: list[LetterFeatures], pad_id: int, full_logits: boo
     option_mask = torch.zeros((batch, n_options), dtype=torch.bool)
     answer_lengths = [len(f.input_ids) - f.prompt_length for f in features]
     for row, f in enumerate(features):
-        n = len(f.input_ids)
-        input_ids[row, width - n :] = torch.tensor(f.input_ids)
+        n = len(f.input_ids) - prefix
+        input_ids[row, width - n :] = torch.tensor(f.input_ids[prefix:])
         attention_mask[row, width - n :] = 1
-        labels[row, width - n :] = torch.tensor(f.labels)
+        labels[row, width - n :] = torch.tensor(f.labels[prefix:])
         letter_ids[row, : len(f.letter_ids)] = torch.tensor(f.letter_ids)
         option_mask[row, : len(f.letter_ids)] = True
     keep = width if full_logits else max(answer_lengths) + 1
     score_pos = torch.tensor([keep - a - 1 for a in answer_lengths], dtype=torch.long)
+    real_tokens = int(attention_mask.sum()) + prefix
+    prefix_ids = position_ids = None
+    if prefix:
+        prefix_ids = torch.tensor([features[0].input_ids[:prefix]])
+        position_ids = prefix + (attention_mask.cumsum(1) - 1).clamp(min=0)
+        attention_mask = torch.cat([torch.ones((batch, prefix), dtype=torch.long), attention_mask], 1)
     return LetterBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -137,7 +184,9 @@ def collate_letter(features: list[LetterFeatures], pad_id: int, full_logits: boo
         option_mask=option_mask,
         answers=_answers(features),
         indices=[f.index for f in features],
-        real_tokens=int(attention_mask.sum()),
+        real_tokens=real_tokens,
+        prefix_ids=prefix_ids,
+        position_ids=position_ids,
     )
 
 
@@ -155,14 +204,36 @@ def kept_columns(keep: int | torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
     return torch.arange(width - keep, width, device=input_ids.device)
 
 
+def shared_prefix_cache(model: Callable[..., Any], prefix_ids: torch.Tensor, rows: int) -> Any:
+    """Run the tokens every row starts with once and repeat their keys/values for ``rows`` rows: the
+    cache the rows continue from. The repeat is differentiable, so each row's gradient reaches the one
+    pass (the model must keep the cache: transformers drops it under gradient checkpointing)."""
+    last = torch.tensor([prefix_ids.shape[1] - 1], device=prefix_ids.device)  # no logits needed; one column
+    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=last).past_key_values
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def letter_forward(
-    model: torch.nn.Module, batch: LetterBatch, with_loss: bool
+    model: Callable[..., Any],
+    batch: LetterBatch,
+    with_loss: bool,
+    prefix_model: Callable[..., Any] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Returns (LM loss on labelled tokens or None, option log-probs (B, K) with -inf for absent options)."""
+    """Returns (LM loss on labelled tokens or None, option log-probs (B, K) with -inf for absent options).
+
+    ``prefix_model`` runs a shared prefix (default: ``model``); a model called with per-row arguments
+    (an artifact per row) needs one that takes a single row."""
+    kwargs = {}
+    if batch.prefix_ids is not None:
+        rows = batch.input_ids.shape[0]
+        kwargs["past_key_values"] = shared_prefix_cache(prefix_model or model, batch.prefix_ids, rows)
+        kwargs["position_ids"] = batch.position_ids
     logits = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         logits_to_keep=kept_columns(batch.keep, batch.input_ids),
+        **kwargs,
     ).logits
     rows = torch.arange(logits.shape[0], device=logits.device)
     answer_logits = logits[rows, batch.score_pos].float()

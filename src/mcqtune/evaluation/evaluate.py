@@ -79,19 +79,21 @@ def score_examples(
     for group in steps(my_share(batches), "batch"):
         keys = [row_adapters[f.index] for f in group] if row_adapters is not None else None
         with autocast():
-            if scoring == "letter":
-                batch = collate_letter(group, pad_id).to(device)
+            if scoring == "letter":  # packed: the rows' common prompt start runs once, for one artifact
+                one_artifact = keys is None or len(set(keys)) == 1
+                batch = collate_letter(group, pad_id, share_prefix=packed and one_artifact).to(device)
                 rows = range(len(group))
             else:
                 # Packed: questions shorter than the batch's longest share its rows (no padding).
                 batch = collate_cloze(group, pad_id, packed=packed, pack_questions=packed, keys=keys)
                 batch = batch.to(device)
                 rows = batch.row_question
-            forward = model
+            forward = prefix_forward = model
             if keys is not None:  # one artifact per model row
                 forward = functools.partial(model, adapter_names=[keys[q] for q in rows])
+                prefix_forward = functools.partial(model, adapter_names=keys[:1])
             if scoring == "letter":
-                _, batch_scores = letter_forward(forward, batch, with_loss=False)
+                _, batch_scores = letter_forward(forward, batch, with_loss=False, prefix_model=prefix_forward)
             else:
                 batch_scores = cloze_forward(forward, batch)
         values = batch_scores.float().cpu().numpy()

@@ -32,12 +32,16 @@ holes of new sizes, so RSS crept up (full fine-tuning +24%, the bottleneck adapt
 (10.6 million page faults in 8 fp32 LoRA steps at batch 8) and unmapped on free: at fp32 on an AVX2 CPU
 that was a third of the step. :func:`keep_activations_on_the_heap` instead fixes the threshold at
 64 MiB (no raising: every activation buffer of the models mcqtune trains on a CPU is reused from the heap,
-without page faults) and :func:`release_freed_memory`, called after every training step, hands the
-pages of freed heap blocks back to the system (``malloc_trim``), so freed activations do not stay
-resident between steps however the heap is carved. Measured (SmolLM2-135M, LoRA
-letter, batch 8; docs/PERFORMANCE.md, lever log): fp32 under AVX2, 4.45 -> 3.0 s a step; bf16 on an
-AVX-512-bf16 CPU, 2.52 -> 1.56 s. A threshold the user set (``MALLOC_MMAP_THRESHOLD_`` or
-``GLIBC_TUNABLES``) wins; other C libraries (musl, macOS) have no such setting and are left alone.
+without page faults) and stops glibc from trimming the heap's top on its own: a step's freed activations
+are the next step's, and pages handed back are faulted in again (a per-step ``malloc_trim`` re-faulted
+~1.3 GiB, 340 thousand faults, every fp32 LoRA step at batch 8: 1.2x slower). The trainer instead calls
+:func:`release_freed_memory` (``malloc_trim``) every ``RELEASE_EVERY_STEPS`` steps and when training
+ends, which hands the pages of freed heap blocks, holes included, back to the system, so blocks freed
+between live ones cannot accumulate over a long run. Measured (SmolLM2-135M, LoRA letter, batch 8;
+docs/PERFORMANCE.md, lever log): fp32 under AVX2, 4.45 -> 3.0 s a step with the 64 MiB threshold, and
+1.2x more without the per-step trim; bf16 on an AVX-512-bf16 CPU, 2.52 -> 1.56 s. A threshold the user
+set (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``) wins; other C libraries (musl, macOS) have no such
+setting and are left alone.
 """
 
 from __future__ import annotations
@@ -57,6 +61,12 @@ def limit_primitive_caches() -> None:
 
 
 MMAP_THRESHOLD_BYTES = 64 << 20
+# glibc trims the heap's top when more than this is free there: the largest value mallopt takes, so it
+# (almost) never does, and the trainer's periodic release_freed_memory decides when pages go back.
+TRIM_THRESHOLD_BYTES = 2**31 - 1
+# Training steps between two releases: rare enough that re-faulting the released pages costs ~1% of
+# the steps, often enough that freed blocks never pile up (flat over 200 steps: docs/PERFORMANCE.md).
+RELEASE_EVERY_STEPS = 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 
 
@@ -84,14 +94,14 @@ def keep_activations_on_the_heap() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    return applied and mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    return applied and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
 
 
 def release_freed_memory() -> None:
     """Give the pages of freed heap blocks back to the system (glibc's ``malloc_trim``).
 
-    The trainer calls it after every step: what a step freed is not resident while the next one runs,
-    so RSS between steps is what is alive, not the heap's high-water mark. Free for LoRA; full
-    fine-tuning frees its gradients every step and faults them in again (docs/PERFORMANCE.md)."""
+    The trainer calls it every ``RELEASE_EVERY_STEPS`` steps and when training ends (RSS afterwards is
+    what is alive, not the heap's high-water mark); each call costs the next step a page fault per page
+    it gave back, which is why it is not called after every step."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

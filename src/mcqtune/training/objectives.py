@@ -43,9 +43,11 @@ class Objective:
     # True when the prompt shows the options in order, so permuting them is a real augmentation.
     order_sensitive: ClassVar[bool] = False
 
-    def __init__(self, encoder: PromptEncoder, packed: bool):
+    def __init__(self, encoder: PromptEncoder, packed: bool, share_prefix: bool = False):
         self.encoder = encoder
         self.packed = packed
+        # Letter: run the leading tokens every row of a batch has in common once (scoring.collate_letter).
+        self.share_prefix = share_prefix
         self.pad_id = encoder.tokenizer.pad_token_id
 
     @property
@@ -83,7 +85,8 @@ class LetterObjective(Objective):
         return len(feature.input_ids)
 
     def collate(self, features: list[LetterFeatures]) -> LetterBatch:
-        return collate_letter(features, self.pad_id, full_logits=self.encoder.config.train_on_prompt)
+        full_logits = self.encoder.config.train_on_prompt
+        return collate_letter(features, self.pad_id, full_logits=full_logits, share_prefix=self.share_prefix)
 
     def loss(self, model: torch.nn.Module, batch: LetterBatch) -> torch.Tensor:
         loss, _ = letter_forward(model, batch, with_loss=True)
@@ -125,9 +128,9 @@ class RankingObjective(Objective):
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (LetterObjective, RankingObjective)}
 
 
-def make_objective(name: str, encoder: PromptEncoder, packed: bool) -> Objective:
+def make_objective(name: str, encoder: PromptEncoder, packed: bool, share_prefix: bool = False) -> Objective:
     """The objective called ``name`` (a resolved name: ``letter`` or ``ranking``, never ``auto``)."""
-    return OBJECTIVES[name](encoder, packed)
+    return OBJECTIVES[name](encoder, packed, share_prefix)
 
 
 def shuffle_options(example: MCQExample, seed: int, epoch: int, index: int) -> MCQExample:

@@ -62,6 +62,7 @@ from mcqtune.training.checkpoint import (
     save_checkpoint,
 )
 from mcqtune.training.interruption import StopRequest, TrainingInterrupted
+from mcqtune.training.memory import release_freed_memory
 from mcqtune.training.run_dir import (
     check_fingerprint,
     ensure_run_fits_disk,
@@ -335,6 +336,7 @@ def _train(
         if config.validate_at_start:
             _validate(trainer, validation, 0, run)
     _run_steps(trainer, config, output, fingerprint, run, start_step, validation, show_progress)
+    release_freed_memory()  # the training steps' freed activations: evaluation and saving need far less
 
     if run.best_state is not None:
         load_trainable_state(trainer.unwrapped, run.best_state)

@@ -32,7 +32,7 @@ from mcqtune.models import ModelError, ResolvedModel, resolve_precision
 from mcqtune.preflight import check_training_fits, check_weights_fit, model_dir_summary
 from mcqtune.prompt import PromptEncoder
 from mcqtune.training.checkpoint import Checkpoint, tensor_bytes
-from mcqtune.training.memory import release_freed_memory
+from mcqtune.training.memory import RELEASE_EVERY_STEPS, release_freed_memory
 from mcqtune.training.objectives import make_objective
 from mcqtune.training.stream import BatchStream, Shard
 
@@ -41,8 +41,9 @@ from mcqtune.training.stream import BatchStream, Shard
 class StepResult:
     """One optimizer step: its mean micro-batch loss and the work it did.
 
-    ``real_tokens`` are the batches' non-pad tokens, ``computed_tokens`` every position the model ran
-    (``input_ids.numel()``, padding included): their ratio is how much of the compute was useful.
+    ``real_tokens`` are the non-pad positions the model ran (a prefix shared by a batch's rows counts
+    once), ``computed_tokens`` every position it ran, padding included: their ratio is how much of the
+    compute was useful.
     """
 
     loss: float
@@ -50,6 +51,13 @@ class StepResult:
     questions: int
     seconds: float
     computed_tokens: int
+
+
+def draws_dropout(model: torch.nn.Module) -> bool:
+    """Whether a training forward pass of ``model`` draws random dropout masks."""
+    if getattr(getattr(model, "config", None), "attention_dropout", 0.0):
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
@@ -153,7 +161,10 @@ class Trainer:
         if model_hook is not None:
             model_hook(model)
         self.packed = self.method.packs(config.packing)
-        self.objective = make_objective(self.objective_name, encoder, self.packed)
+        # A shared prefix reaches the rows as a key/value cache, which checkpointed layers drop; and its one
+        # pass would give every row the same dropout masks on those tokens.
+        self.shares_prefix = self.packed and not config.gradient_checkpointing and not draws_dropout(model)
+        self.objective = make_objective(self.objective_name, encoder, self.packed, self.shares_prefix)
         self.parameters = parameter_report(model)
 
         self.features = self.objective.encode(examples)
@@ -194,6 +205,7 @@ class Trainer:
         # Option order only matters to an order-sensitive objective (letter); cloze options never meet.
         self.shuffling = config.shuffle_options and self.objective.order_sensitive
         self.model.train()
+        self.steps_taken = 0  # by this trainer, in this process (a resumed run counts from its resume)
 
     @property
     def global_batch_size(self) -> int:
@@ -245,7 +257,7 @@ class Trainer:
             loss_sum += loss.item() * shard.weight / accumulate
             if shard.weight:  # a stand-in question (weight 0) is not work done
                 real_tokens += batch.real_tokens
-                computed_tokens += batch.input_ids.numel()
+                computed_tokens += batch.computed_tokens
                 questions += len(shard.features)
         if self.processes > 1:
             totals = torch.tensor(
@@ -262,7 +274,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        release_freed_memory()  # the step's freed activations leave RSS before the next step
+        self.steps_taken += 1
+        if self.steps_taken % RELEASE_EVERY_STEPS == 0:  # not every step: the next one re-faults the pages
+            release_freed_memory()
         return StepResult(loss_sum, real_tokens, questions, time.perf_counter() - start, computed_tokens)
 
     @property
