@@ -283,3 +283,26 @@ def test_precision_asked_for_is_used_whatever_the_host(
         frozen = trainer.unwrapped.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
         assert frozen.dtype == (torch.bfloat16 if asked == "bf16" else torch.float32)
         assert trainer.step().loss > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shares"),
+    [
+        ({}, True),
+        ({"gradient_checkpointing": True}, False),  # checkpointed layers drop the prefix's cache
+        ({"method_options": {"r": 4, "dropout": 0.1}}, False),  # the rows would share its dropout masks
+        ({"packing": False}, False),
+    ],
+    ids=["default", "gradient checkpointing", "dropout", "no packing"],
+)
+def test_training_batches_share_their_prompt_start_only_where_that_changes_no_number(
+    overrides, shares, tiny_model_dir, tokenizer, arc_examples
+):
+    from mcqtune.training.trainer import Trainer
+
+    config = _trainer_config(tiny_model_dir, shuffle_options=False, **overrides)
+    trainer = Trainer(config, resolve_model(str(tiny_model_dir)), PromptEncoder(tokenizer), arc_examples[:8])
+    batch = trainer.objective.collate(trainer.next_features())
+    assert trainer.shares_prefix is shares
+    assert (batch.prefix_ids is not None) is shares
+    assert trainer.step().loss > 0

@@ -263,7 +263,8 @@ class Method(ABC):
     description: ClassVar[str]
     # The method this one is a named preset of (configs/methods/<name>.yaml ``preset_of``), else None.
     preset_of: ClassVar[str | None] = None
-    # Whether scoring may pass a 4D attention mask and position ids (packed cloze options).
+    # Whether scoring may pass a 4D attention mask and position ids (packed cloze options) and a key/value
+    # cache of its own (a letter batch's shared prompt start).
     supports_packing: ClassVar[bool] = True
     # Whether --gradient-checkpointing may recompute the decoder layers (transformers drops a layer's
     # key/value cache when it checkpoints, and with it a prefix held there).
