@@ -130,7 +130,7 @@ def estimate_vs_measured(work: Path, methods: tuple[str, ...] = ESTIMATE_METHODS
     import torch
     from bench.gpu_check import estimate_for, train_config
 
-    from mcqtune.evaluation.evaluate import resolve_precision
+    from mcqtune.models import resolve_precision
 
     results = {}
     for method in methods:
