@@ -8,8 +8,8 @@ from mcqtune.training.memory import keep_activations_on_the_heap as _keep_activa
 from mcqtune.training.memory import limit_primitive_caches as _limit_primitive_caches
 
 # Before anything imports torch: bounded shape-keyed oneDNN caches, and activation buffers reused from
-# glibc's heap at a fixed mmap threshold (the trainer gives freed pages back after each step): training
-# RSS stays flat without a page fault per buffer (mcqtune/training/memory.py).
+# glibc's heap at fixed thresholds (the trainer gives freed pages back every few steps): training RSS
+# stays flat without a page fault per buffer (mcqtune/training/memory.py).
 _limit_primitive_caches()
 _keep_activations_on_the_heap()
 
