@@ -17,6 +17,8 @@ mcqtune's LoRA letter step (MedMCQA, the bench's batch size) unless said otherwi
 - ``eval_mode``: letter scoring under ``torch.no_grad`` (mcqtune) vs ``torch.inference_mode``;
 - ``attention``: training with the math SDPA kernel (mcqtune on CPU) vs torch's default (flash on CPU);
 - ``lora_dropout``: lora.yaml's dropout vs 0 (peft's Bernoulli masks over every LoRA input);
+- ``fused_lora``: at fp32, LoRA's update added inside its own matmul (mcqtune's ``FusedLoraLinear``) vs
+  peft's forward (one trainer, its LoRA layers' class swapped before each step);
 - ``compile`` (only with ``--compile-lever``: compiling takes many minutes on 2 cores): ``torch.compile``
   of the LoRA model (compile seconds, then step time on the same batches).
 """
@@ -130,6 +132,25 @@ def lever_lora_dropout(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
     default = ctx.lora_config("letter", steps).method_options.get("dropout")
     variants = {f"dropout {default} (lora.yaml)": make(default), "dropout 0": make(0.0)}
     return _interleave(variants, steps, warmup)
+
+
+def lever_fused_lora(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
+    """mcqtune's fused LoRA forward vs peft's, at fp32 (the fusion's precision; autocast runs peft's)."""
+    from peft.tuners.lora import Linear as PeftLoraLinear
+
+    from mcqtune.methods.lora import FusedLoraLinear
+
+    config = ctx.lora_config("letter", steps)
+    config.precision = "fp32"
+    stepper = McqtuneStepper(config, ctx.resolved, ctx.encoder, rows)
+    fused_name = "fused (mcqtune, fp32)"
+
+    def use(name: str) -> None:
+        for module in stepper.model.modules():
+            if isinstance(module, PeftLoraLinear):
+                module.__class__ = FusedLoraLinear if name == fused_name else PeftLoraLinear
+
+    return _interleave({fused_name: stepper, "peft's forward (fp32)": stepper}, steps, warmup, before=use)
 
 
 def lever_logits(ctx, rows, steps: int, warmup: int) -> dict[str, Any]:
@@ -288,6 +309,7 @@ def run_levers(ctx) -> dict[str, Any]:
         ("frozen_dtype", lambda: lever_frozen_dtype(ctx, rows, steps, warmup)),
         ("attention", lambda: lever_attention(ctx, rows, steps, warmup)),
         ("lora_dropout", lambda: lever_lora_dropout(ctx, rows, steps, warmup)),
+        ("fused_lora", lambda: lever_fused_lora(ctx, rows, steps, warmup)),
         ("threads", lambda: lever_threads(ctx, rows, steps, warmup)),
         ("logits", lambda: lever_logits(ctx, rows, steps, warmup)),
         ("grad_checkpointing", lambda: lever_grad_checkpointing(ctx, rows, steps, warmup)),

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import Linear as PeftLoraLinear
 from transformers import PreTrainedModel
 
 from mcqtune.methods.base import LR_RATIO, MergeablePeftMethod, option_choice, register
@@ -81,6 +82,58 @@ def keep_initial_adapter(model: PeftModel) -> None:
     setattr(model, INITIAL_ADAPTER, holder)
 
 
+class FusedLoraLinear(PeftLoraLinear):
+    """peft's LoRA linear layer whose update is added inside the matmul that makes it.
+
+    peft computes ``base(x) + B(A(x)) * scaling``: two passes over the (tokens x out_features) output
+    (the scaling, the add) and a third in the backward (the scaling of the incoming gradient), per adapted
+    layer. Here the scaling is the GEMM's ``alpha`` and the sum its ``beta = 1`` accumulation into the
+    base output, in place (the base matmul's backward does not keep its output), so the wide passes go and
+    the backward's scaling lands on the rank-r side. Same numbers up to float rounding; measured 1.1x a
+    LoRA training step at fp32 (docs/PERFORMANCE.md, lever log). Anything else peft's layer does (several
+    or mixed adapters, dropout while training, DoRA and other variants, merged weights, quantized bases,
+    bias on B, autocast) goes to peft's own forward.
+    """
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        fused = self._fused_adapter(x) if not args and not kwargs else None
+        if fused is None:
+            return super().forward(x, *args, **kwargs)
+        base, lora_a, lora_b = self.base_layer, self.lora_A[fused], self.lora_B[fused]
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat @ base.weight.t() if base.bias is None else torch.addmm(base.bias, flat, base.weight.t())
+        out.addmm_(flat @ lora_a.weight.t(), lora_b.weight.t(), alpha=self.scaling[fused])
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def _fused_adapter(self, x: torch.Tensor) -> str | None:
+        """The one active plain LoRA adapter this call can fuse, or None for peft's forward.
+
+        Not under autocast: there peft rounds the update to bf16 before the sum, and a model reloaded for
+        bf16 inference (its LoRA weights stored in bf16) must give the trained model's scores bit for bit.
+        """
+        if self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+            return None
+        name = self.active_adapters[0]
+        if name not in self.lora_A or name in self.lora_variant or self.lora_B[name].bias is not None:
+            return None
+        dropout = self.lora_dropout[name]
+        if not isinstance(dropout, torch.nn.Identity) and dropout.training:
+            return None
+        if type(self.base_layer) is not torch.nn.Linear or torch.is_autocast_enabled(x.device.type):
+            return None
+        same_dtype = x.dtype == self.base_layer.weight.dtype == self.lora_A[name].weight.dtype
+        return name if same_dtype and self.lora_B[name].weight.dtype == x.dtype else None
+
+
+def fuse_lora_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """Give peft's plain LoRA linear layers the fused forward (:class:`FusedLoraLinear` adds no state, so
+    the layer keeps its weights, adapters and everything else peft does with it)."""
+    for module in model.modules():
+        if type(module) is PeftLoraLinear:
+            module.__class__ = FusedLoraLinear
+    return model
+
+
 @register
 class LoraMethod(MergeablePeftMethod):
     name = "lora"
@@ -94,7 +147,7 @@ class LoraMethod(MergeablePeftMethod):
         init = init_choice(options)
         ratio = loraplus_ratio(options)
         config = dataclasses.replace(lora_config(options), init_lora_weights=INITS[init])
-        peft_model = get_peft_model(model, config)
+        peft_model = fuse_lora_layers(get_peft_model(model, config))
         if init in MUTATING_INITS:
             keep_initial_adapter(peft_model)
         if ratio != 1.0:
@@ -102,6 +155,11 @@ class LoraMethod(MergeablePeftMethod):
                 if param.requires_grad and ".lora_B." in name:
                     setattr(param, LR_RATIO, ratio)
         return peft_model
+
+    def attach(
+        self, model: torch.nn.Module, directory: Path, options: dict[str, Any], name: str
+    ) -> torch.nn.Module:
+        return fuse_lora_layers(super().attach(model, directory, options, name))
 
     def mixes_in_batch(self, options: dict[str, Any]) -> bool:
         """peft mixes LoRA adapters per row, but not DoRA ones."""
