@@ -92,7 +92,7 @@ class FusedLoraLinear(PeftLoraLinear):
     the backward's scaling lands on the rank-r side. Same numbers up to float rounding; measured 1.1x a
     LoRA training step at fp32 (docs/PERFORMANCE.md, lever log). Anything else peft's layer does (several
     or mixed adapters, dropout while training, DoRA and other variants, merged weights, quantized bases,
-    bias on B, autocast) goes to peft's own forward.
+    bias on B, autocast, ZeRO-3 partitioned weights) goes to peft's own forward.
     """
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -121,8 +121,12 @@ class FusedLoraLinear(PeftLoraLinear):
             return None
         if type(self.base_layer) is not torch.nn.Linear or torch.is_autocast_enabled(x.device.type):
             return None
-        same_dtype = x.dtype == self.base_layer.weight.dtype == self.lora_A[name].weight.dtype
-        return name if same_dtype and self.lora_B[name].weight.dtype == x.dtype else None
+        weights = (self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight)
+        # DeepSpeed ZeRO-3 gathers a partitioned weight only in its own module's forward, which the fused
+        # path does not call (its parameters carry ``ds_id``)
+        if any(hasattr(w, "ds_id") for w in weights):
+            return None
+        return name if all(w.dtype == x.dtype for w in weights) else None
 
 
 def fuse_lora_layers(model: torch.nn.Module) -> torch.nn.Module:
