@@ -208,8 +208,8 @@ def shared_prefix_cache(model: Callable[..., Any], prefix_ids: torch.Tensor, row
     """Run the tokens every row starts with once and repeat their keys/values for ``rows`` rows: the
     cache the rows continue from. The repeat is differentiable, so each row's gradient reaches the one
     pass (the model must keep the cache: transformers drops it under gradient checkpointing)."""
-    last = torch.tensor([prefix_ids.shape[1] - 1], device=prefix_ids.device)  # no logits needed; one column
-    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=last).past_key_values
+    none = torch.empty(0, dtype=torch.long, device=prefix_ids.device)  # no logits: the LM head runs on 0 rows
+    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=none).past_key_values
     cache.batch_repeat_interleave(rows)
     return cache
 
